@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh clone (see README): `make run` and `make test`.
+# Both create .venv/ if needed and install the locked dependencies first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | md5sum | cut -c1-12)
+ACTIVATE := source $(VENV)/bin/activate
+
+.PHONY: setup run test repro-check lock ui
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@echo "installing locked dependencies into $(VENV)/ (log: $(VENV)/install.log)"
+	@$(PY) -m pip install --no-input -r requirements.lock > $(VENV)/install.log 2>&1 \
+		|| { tail -n 40 $(VENV)/install.log; echo "dependency install failed: see $(VENV)/install.log"; exit 1; }
+	@$(PY) -m pip install --no-input --no-deps --no-build-isolation -e . >> $(VENV)/install.log 2>&1 \
+		|| { tail -n 40 $(VENV)/install.log; echo "installing genlab failed: see $(VENV)/install.log"; exit 1; }
+	@rm -f $(VENV)/.installed-* && touch $@
+
+# The default experiment end to end: download -> train -> evaluate -> sample.
+run: setup
+	$(ACTIVATE) && dvc repro
+
+# The test suite. pytest's exit code 5 (nothing collected) is reported as a failure, never as a pass.
+test: setup
+	@$(ACTIVATE) && { python -m pytest $(PYTEST_ARGS); rc=$$?; \
+		if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating this as a failure"; exit 1; fi; exit $$rc; }
+
+# Rerun the committed default experiment and compare its metrics with the committed metrics/.
+repro-check: setup
+	$(ACTIVATE) && python -m genlab.reproduce
+
+# Re-resolve requirements.lock from pyproject.toml's dependencies (needs the package index).
+lock:
+	rm -rf /tmp/genlab-lock && python3 -m venv /tmp/genlab-lock
+	/tmp/genlab-lock/bin/pip install -q setuptools -e . && /tmp/genlab-lock/bin/pip freeze --all --exclude-editable --exclude pip > requirements.lock
+
+ui: setup
+	$(ACTIVATE) && mlflow ui --backend-store-uri sqlite:///mlflow.db

@@ -1,0 +1,34 @@
+"""Training checkpoints: everything needed to continue a killed run bit-for-bit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genlab import atomic
+from genlab.errors import CheckpointError
+
+FORMAT_VERSION = 1
+
+
+def save(path: str | Path, state: dict[str, Any]) -> None:
+    atomic.torch_save({"format_version": FORMAT_VERSION, **state}, path)
+
+
+def load(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
+    """Load a file written by `save`; any damage becomes a CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} does not exist: run the train stage first (`dvc repro train`)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(f"{what} {path} is corrupted or not a genlab file ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{what} {path} has format {state.get('format_version') if isinstance(state, dict) else '?'}, "
+            f"expected {FORMAT_VERSION}: retrain with `dvc repro train`"
+        )
+    return state

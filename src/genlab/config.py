@@ -1,0 +1,224 @@
+"""Typed, validated view of params.yaml.
+
+Every key is declared here with its type and allowed values, so a typo or a wrong type fails
+before any stage writes an output, with a message naming the key and what it accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from genlab.errors import ConfigError
+
+DATASETS = ("digits", "mnist", "fashion_mnist", "kmnist", "cifar10", "image_folder")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: Literal[DATASETS] = "digits"
+    root: str = "data/raw"  # download cache for the torchvision datasets
+    mirror: Optional[str] = None  # directory or URL that replaces the official download location
+    path: Optional[str] = None  # image_folder: the folder of images
+    image_size: int = 28  # image_folder: images are resized to image_size x image_size
+    channels: Literal[1, 3] = 1  # image_folder: 1 = grayscale, 3 = RGB
+    val_fraction: float = 0.1  # carved from the train split with a seeded permutation
+    test_fraction: float = 0.2  # datasets without an official test split (digits, image_folder)
+    binarize: Literal["none", "dynamic"] = "none"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    family: Literal["vae"] = "vae"
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    arch: Literal["mlp", "conv"] = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [512, 256])  # mlp widths, encoder order
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # conv widths, encoder order
+    latent_dim: int = 20
+    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    beta: float = 1.0
+    kl_warmup_epochs: int = 0  # KL weight ramps linearly from 1/n to beta over n epochs
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 64
+    lr: float = 1e-3
+    resume: bool = False
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    iw_samples: int = 1000  # importance samples per test image (5000 = literature protocol)
+    batch_size: int = 256
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    n: int = 64
+    interpolation_steps: int = 10
+    interpolation_pairs: int = 8
+    latent_map: Literal["pca", "tsne"] = "pca"
+
+
+@dataclass(frozen=True)
+class Config:
+    seed: int = 0
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable digest of some top-level sections, e.g. to tie a checkpoint to its params."""
+        subset = {name: self.to_dict()[name] for name in sections}
+        return hashlib.sha256(json.dumps(subset, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Ranges checked after types: (key, predicate, what is allowed).
+_RANGES = [
+    ("data.image_size", lambda v: v >= 4, "an integer >= 4"),
+    ("data.val_fraction", lambda v: 0 < v < 1, "a number in (0, 1)"),
+    ("data.test_fraction", lambda v: 0 < v < 1, "a number in (0, 1)"),
+    ("vae.hidden", lambda v: len(v) >= 1 and min(v) >= 1, "a non-empty list of positive integers"),
+    ("vae.channels", lambda v: len(v) >= 1 and min(v) >= 1, "a non-empty list of positive integers"),
+    ("vae.latent_dim", lambda v: v >= 1, "an integer >= 1"),
+    ("vae.beta", lambda v: v >= 0, "a number >= 0"),
+    ("vae.kl_warmup_epochs", lambda v: v >= 0, "an integer >= 0"),
+    ("train.epochs", lambda v: v >= 1, "an integer >= 1"),
+    ("train.batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("train.lr", lambda v: v > 0, "a number > 0"),
+    ("evaluate.iw_samples", lambda v: v >= 1, "an integer >= 1"),
+    ("evaluate.batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("sample.n", lambda v: v >= 1, "an integer >= 1"),
+    ("sample.interpolation_steps", lambda v: v >= 2, "an integer >= 2"),
+    ("sample.interpolation_pairs", lambda v: v >= 1, "an integer >= 1"),
+]
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is typing.Union:
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _describe(inner[0]) + " or null"
+    if origin is list:
+        return f"a list of {typing.get_args(tp)[0].__name__}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[tp]
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"params key '{key}' = {value!r} is invalid: expected {_describe(tp)}")
+    if origin is Literal:
+        if value in typing.get_args(tp) and type(value) is type(typing.get_args(tp)[0]):
+            return value
+        raise bad
+    if origin is typing.Union:
+        return None if value is None else _coerce(key, value, typing.get_args(tp)[0])
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        return [_coerce(f"{key}[{i}]", v, typing.get_args(tp)[0]) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        # YAML reads '1e-3' as a string; accept numeric strings, since that is what users write.
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    raise TypeError(f"unsupported config type {tp!r}")  # a bug in this module, not user input
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params key '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown params key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"allowed under '{prefix.rstrip('.') or '<root>'}': {', '.join(sorted(names))}"
+        )
+    values = {}
+    for name in names & set(raw):
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = _build(tp, raw[name], f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(prefix + name, raw[name], tp)
+    return cls(**values)
+
+
+def _lookup(cfg: Config, dotted: str) -> Any:
+    value: Any = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    cfg = _build(Config, raw or {}, "")
+    for key, ok, allowed in _RANGES:
+        value = _lookup(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"params key '{key}' = {value!r} is out of range: expected {allowed}")
+    if cfg.device != "auto" and not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
+        raise ConfigError(f"params key 'device' = {cfg.device!r} is invalid: expected auto, cpu, cuda or cuda:N")
+    if cfg.data.name == "image_folder" and not cfg.data.path:
+        raise ConfigError("data.name is image_folder but 'data.path' is empty: set it to a folder of images")
+    return cfg
+
+
+def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Config:
+    """Read params.yaml; `overrides` maps dotted keys to values (used by tests and benchmarks)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"params file {path} not found: run from the repository root") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"params file {path} is not valid YAML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return config_from_dict(raw)

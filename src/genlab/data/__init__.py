@@ -1,0 +1,61 @@
+"""Dataset download, verification, splitting and the prepared files every later stage reads."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable
+
+from genlab.config import DATASETS, Config
+from genlab.data.prepared import DATA_FILE, FORMAT_VERSION, MANIFEST_FILE, PreparedData, load_prepared, write_prepared
+from genlab.data.raw import RawData
+from genlab.data.splits import Split, carve
+from genlab.errors import DataError
+
+__all__ = ["prepare", "load_prepared", "PreparedData", "Split", "DATA_FILE", "MANIFEST_FILE"]
+
+# data.name -> (module, loader). Imported on demand: torchvision, scikit-learn and PIL cost seconds
+# on every `import genlab.data`, and the training stages only need load_prepared.
+LOADERS: dict[str, tuple[str, str]] = {
+    "digits": ("genlab.data.digits", "load"),
+    "mnist": ("genlab.data.torchvision_sets", "load_mnist_style"),
+    "fashion_mnist": ("genlab.data.torchvision_sets", "load_mnist_style"),
+    "kmnist": ("genlab.data.torchvision_sets", "load_mnist_style"),
+    "cifar10": ("genlab.data.torchvision_sets", "load_cifar10"),
+    "image_folder": ("genlab.data.image_folder", "load"),
+}
+
+
+def _loader(name: str) -> Callable[[Config], RawData]:
+    if name not in DATASETS or name not in LOADERS:
+        raise DataError(f"unknown dataset data.name={name!r}: set it to one of {', '.join(DATASETS)}")
+    module, attr = LOADERS[name]
+    return getattr(importlib.import_module(module), attr)
+
+
+def prepare(cfg: Config, out_dir: str | Path) -> dict:
+    """Fetch and verify cfg.data's dataset, split it, and write DATA_FILE + MANIFEST_FILE; returns the manifest.
+
+    Nothing in out_dir changes unless every step succeeded.
+    """
+    raw = _loader(cfg.data.name)(cfg)
+    train, test = raw.train, raw.test
+    if test is None:
+        train, test = carve(train, cfg.data.test_fraction, cfg.seed, "test")
+    train, val = carve(train, cfg.data.val_fraction, cfg.seed, "val")
+    splits = {"train": train, "val": val, "test": test}
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "dataset": cfg.data.name,
+        "source": raw.source,
+        "source_md5": raw.source_md5,
+        "max_value": raw.max_value,
+        "image_shape": list(train.images.shape[1:]),
+        "split_sizes": {name: len(split) for name, split in splits.items()},
+        "seed": cfg.seed,
+        "val_fraction": cfg.data.val_fraction,
+        "test_fraction": cfg.data.test_fraction if raw.test is None else None,  # None: official test split
+        "classes": raw.classes,
+        **raw.extra,
+    }
+    return write_prepared(out_dir, splits, manifest)

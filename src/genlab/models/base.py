@@ -1,0 +1,75 @@
+"""The contract every model family implements so that one training loop serves them all."""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING, Any, Iterable
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from genlab.config import Config
+
+
+class Family(abc.ABC):
+    """A trainable generative model plus its optimiser(s).
+
+    All images crossing this interface are float tensors in [0, 1], shape (N, C, H, W).
+    Metric tensors returned by the step methods are per-image means over the batch, detached.
+    """
+
+    name: str
+    #: metric names reported by train_step/eval_step, in display order
+    metric_names: tuple[str, ...]
+
+    def __init__(self, image_shape: tuple[int, int, int], device: torch.device):
+        self.image_shape = image_shape
+        self.device = device
+        self.modules: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    @property
+    def dims(self) -> int:
+        c, h, w = self.image_shape
+        return c * h * w
+
+    @abc.abstractmethod
+    def train_step(self, x: torch.Tensor, epoch: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """One optimisation step on batch x."""
+
+    @abc.abstractmethod
+    def eval_step(self, x: torch.Tensor, epoch: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """The same metrics as train_step on batch x, without updating anything."""
+
+    @abc.abstractmethod
+    def test_metrics(self, batches: Iterable[torch.Tensor], gen: torch.Generator, cfg: Config) -> dict[str, float]:
+        """The family's headline numbers on the test split (batches of model inputs in [0, 1])."""
+
+    @abc.abstractmethod
+    def sample(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """n new images in [0, 1]."""
+
+    @abc.abstractmethod
+    def snapshot(self, fixed_batch: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """Named image batches to log each epoch, from a fixed batch and a freshly seeded generator."""
+
+    def train(self, mode: bool = True) -> None:
+        for module in self.modules.values():
+            module.train(mode)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "modules": {k: m.state_dict() for k, m in self.modules.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any], with_optimizers: bool = True) -> None:
+        for key, module in self.modules.items():
+            module.load_state_dict(state["modules"][key])
+        if with_optimizers:
+            for key, opt in self.optimizers.items():
+                opt.load_state_dict(state["optimizers"][key])
+
+    def parameter_count(self) -> int:
+        return sum(p.numel() for m in self.modules.values() for p in m.parameters())

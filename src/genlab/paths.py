@@ -1,0 +1,13 @@
+"""Fixed output paths, shared by the stages and dvc.yaml (DVC outs need fixed paths)."""
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+PREPARED_DIR = Path("data/prepared")
+MODEL = Path("models/model.pt")
+RUN_INFO = Path("models/run.json")
+CHECKPOINT = Path("checkpoints/train.pt")
+TRAIN_METRICS = Path("metrics/train.json")
+TRAIN_HISTORY = Path("metrics/train_history.csv")
+EVAL_METRICS = Path("metrics/eval.json")
+SAMPLES_DIR = Path("samples")

@@ -1,0 +1,178 @@
+"""MLflow tracking: where runs are stored, what every run records, and safe concurrent writes.
+
+The default store is an SQLite file in the *main* repository root, even when DVC runs a stage in a
+temporary copy (`dvc exp run --temp/--queue` work under <root>/.dvc/tmp/exps/...), so every run of
+a project lands in one place. Each write takes a file lock because SQLite with several writers
+(`dvc queue start -j 2`) otherwise fails with 'database is locked' and loses the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from filelock import FileLock
+
+from genlab.config import Config
+from genlab.visualise import to_grid
+
+EXPERIMENT = "genlab"
+_TEMP_WORKSPACE = (".dvc", "tmp", "exps")
+
+
+def repo_root(start: str | Path | None = None) -> Path:
+    """The main repository root: GENLAB_ROOT, else the cwd with any DVC temp-workspace suffix removed."""
+    if os.environ.get("GENLAB_ROOT"):
+        return Path(os.environ["GENLAB_ROOT"]).resolve()
+    path = Path(start or os.getcwd()).resolve()
+    parts = path.parts
+    for i in range(len(parts) - len(_TEMP_WORKSPACE) + 1):
+        if parts[i : i + len(_TEMP_WORKSPACE)] == _TEMP_WORKSPACE:
+            return Path(*parts[:i])
+    return path
+
+
+def tracking_uri(root: Path | None = None) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or repo_root()) / 'mlflow.db'}"
+
+
+def git_state(cwd: str | Path | None = None) -> tuple[str, bool]:
+    """(commit, dirty) of the checkout that runs the stage; ('unknown', True) outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout
+        return commit, bool(status.strip())
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", True
+
+
+def pip_freeze() -> str:
+    dists = {(d.metadata["Name"] or "?").lower(): d.version for d in importlib.metadata.distributions()}
+    return "".join(f"{name}=={version}\n" for name, version in sorted(dists.items()))
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _store_lock(uri: str, root: Path) -> Any:
+    return FileLock(str(root / ".mlflow.lock")) if uri.startswith("sqlite") else contextlib.nullcontext()
+
+
+class MlflowTracker:
+    """One MLflow run, written through a lock. Implements training.Tracker."""
+
+    def __init__(self, run_id: str, uri: str, root: Path):
+        from mlflow import MlflowClient  # imported late: it costs ~2 s and tests of other parts skip it
+
+        self.run_id = run_id
+        self.uri = uri
+        self.client = MlflowClient(uri)
+        self._lock = _store_lock(uri, root)
+
+    @classmethod
+    def create(cls, cfg: Config, tags: dict[str, str], run_name: str | None = None) -> "MlflowTracker":
+        from mlflow import MlflowClient
+        from mlflow.entities import Param
+
+        root = repo_root()
+        uri = tracking_uri(root)
+        with _store_lock(uri, root):
+            client = MlflowClient(uri)
+            experiment = client.get_experiment_by_name(EXPERIMENT)
+            if experiment is None:
+                experiment_id = client.create_experiment(EXPERIMENT, artifact_location=(root / "mlartifacts").as_uri())
+            else:
+                experiment_id = experiment.experiment_id
+            run = client.create_run(experiment_id, tags=tags, run_name=run_name)
+            params = [Param(k, str(v)) for k, v in flatten(cfg.to_dict()).items()]
+            for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+                client.log_batch(run.info.run_id, params=params[start : start + 100])
+        return cls(run.info.run_id, uri, root)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        with self._lock:
+            self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_images(self, images: dict[str, torch.Tensor], step: int) -> None:
+        with self._lock:
+            for key, batch in images.items():
+                self.client.log_image(self.run_id, to_grid(batch), key=key, step=step)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        with self._lock:
+            for key, value in tags.items():
+                self.client.set_tag(self.run_id, key, str(value))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        with self._lock:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        with self._lock:
+            self.client.log_text(self.run_id, text, artifact_file)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        with self._lock:
+            self.client.set_terminated(self.run_id, status)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator["MlflowTracker"]:
+        """Mark the run FAILED (or KILLED on Ctrl-C) if the block raises, FINISHED otherwise."""
+        try:
+            yield self
+        except KeyboardInterrupt:
+            self.finish("KILLED")
+            raise
+        except BaseException:
+            self.finish("FAILED")
+            raise
+        self.finish("FINISHED")
+
+
+def run_tags(cfg: Config, data_checksum: str, device: torch.device) -> dict[str, str]:
+    commit, dirty = git_state()
+    tags = {
+        "mlflow.source.git.commit": commit,
+        "mlflow.source.name": "stages/train.py",
+        "genlab.git_commit": commit,
+        "genlab.git_dirty": str(dirty).lower(),
+        "genlab.family": cfg.model.family,
+        "genlab.dataset": cfg.data.name,
+        "genlab.data_md5": data_checksum,
+        "genlab.device": str(device),
+        "env.python": platform.python_version(),
+        "env.torch": torch.__version__,
+        "env.platform": platform.platform(),
+        "env.cpu_count": str(os.cpu_count()),
+    }
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
+def attach(run_id: str) -> MlflowTracker:
+    """Re-open the run a previous stage created (evaluate and sample add to the train run)."""
+    root = repo_root()
+    return MlflowTracker(run_id, tracking_uri(root), root)

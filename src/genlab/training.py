@@ -1,0 +1,172 @@
+"""The one training loop every family plugs into: batches, metrics, snapshots, checkpoints, resume."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from tqdm import tqdm
+
+from genlab import checkpoint
+from genlab.config import Config
+from genlab.data import PreparedData
+from genlab.errors import CheckpointError, DivergenceError
+from genlab.models import Family
+from genlab.runtime import Rngs, generator
+
+SNAPSHOT_BATCH = 32  # validation images shown in the per-epoch reconstruction grid
+
+
+class Tracker(Protocol):
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
+    def log_images(self, images: dict[str, torch.Tensor], step: int) -> None: ...
+
+
+class NullTracker:
+    """For benchmarks and tests that do not need MLflow."""
+
+    def log_metrics(self, metrics, step=None):
+        pass
+
+    def log_images(self, images, step):
+        pass
+
+
+def resume_key(cfg: Config) -> str:
+    """Digest of every param that shapes a run's trajectory; train.epochs may grow on resume."""
+    d = cfg.to_dict()
+    d["train"] = {k: v for k, v in d["train"].items() if k not in ("epochs", "resume")}
+    d.pop("evaluate"), d.pop("sample")
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def batch_transform(data: PreparedData, cfg: Config) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+    """uint8 images -> model input in [0, 1], dynamically binarised (fresh draw per visit) if asked."""
+    if cfg.data.binarize == "dynamic":
+        return lambda u8, gen: torch.bernoulli(data.to_unit(u8), generator=gen)
+    return lambda u8, gen: data.to_unit(u8)
+
+
+def input_levels(data: PreparedData, cfg: Config) -> int:
+    """How many discrete values a model input pixel can take."""
+    return 2 if cfg.data.binarize == "dynamic" else data.levels
+
+
+def _weighted_means(batches: list[tuple[dict[str, torch.Tensor], int]]) -> dict[str, float]:
+    total = sum(n for _, n in batches)
+    keys = batches[0][0].keys()
+    return {k: (sum(m[k] * n for m, n in batches) / total).item() for k in keys}
+
+
+@torch.no_grad()
+def evaluate_split(
+    family: Family,
+    images_u8: torch.Tensor,
+    transform: Callable,
+    epoch: int,
+    gen: torch.Generator,
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    family.train(False)
+    results = []
+    for start in range(0, len(images_u8), batch_size):
+        u8 = images_u8[start : start + batch_size].to(family.device)
+        results.append((family.eval_step(transform(u8, gen), epoch, gen), len(u8)))
+    return _weighted_means(results)
+
+
+def _report(epoch: int, epochs: int, row: dict[str, Any], seconds: float, names: tuple[str, ...]) -> str:
+    parts = [f"epoch {epoch + 1}/{epochs}"]
+    parts += [f"{split}/{n} {row[f'{split}_{n}']:.4f}" for split in ("train", "val") for n in names]
+    return " ".join(parts) + f" ({seconds:.1f}s)"
+
+
+def fit(
+    family: Family,
+    data: PreparedData,
+    cfg: Config,
+    *,
+    checkpoint_path: str | Path | None,
+    tracker: Tracker,
+    run_id: str | None = None,
+    resume_state: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Train `family` for cfg.train.epochs and return one row of metrics per epoch.
+
+    Rows hold `epoch` and `<split>_<metric>` for split in train/val. After each epoch the metrics and
+    snapshot images go to `tracker` and a checkpoint is written atomically; a non-finite training
+    metric raises DivergenceError before the checkpoint, so the last good one survives.
+    """
+    device = family.device
+    rngs = Rngs(cfg.seed, device)
+    history: list[dict[str, Any]] = []
+    start = 0
+    if resume_state is not None:
+        if resume_state.get("resume_key") != resume_key(cfg) or resume_state.get("family") != family.name:
+            raise CheckpointError(
+                "the checkpoint was written with other params (only train.epochs may change on resume): "
+                "set train.resume=false to start afresh"
+            )
+        family.load_state_dict(resume_state["model"])
+        rngs.load_state_dict(resume_state["rngs"])
+        history, start = list(resume_state["history"]), resume_state["epoch"]
+
+    transform = batch_transform(data, cfg)
+    train_u8 = data.train.images.to(device)
+    fixed_batch = data.to_unit(data.val.images[:SNAPSHOT_BATCH].to(device))
+    n, bs, epochs = len(train_u8), cfg.train.batch_size, cfg.train.epochs
+    show_bar = sys.stderr.isatty()
+
+    for epoch in range(start, epochs):
+        began = time.perf_counter()
+        family.train(True)
+        order = torch.randperm(n, generator=rngs.order).to(device)
+        batches = []
+        steps = range(0, n, bs)
+        bar = tqdm(steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not show_bar)
+        for i in bar:
+            u8 = train_u8[order[i : i + bs]]
+            batches.append((family.train_step(transform(u8, rngs.noise), epoch, rngs.noise), len(u8)))
+        train_metrics = _weighted_means(batches)
+        bad = [k for k, v in train_metrics.items() if not math.isfinite(v)]
+        if bad:
+            raise DivergenceError(
+                f"training diverged at epoch {epoch + 1}: non-finite {', '.join(bad)}; "
+                f"the last good checkpoint ({checkpoint_path}) is kept — lower train.lr or resume from it"
+            )
+        val_metrics = evaluate_split(family, data.val.images, transform, epoch, rngs.noise)
+        seconds = time.perf_counter() - began
+
+        row = {"epoch": epoch}
+        row.update({f"train_{k}": v for k, v in train_metrics.items()})
+        row.update({f"val_{k}": v for k, v in val_metrics.items()})
+        history.append(row)
+        print(_report(epoch, epochs, row, seconds, family.metric_names), flush=True)
+
+        logged = {f"train/{k}": v for k, v in train_metrics.items()}
+        logged.update({f"val/{k}": v for k, v in val_metrics.items()})
+        logged["time/epoch_seconds"] = seconds
+        tracker.log_metrics(logged, step=epoch)
+        family.train(False)
+        tracker.log_images(family.snapshot(fixed_batch, generator(device, cfg.seed + 2)), step=epoch)
+
+        if checkpoint_path is not None:
+            checkpoint.save(
+                checkpoint_path,
+                {
+                    "family": family.name,
+                    "resume_key": resume_key(cfg),
+                    "epoch": epoch + 1,
+                    "model": family.state_dict(),
+                    "rngs": rngs.state_dict(),
+                    "run_id": run_id,
+                    "history": history,
+                },
+            )
+    return history

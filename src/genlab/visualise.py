@@ -1,0 +1,71 @@
+"""Image grids and plots. Inputs are image tensors in [0, 1], shape (N, C, H, W)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torchvision.utils import make_grid
+
+from genlab import atomic
+
+MIN_DISPLAY_SIZE = 32  # tiny images (8x8 digits) are enlarged, pixel for pixel, to at least this
+
+
+def to_grid(images: torch.Tensor, nrow: int = 16) -> np.ndarray:
+    """A grid as an (H, W, C) uint8 array, ready for PNG files and mlflow.log_image."""
+    images = images.detach().float().cpu().clamp(0, 1)
+    scale = max(1, -(-MIN_DISPLAY_SIZE // images.shape[-1]))
+    if scale > 1:
+        images = images.repeat_interleave(scale, dim=-1).repeat_interleave(scale, dim=-2)
+    grid = make_grid(images, nrow=nrow, padding=2, pad_value=1.0)
+    array = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return array[..., :1].repeat(3, axis=2) if images.shape[1] == 1 else array
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 16) -> None:
+    from PIL import Image
+
+    with atomic.atomic_path(path) as tmp:
+        Image.fromarray(to_grid(images, nrow)).save(tmp, format="PNG")
+
+
+def _save_figure(fig, path: str | Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_latent_map(points: np.ndarray, labels: np.ndarray, title: str, path: str | Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    scatter = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=6, alpha=0.8)
+    fig.colorbar(scatter, ax=ax, label="label")
+    ax.set_title(title)
+    _save_figure(fig, path)
+
+
+def plot_curves(history: Sequence[dict], names: Sequence[str], path: str | Path) -> None:
+    """One panel per metric name, train and val against epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
+    epochs = [row["epoch"] + 1 for row in history]
+    for ax, name in zip(axes[0], names):
+        for split in ("train", "val"):
+            ax.plot(epochs, [row[f"{split}_{name}"] for row in history], label=split)
+        ax.set_title(f"{name} (nats/image)")
+        ax.set_xlabel("epoch")
+        ax.legend()
+    _save_figure(fig, path)

@@ -1,0 +1,56 @@
+"""DVC stage `train`: fit the model family on the prepared data, tracked in MLflow."""
+
+import pandas as pd
+
+from genlab import atomic, checkpoint, paths, stage, tracking
+from genlab.config import load_config
+from genlab.data import load_prepared
+from genlab.models import build_family
+from genlab.runtime import resolve_device, seed_everything
+from genlab.training import fit, input_levels
+
+
+def run() -> None:
+    cfg = load_config(paths.PARAMS)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    data = load_prepared(paths.PREPARED_DIR)
+    levels = input_levels(data, cfg)
+    family = build_family(cfg, data.image_shape, levels, device)
+
+    state = None
+    if cfg.train.resume and paths.CHECKPOINT.exists():
+        state = checkpoint.load(paths.CHECKPOINT)
+        print(f"resuming from {paths.CHECKPOINT} after epoch {state['epoch']}")
+    elif cfg.train.resume:
+        print(f"train.resume is true but {paths.CHECKPOINT} does not exist: starting afresh")
+
+    if state is not None and state.get("run_id"):
+        tracker = tracking.attach(state["run_id"])
+        tracker.set_tags({"genlab.resumed_from_epoch": state["epoch"]})
+    else:
+        tags = tracking.run_tags(cfg, data.checksum, device)
+        tracker = tracking.MlflowTracker.create(cfg, tags, run_name=tags.get("dvc.exp_name"))
+        tracker.log_text(tracking.pip_freeze(), "environment/requirements.txt")
+    print(f"MLflow run {tracker.run_id} in {tracker.uri}")
+
+    with tracker.active():
+        history = fit(
+            family, data, cfg, checkpoint_path=paths.CHECKPOINT, tracker=tracker,
+            run_id=tracker.run_id, resume_state=state,
+        )
+        stage.save_model(family, cfg.to_dict(), levels, data.checksum)
+        last = history[-1]
+        summary = {"epochs": len(history)}
+        for split in ("train", "val"):
+            summary[split] = {n: last[f"{split}_{n}"] for n in family.metric_names}
+        atomic.write_json(paths.TRAIN_METRICS, summary)
+        with atomic.atomic_path(paths.TRAIN_HISTORY) as tmp:
+            pd.DataFrame(history).to_csv(tmp, index=False)
+        atomic.write_json(paths.RUN_INFO, {"run_id": tracker.run_id})
+        tracker.log_artifact(paths.MODEL, "model")
+        tracker.log_artifact(paths.TRAIN_HISTORY, "metrics")
+
+
+if __name__ == "__main__":
+    stage.main(run)

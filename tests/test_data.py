@@ -1,0 +1,326 @@
+"""Behaviour of genlab.data: preparing each kind of dataset, verification, and what failures leave behind."""
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import http.server
+import io
+import pickle
+import shutil
+import tarfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from genlab.config import config_from_dict
+from genlab.data import DATA_FILE, MANIFEST_FILE, PreparedData, load_prepared, prepare
+from genlab.errors import DataError
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_DIR = REPO.parent / "shared" / "datasets" / "mnist"
+MNIST_MD5 = dict(torchvision.datasets.MNIST.resources)
+needs_mnist = pytest.mark.skipif(
+    not MNIST_DIR.is_dir(), reason=f"real MNIST mirror not found at {MNIST_DIR} (the four official .gz files)"
+)
+
+
+def _cfg(**data):
+    seed = data.pop("seed", 0)
+    return config_from_dict({"seed": seed, "data": data})
+
+
+def _prepared(tmp_path, out="out", **data) -> PreparedData:
+    prepare(_cfg(**data), tmp_path / out)
+    return load_prepared(tmp_path / out)
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _fake_mnist_mirror(folder: Path, corrupt: str | None = None, missing: str | None = None) -> Path:
+    folder.mkdir()
+    for name in MNIST_MD5:
+        if name == missing:
+            continue
+        if name == corrupt:
+            (folder / name).write_bytes(b"not the official file")
+        else:
+            shutil.copyfile(MNIST_DIR / name, folder / name)
+    return folder
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@contextlib.contextmanager
+def _http_mirror(directory: Path, monkeypatch):
+    monkeypatch.setenv("no_proxy", "*")  # a proxy from the environment must not intercept localhost
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --- digits -------------------------------------------------------------------------------------
+
+
+def test_digits_shapes_dtypes_values_and_split_sizes(tmp_path):
+    data = _prepared(tmp_path)
+    assert data.max_value == 16 and data.levels == 17 and data.image_shape == (1, 8, 8)
+    for split in (data.train, data.val, data.test):
+        assert split.images.dtype == torch.uint8 and split.labels.dtype == torch.int64
+        assert split.images.shape[1:] == (1, 8, 8) and split.images.shape[0] == len(split)
+        assert int(split.images.max()) <= 16 and 0 <= int(split.labels.min()) and int(split.labels.max()) <= 9
+    assert max(int(s.images.max()) for s in (data.train, data.val, data.test)) == 16  # not rescaled
+    sizes = data.manifest["split_sizes"]
+    assert sizes == {"train": 1294, "val": 144, "test": 359}  # test round(0.2 * 1797), val round(0.1 * 1438)
+    assert sum(sizes.values()) == 1797
+
+
+def test_digits_splits_partition_the_dataset_exactly(tmp_path):
+    data = _prepared(tmp_path)
+    digits = load_digits()
+    images = torch.cat([data.train.images, data.val.images, data.test.images])
+    labels = torch.cat([data.train.labels, data.val.labels, data.test.labels])
+    assert torch.equal(torch.bincount(labels), torch.from_numpy(np.bincount(digits.target)))
+    original = sorted(map(bytes, digits.images.astype(np.uint8).reshape(len(digits.images), -1)))
+    assert sorted(map(bytes, images.reshape(len(images), -1).numpy())) == original
+
+
+def test_digits_same_seed_is_identical_and_other_seed_differs(tmp_path):
+    first, again = _prepared(tmp_path, out="a", seed=3), _prepared(tmp_path, out="b", seed=3)
+    other = _prepared(tmp_path, out="c", seed=4)
+    assert first.checksum == again.checksum
+    for name in ("train", "val", "test"):
+        assert torch.equal(getattr(first, name).images, getattr(again, name).images)
+        assert torch.equal(getattr(first, name).labels, getattr(again, name).labels)
+    assert first.checksum != other.checksum
+    assert not torch.equal(first.test.images, other.test.images)
+    assert not torch.equal(first.val.labels, other.val.labels)
+
+
+def test_to_unit_maps_max_value_to_one(tmp_path):
+    data = _prepared(tmp_path)
+    unit = data.to_unit(data.train.images)
+    assert unit.dtype == torch.float32 and unit.shape == data.train.images.shape
+    assert float(unit.min()) == 0.0 and float(unit.max()) == 1.0
+    assert torch.equal(unit * 16, data.train.images.float())
+
+
+def test_prepared_files_are_plain_tensors_with_a_complete_manifest(tmp_path):
+    manifest = prepare(_cfg(), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [DATA_FILE, MANIFEST_FILE]
+    assert manifest["prepared_md5"] == hashlib.md5((tmp_path / DATA_FILE).read_bytes()).hexdigest()
+    tensors = torch.load(tmp_path / DATA_FILE, weights_only=True)
+    assert all(isinstance(t, torch.Tensor) for t in tensors.values()) and len(tensors) == 6
+    assert load_prepared(tmp_path).manifest == manifest
+    for key in ("dataset", "source", "source_md5", "max_value", "image_shape", "split_sizes", "seed",
+                "val_fraction", "test_fraction", "format_version"):
+        assert key in manifest, key
+    assert manifest["image_shape"] == [1, 8, 8] and manifest["seed"] == 0 and manifest["test_fraction"] == 0.2
+
+
+def test_prepare_guards_unknown_dataset_names(tmp_path):
+    cfg = _cfg()
+    bogus = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, name="svhn"))
+    with pytest.raises(DataError, match="svhn.*digits"):
+        prepare(bogus, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# --- MNIST through data.mirror ------------------------------------------------------------------
+
+
+def _check_real_mnist(tmp_path, mirror):
+    manifest = prepare(_cfg(name="mnist", root=str(tmp_path / "raw"), mirror=mirror), tmp_path / "out")
+    data = load_prepared(tmp_path / "out")
+    assert len(data.train) + len(data.val) == 60000 and len(data.test) == 10000
+    assert len(data.val) == 6000 and data.image_shape == (1, 28, 28) and data.max_value == 255
+    assert data.test.labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    assert manifest["source_md5"] == MNIST_MD5
+    return manifest
+
+
+@needs_mnist
+def test_mnist_from_a_directory_mirror(tmp_path):
+    manifest = _check_real_mnist(tmp_path, str(MNIST_DIR))
+    assert manifest["source"] == str(MNIST_DIR.resolve()) and manifest["test_fraction"] is None
+
+
+@needs_mnist
+def test_mnist_from_a_url_mirror_goes_through_torchvision_download(tmp_path, monkeypatch):
+    with _http_mirror(MNIST_DIR, monkeypatch) as url:
+        manifest = _check_real_mnist(tmp_path, url)
+    assert manifest["source"] == url
+
+
+@needs_mnist
+@pytest.mark.parametrize("kind", ["directory", "url"])
+def test_mirror_md5_mismatch_names_file_and_both_md5s_and_drops_the_file(tmp_path, monkeypatch, kind):
+    bad = "t10k-labels-idx1-ubyte.gz"
+    mirror = _fake_mnist_mirror(tmp_path / "mirror", corrupt=bad)
+    got = hashlib.md5((mirror / bad).read_bytes()).hexdigest()
+    with contextlib.ExitStack() as stack:
+        location = str(mirror) if kind == "directory" else stack.enter_context(_http_mirror(mirror, monkeypatch))
+        with pytest.raises(DataError) as err:
+            prepare(_cfg(name="mnist", root=str(tmp_path / "raw"), mirror=location), tmp_path / "out")
+    assert bad in str(err.value) and MNIST_MD5[bad] in str(err.value) and got in str(err.value)
+    raw = tmp_path / "raw" / "MNIST" / "raw"
+    assert not (raw / bad).exists() and not list(raw.glob(".*"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_mirror_missing_a_file_names_it_and_the_mirror(tmp_path):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for name in MNIST_MD5:
+        if name != "train-labels-idx1-ubyte.gz":
+            (mirror / name).write_bytes(b"never read: the missing file is reported first")
+    with pytest.raises(DataError, match=r"train-labels-idx1-ubyte\.gz") as err:
+        prepare(_cfg(name="mnist", root=str(tmp_path / "raw"), mirror=mirror.as_uri()), tmp_path / "out")
+    assert str(mirror) in str(err.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_download_failure_without_mirror_explains_data_mirror(tmp_path, monkeypatch):
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [(tmp_path / "unreachable").as_uri() + "/"])
+    with pytest.raises(DataError) as err:
+        prepare(_cfg(name="mnist", root=str(tmp_path / "raw")), tmp_path / "out")
+    message = str(err.value)
+    assert "data.mirror" in message and "failed" in message and "train-images-idx3-ubyte.gz" in message
+    assert not any(p.is_file() for p in (tmp_path / "raw").rglob("*"))
+    assert not (tmp_path / "out").exists()
+
+
+# --- failures leave earlier results alone --------------------------------------------------------
+
+
+@pytest.mark.parametrize("failing", ["mirror_missing_files", "empty_image_folder"])
+def test_failing_prepare_leaves_a_previous_good_dataset_untouched(tmp_path, failing):
+    out = tmp_path / "out"
+    prepare(_cfg(), out)
+    before = _snapshot(out)
+    (tmp_path / "empty").mkdir()
+    data = {
+        "mirror_missing_files": {"name": "mnist", "root": str(tmp_path / "raw"), "mirror": str(tmp_path / "empty")},
+        "empty_image_folder": {"name": "image_folder", "path": str(tmp_path / "empty")},
+    }[failing]
+    with pytest.raises(DataError):
+        prepare(_cfg(**data), out)
+    assert _snapshot(out) == before
+    load_prepared(out)
+
+
+def test_load_prepared_rejects_corrupted_or_missing_files(tmp_path):
+    prepare(_cfg(), tmp_path)
+    raw = bytearray((tmp_path / DATA_FILE).read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (tmp_path / DATA_FILE).write_bytes(bytes(raw))
+    with pytest.raises(DataError, match=rf"{DATA_FILE}.*corrupted.*dvc repro download"):
+        load_prepared(tmp_path)
+    (tmp_path / DATA_FILE).unlink()
+    with pytest.raises(DataError, match=rf"{DATA_FILE}.*missing.*dvc repro download"):
+        load_prepared(tmp_path)
+    (tmp_path / MANIFEST_FILE).unlink()
+    with pytest.raises(DataError, match=rf"{MANIFEST_FILE}.*missing.*dvc repro download"):
+        load_prepared(tmp_path)
+
+
+# --- image_folder -------------------------------------------------------------------------------
+
+COLORS = {"cat": (255, 0, 0), "dog": (0, 0, 255)}
+
+
+def _image_folder(root: Path) -> Path:
+    for cls, color in COLORS.items():
+        (root / cls / "nested").mkdir(parents=True)
+        for i in range(5):
+            where = root / cls / ("nested" if i == 4 else "") / f"{i}.png"
+            Image.new("RGB", (20 + i, 12), color).save(where)
+    (root / "cat" / "notes.txt").write_text("not an image")
+    (root / "dog" / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_image_folder_labels_resize_and_channels(tmp_path, channels):
+    folder = _image_folder(tmp_path / "images")
+    data = _prepared(tmp_path, path=str(folder), name="image_folder", image_size=6, channels=channels)
+    assert data.image_shape == (channels, 6, 6) and data.max_value == 255
+    assert data.manifest["classes"] == ["cat", "dog"]
+    assert data.manifest["unreadable_files"] == ["dog/broken.png"]
+    assert len(data.manifest["source_md5"]) == 10
+    assert data.manifest["split_sizes"] == {"train": 7, "val": 1, "test": 2}
+    images = torch.cat([data.train.images, data.val.images, data.test.images])
+    labels = torch.cat([data.train.labels, data.val.labels, data.test.labels])
+    assert torch.bincount(labels).tolist() == [5, 5]
+    for image, label in zip(images, labels):
+        color = COLORS[["cat", "dog"][label]]
+        expected = [round(0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2])] if channels == 1 else color
+        assert [int(v) for v in image.flatten(1).float().mean(1).round()] == list(expected)
+
+
+def test_image_folder_without_subfolders_is_one_class(tmp_path):
+    (tmp_path / "flat").mkdir()
+    for i in range(4):
+        Image.new("L", (5, 7), 40 * i).save(tmp_path / "flat" / f"{i}.png")
+    data = _prepared(tmp_path, path=str(tmp_path / "flat"), name="image_folder", image_size=4)
+    assert data.image_shape == (1, 4, 4)
+    assert torch.cat([data.train.labels, data.val.labels, data.test.labels]).tolist() == [0, 0, 0, 0]
+
+
+def test_image_folder_missing_or_without_images_raises(tmp_path):
+    with pytest.raises(DataError, match="data.path"):
+        prepare(_cfg(name="image_folder", path=str(tmp_path / "nowhere")), tmp_path / "out")
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    (tmp_path / "empty" / "sub" / "broken.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="no readable images"):
+        prepare(_cfg(name="image_folder", path=str(tmp_path / "empty")), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# --- CIFAR-10 (a small fake archive, with torchvision's md5 lists pointed at it) -----------------
+
+
+def test_cifar10_from_a_mirror_is_converted_to_nchw(tmp_path, monkeypatch):
+    cls = torchvision.datasets.CIFAR10
+    rng = np.random.default_rng(0)
+    members, batches = {}, {}
+    for name in [n for n, _ in cls.train_list + cls.test_list]:
+        hwc = rng.integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
+        batches[name] = hwc
+        members[name] = pickle.dumps({"data": hwc.transpose(0, 3, 1, 2).reshape(3, -1), "labels": [1, 2, 3]})
+    members["batches.meta"] = pickle.dumps({"label_names": [f"class{i}" for i in range(10)]})
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    with tarfile.open(mirror / cls.filename, "w:gz") as tar:
+        for name, blob in members.items():
+            info = tarfile.TarInfo(f"{cls.base_folder}/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    md5 = {name: hashlib.md5(blob).hexdigest() for name, blob in members.items()}
+    monkeypatch.setattr(cls, "tgz_md5", hashlib.md5((mirror / cls.filename).read_bytes()).hexdigest())
+    monkeypatch.setattr(cls, "train_list", [[n, md5[n]] for n, _ in cls.train_list])
+    monkeypatch.setattr(cls, "test_list", [[n, md5[n]] for n, _ in cls.test_list])
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5["batches.meta"]})
+
+    data = _prepared(tmp_path, name="cifar10", root=str(tmp_path / "raw"), mirror=str(mirror))
+    assert data.image_shape == (3, 32, 32) and data.max_value == 255
+    assert data.manifest["split_sizes"] == {"train": 13, "val": 2, "test": 3}
+    assert data.manifest["source_md5"][cls.filename] == cls.tgz_md5
+    assert torch.equal(data.test.images, torch.from_numpy(batches["test_batch"]).permute(0, 3, 1, 2))
+    assert data.test.labels.tolist() == [1, 2, 3] and data.manifest["classes"][0] == "class0"
