@@ -1,0 +1,97 @@
+"""Fixtures: a throw-away git copy of this repository with a tiny, fast params.yaml."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+MNIST_MIRROR = REPO.parent / "shared" / "datasets" / "mnist"
+
+# The default experiment, shrunk so that a whole `dvc repro` takes seconds.
+TINY = {
+    "vae": {"hidden": [32, 16], "latent_dim": 4},
+    "train": {"epochs": 3, "batch_size": 128},
+    "evaluate": {"iw_samples": 16},
+    "sample": {"n": 16, "interpolation_steps": 4, "interpolation_pairs": 2},
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+class Project:
+    """A git + DVC copy of the repo in a temp dir, with helpers to run its commands."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        venv_bin = str(Path(sys.executable).parent)
+        self.env = {
+            **os.environ,
+            "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
+            "PYTHONPATH": str(root / "src"),  # the copy's own code, not the checkout's editable install
+            "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
+            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
+        }
+        for var in ("MLFLOW_TRACKING_URI", "GENLAB_ROOT", "DVC_EXP_NAME"):
+            self.env.pop(var, None)
+
+    def run(self, *cmd: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        proc = subprocess.run(cmd, cwd=self.root, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def popen(self, *cmd: str) -> subprocess.Popen:
+        return subprocess.Popen(cmd, cwd=self.root, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def stage(self, name: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.run(sys.executable, f"stages/{name}.py", check=check)
+
+    def params(self) -> dict:
+        return yaml.safe_load((self.root / "params.yaml").read_text())
+
+    def set_params(self, override: dict) -> None:
+        (self.root / "params.yaml").write_text(yaml.safe_dump(merge(self.params(), override), sort_keys=False))
+
+    def commit(self, message: str = "test") -> None:
+        self.run("git", "add", "-A")
+        self.run("git", "commit", "-qm", message)
+
+    def mlflow(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(f"sqlite:///{self.root / 'mlflow.db'}")
+
+
+def _tracked_files() -> list[str]:
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    return [line for line in out.splitlines() if line and (REPO / line).is_file()]
+
+
+@pytest.fixture
+def project(tmp_path) -> Project:
+    root = tmp_path / "repo"
+    for rel in _tracked_files():
+        if rel.startswith(("metrics/", "bench/", "docs/")):
+            continue  # outputs of the committed experiment and prose are not needed
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, root / rel)
+    (root / "dvc.lock").unlink(missing_ok=True)
+    proj = Project(root)
+    proj.set_params(TINY)
+    proj.run("git", "init", "-q", "-b", "main")
+    proj.commit("tiny copy")
+    return proj

@@ -1,0 +1,178 @@
+"""The real pipeline end to end: dvc + MLflow on a tiny config in a temporary git copy."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+EPOCHS = 3
+
+
+def _image_steps(client, run_id: str) -> dict[str, set[int]]:
+    steps: dict[str, set[int]] = {}
+    for item in client.list_artifacts(run_id, "images"):
+        match = re.match(r"images/(\w+)\+step\+(\d+)\+.*(?<!compressed)\.png$", item.path)
+        if match:
+            steps.setdefault(match[1], set()).add(int(match[2]))
+    return steps
+
+
+def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
+    project.run("dvc", "repro")
+    root = project.root
+    for rel in [
+        "data/prepared/dataset.pt", "data/prepared/manifest.json", "models/model.pt", "models/run.json",
+        "metrics/train.json", "metrics/train_history.csv", "metrics/eval.json",
+        *(f"samples/{n}.png" for n in ("samples", "reconstructions", "interpolation", "latent_map", "curves")),
+    ]:
+        assert (root / rel).is_file(), rel
+
+    history = pd.read_csv(root / "metrics/train_history.csv")
+    assert list(history["epoch"]) == list(range(EPOCHS))
+    test = json.loads((root / "metrics/eval.json").read_text())["test"]
+    assert test["elbo"] == pytest.approx(-(test["recon"] + test["kl"]))
+    assert test["iw_nll"] <= -test["elbo"]  # the importance-weighted bound is the tighter one
+
+    client = project.mlflow()
+    runs = client.search_runs([client.get_experiment_by_name("genlab").experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    run_id = run.info.run_id
+    assert json.loads((root / "models/run.json").read_text())["run_id"] == run_id
+    for split in ("train", "val"):
+        for name in ("loss", "elbo", "recon", "kl", "bpd"):
+            metric = client.get_metric_history(run_id, f"{split}/{name}")
+            assert sorted(m.step for m in metric) == list(range(EPOCHS)), f"{split}/{name}"
+            assert metric[-1].value == pytest.approx(history[f"{split}_{name}"].iloc[-1])
+    for name, value in test.items():
+        assert run.data.metrics[f"test/{name}"] == pytest.approx(value)
+    assert _image_steps(client, run_id) == {"samples": set(range(EPOCHS)), "reconstructions": set(range(EPOCHS))}
+
+    head = project.run("git", "rev-parse", "HEAD").stdout.strip()
+    manifest = json.loads((root / "data/prepared/manifest.json").read_text())
+    tags = run.data.tags
+    assert tags["genlab.git_commit"] == head and tags["mlflow.source.git.commit"] == head
+    assert tags["genlab.git_dirty"] == "false"
+    assert tags["genlab.data_md5"] == manifest["prepared_md5"]
+    assert (tags["genlab.family"], tags["genlab.dataset"]) == ("vae", "digits")
+    assert run.data.params["vae.latent_dim"] == "4" and run.data.params["train.epochs"] == str(EPOCHS)
+    artifacts = {a.path for a in client.list_artifacts(run_id)} | {
+        a.path for d in ("model", "samples", "environment") for a in client.list_artifacts(run_id, d)
+    }
+    assert {"model/model.pt", "samples/latent_map.png", "environment/requirements.txt"} <= artifacts
+    freeze = client.download_artifacts(run_id, "environment/requirements.txt", str(root / "freeze"))
+    assert "torch==" in open(freeze).read()
+    assert run.info.status == "FINISHED"
+
+    # Nothing changed: a second repro runs no stage. Editing sample.* reruns only `sample`.
+    again = project.run("dvc", "repro").stdout
+    assert "Running stage" not in again, again
+    project.set_params({"sample": {"n": 9}})
+    partial = project.run("dvc", "repro").stdout
+    assert "Running stage 'sample'" in partial and "Running stage 'train'" not in partial, partial
+
+
+def test_exp_run_is_listed_by_exp_show_and_logged_to_the_main_store(project):
+    project.run("dvc", "repro")
+    project.commit("baseline results")
+    project.run("dvc", "exp", "run", "-S", "vae.latent_dim=2")
+    rows = json.loads(project.run("dvc", "exp", "show", "--json").stdout)
+    found = []
+    for row in rows:
+        for exp in row.get("experiments") or []:
+            for rev in exp.get("revs", []):
+                data = rev.get("data", {})
+                latent = data.get("params", {}).get("params.yaml", {}).get("data", {}).get("vae", {}).get("latent_dim")
+                if latent == 2:
+                    found.append(data["metrics"]["metrics/eval.json"]["data"]["test"]["elbo"])
+    assert len(found) == 1, json.dumps(rows)[:2000]
+    project.run("dvc", "metrics", "diff")
+    project.run("dvc", "plots", "show", "-o", "plots_out")
+    assert (project.root / "plots_out" / "index.html").is_file()
+
+    client = project.mlflow()
+    runs = client.search_runs([client.get_experiment_by_name("genlab").experiment_id])
+    exp_runs = [r for r in runs if r.data.tags.get("dvc.exp_name")]
+    assert len(runs) == 2 and len(exp_runs) == 1
+    assert exp_runs[0].data.params["vae.latent_dim"] == "2"
+    assert exp_runs[0].data.metrics["test/elbo"] == pytest.approx(found[0])
+
+
+def test_two_queued_experiments_both_land_in_the_main_store(project):
+    project.run("dvc", "repro")
+    project.commit("baseline results")
+    for beta in ("0.5", "2.0"):
+        project.run("dvc", "exp", "run", "--queue", "-S", f"vae.beta={beta}")
+    project.run("dvc", "queue", "start", "-j", "2")
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        status = project.run("dvc", "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert status.count("Success") == 2, status
+    client = project.mlflow()
+    runs = client.search_runs([client.get_experiment_by_name("genlab").experiment_id])
+    betas = sorted(r.data.params["vae.beta"] for r in runs if r.data.tags.get("dvc.exp_name"))
+    assert betas == ["0.5", "2.0"]
+    assert all("test/elbo" in r.data.metrics for r in runs)
+
+
+def test_killed_training_resumes_to_the_same_final_metrics(project):
+    project.set_params({"train": {"epochs": 40}})
+    project.stage("download")
+    project.stage("train")
+    expected = {p: (project.root / p).read_text() for p in ("metrics/train.json", "metrics/train_history.csv")}
+    for p in expected:
+        (project.root / p).unlink()
+    ckpt = project.root / "checkpoints" / "train.pt"
+    ckpt.unlink()
+
+    proc = project.popen("python", "stages/train.py")
+    while proc.poll() is None and not ckpt.exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(ckpt, weights_only=True)["epoch"]
+    assert proc.returncode == -signal.SIGKILL and 1 <= killed_at < 40, proc.stdout.read()
+    assert not (project.root / "metrics/train.json").exists()
+
+    project.set_params({"train": {"resume": True}})
+    out = project.stage("train").stdout
+    assert f"resuming from checkpoints/train.pt after epoch {killed_at}" in out
+    for path, text in expected.items():
+        assert (project.root / path).read_text() == text, path
+
+    client = project.mlflow()
+    runs = client.search_runs([client.get_experiment_by_name("genlab").experiment_id])
+    resumed = [r for r in runs if "genlab.resumed_from_epoch" in r.data.tags]
+    assert len(runs) == 2 and len(resumed) == 1
+    steps = {m.step for m in client.get_metric_history(resumed[0].info.run_id, "train/elbo")}
+    assert steps == set(range(40)) and resumed[0].info.status == "FINISHED"
+
+
+def test_bad_params_fail_with_the_key_named_and_overwrite_nothing(project):
+    project.run("dvc", "repro")
+    kept = {p: (project.root / p).read_bytes() for p in ("metrics/train.json", "models/model.pt")}
+    for override, words in [
+        ({"vae": {"latent_dim": "big"}}, ["vae.latent_dim", "an integer"]),
+        ({"train": {"epoch": 3}}, ["train.epoch", "epochs"]),
+        ({"data": {"name": "imagenet"}}, ["data.name", "mnist", "cifar10"]),
+        ({"train": {"lr": -1}}, ["train.lr", "> 0"]),
+    ]:
+        backup = (project.root / "params.yaml").read_text()
+        project.set_params(override)
+        proc = project.stage("train", check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert all(w in proc.stderr for w in words), proc.stderr
+        assert "Traceback" not in proc.stderr
+        (project.root / "params.yaml").write_text(backup)
+    for path, data in kept.items():
+        assert (project.root / path).read_bytes() == data, path
