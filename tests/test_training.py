@@ -1,0 +1,131 @@
+"""The shared training loop, checkpoints, config validation and the CI rerun comparison, in-process."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from genlab import checkpoint
+from genlab.config import config_from_dict, load_config
+from genlab.data import prepare, load_prepared
+from genlab.errors import CheckpointError, ConfigError, DivergenceError
+from genlab.models import build_family
+from genlab.reproduce import compare
+from genlab.tracking import repo_root
+from genlab.training import NullTracker, fit, input_levels
+
+CPU = torch.device("cpu")
+SMALL = {"vae": {"hidden": [32, 16], "latent_dim": 4}, "train": {"epochs": 4, "batch_size": 128}}
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared")
+    prepare(config_from_dict({}), out)
+    return load_prepared(out)
+
+
+def _run(cfg, data, ckpt: Path | None, resume_state=None):
+    torch.manual_seed(cfg.seed)
+    family = build_family(cfg, data.image_shape, input_levels(data, cfg), CPU)
+    return fit(family, data, cfg, checkpoint_path=ckpt, tracker=NullTracker(), resume_state=resume_state)
+
+
+def test_same_params_give_identical_history(digits):
+    cfg = config_from_dict(SMALL)
+    assert _run(cfg, digits, None) == _run(cfg, digits, None)
+    other = config_from_dict({**SMALL, "seed": 1})
+    assert _run(other, digits, None) != _run(cfg, digits, None)
+
+
+def test_resume_from_a_checkpoint_continues_bit_for_bit(digits, tmp_path):
+    full = _run(config_from_dict(SMALL), digits, None)
+    ckpt = tmp_path / "train.pt"
+    _run(config_from_dict({**SMALL, "train": {**SMALL["train"], "epochs": 2}}), digits, ckpt)
+    state = checkpoint.load(ckpt)
+    assert state["epoch"] == 2 and len(state["history"]) == 2
+    resumed = _run(config_from_dict({**SMALL, "train": {**SMALL["train"], "resume": True}}), digits, ckpt, state)
+    assert resumed == full
+
+
+def test_resume_with_other_params_is_refused(digits, tmp_path):
+    ckpt = tmp_path / "train.pt"
+    _run(config_from_dict({**SMALL, "train": {**SMALL["train"], "epochs": 1}}), digits, ckpt)
+    other = config_from_dict({**SMALL, "vae": {**SMALL["vae"], "beta": 2.0}})
+    with pytest.raises(CheckpointError, match="other params"):
+        _run(other, digits, ckpt, checkpoint.load(ckpt))
+
+
+def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(digits, tmp_path, monkeypatch):
+    cfg = config_from_dict(SMALL)
+    family = build_family(cfg, digits.image_shape, digits.levels, CPU)
+    real_step = family.train_step
+
+    def step(x, epoch, gen):
+        out = real_step(x, epoch, gen)
+        return {k: v * math.nan for k, v in out.items()} if epoch == 2 else out
+
+    monkeypatch.setattr(family, "train_step", step)
+    ckpt = tmp_path / "train.pt"
+    with pytest.raises(DivergenceError, match="epoch 3.*last good checkpoint"):
+        fit(family, digits, cfg, checkpoint_path=ckpt, tracker=NullTracker())
+    state = checkpoint.load(ckpt)
+    assert state["epoch"] == 2
+    assert all(math.isfinite(v) for row in state["history"] for v in row.values())
+
+
+def test_corrupted_or_missing_checkpoint_raises_checkpoint_error(tmp_path):
+    bad = tmp_path / "train.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupted"):
+        checkpoint.load(bad)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        checkpoint.load(tmp_path / "missing.pt")
+    torch.save({"format_version": 99}, bad)
+    with pytest.raises(CheckpointError, match="format 99"):
+        checkpoint.load(bad)
+
+
+@pytest.mark.parametrize(
+    "raw,words",
+    [
+        ({"vae": {"latent_dim": 2.5}}, ["vae.latent_dim", "an integer"]),
+        ({"vae": {"arch": "resnet"}}, ["vae.arch", "'mlp'", "'conv'"]),
+        ({"data": {"binarize": True}}, ["data.binarize", "'none'", "'dynamic'"]),
+        ({"train": {"batch_size": 0}}, ["train.batch_size", ">= 1"]),
+        ({"trian": {}}, ["trian", "allowed"]),
+        ({"data": {"name": "image_folder"}}, ["data.path"]),
+        ({"device": "tpu"}, ["device", "cuda"]),
+        ({"train": {"resume": "yes"}}, ["train.resume", "true or false"]),
+    ],
+)
+def test_bad_params_raise_config_error_naming_the_key(raw, words):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(raw)
+    assert all(w in str(info.value) for w in words), str(info.value)
+
+
+def test_committed_params_yaml_is_valid_and_numbers_in_strings_are_read(tmp_path):
+    cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
+    assert cfg.model.family == "vae"
+    assert config_from_dict({"train": {"lr": "1e-3"}}).train.lr == 1e-3
+
+
+def test_repo_root_strips_dvc_temp_workspace(tmp_path, monkeypatch):
+    monkeypatch.delenv("GENLAB_ROOT", raising=False)
+    assert repo_root(tmp_path / ".dvc" / "tmp" / "exps" / "tmpab12cd") == tmp_path.resolve()
+    assert repo_root(tmp_path) == tmp_path.resolve()
+    monkeypatch.setenv("GENLAB_ROOT", str(tmp_path / "elsewhere"))
+    assert repo_root(tmp_path) == (tmp_path / "elsewhere").resolve()
+
+
+def test_rerun_comparison_flags_differences_beyond_tolerance():
+    committed = {"test.elbo": -24.0, "test.kl": 3.0}
+    assert compare(committed, {"test.elbo": -24.0 * (1 + 1e-6), "test.kl": 3.0}) == []
+    problems = compare(committed, {"test.elbo": -24.1, "extra": 1.0})
+    assert any("test.elbo" in p for p in problems)
+    assert any("test.kl: missing" in p for p in problems)
+    assert any("extra: not in committed" in p for p in problems)
