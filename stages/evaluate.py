@@ -1,12 +1,9 @@
 """DVC stage `evaluate`: test-split metrics of the trained model -> metrics/eval.json + MLflow test/*."""
 
-import torch
-
 from genlab import atomic, paths, stage, tracking
-from genlab.config import load_config
-from genlab.data import load_prepared
-from genlab.errors import CheckpointError
-from genlab.runtime import generator, resolve_device, seed_everything
+from genlab.config import config_from_dict
+from genlab.runtime import generator
+from genlab.training import batch_transform
 
 # How each data convention's numbers should be read; recorded beside the metrics in MLflow.
 CONVENTIONS = {
@@ -17,29 +14,18 @@ CONVENTIONS = {
 
 
 def run() -> None:
-    cfg = load_config(paths.PARAMS)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    family, saved = stage.load_model(device)
-    data = load_prepared(paths.PREPARED_DIR)
-    if data.checksum != saved["data_md5"]:
-        raise CheckpointError(
-            f"{paths.MODEL} was trained on data {saved['data_md5']} but {paths.PREPARED_DIR} holds {data.checksum}: "
-            "retrain with `dvc repro train`"
-        )
-    trained_cfg = saved["config"]
-    binarize = trained_cfg["data"]["binarize"]
+    t = stage.load_trained()
+    cfg, device, family, data = t.cfg, t.device, t.family, t.data
+    trained = config_from_dict(t.saved["config"])
+    # With dynamic binarisation the test split is binarised once, by this seeded generator.
+    transform = batch_transform(data, trained)
     gen = generator(device, cfg.seed + 3)
-    bs = cfg.evaluate.batch_size
-    test = data.test.images
+    bs, test = cfg.evaluate.batch_size, data.test.images
+    batches = (transform(test[i : i + bs].to(device), gen) for i in range(0, len(test), bs))
 
-    def batches():
-        for start in range(0, len(test), bs):
-            x = data.to_unit(test[start : start + bs].to(device))
-            yield torch.bernoulli(x, generator=gen) if binarize == "dynamic" else x
-
-    results = family.test_metrics(batches(), gen, cfg)
-    convention = "dynamic" if binarize == "dynamic" else f"none/{trained_cfg.get('vae', {}).get('likelihood', '?')}"
+    results = family.test_metrics(batches, gen, cfg)
+    binarize = trained.data.binarize
+    convention = "dynamic" if binarize == "dynamic" else f"none/{trained.vae.likelihood}"
     atomic.write_json(paths.EVAL_METRICS, {"test": results})
     print(" ".join(f"test/{k} {v:.4f}" for k, v in results.items()))
 

@@ -4,28 +4,22 @@ import pandas as pd
 import torch
 
 from genlab import paths, stage, tracking
-from genlab.config import load_config
-from genlab.data import load_prepared
-from genlab.runtime import generator, resolve_device, seed_everything
+from genlab.runtime import generator
 from genlab.sampling import interpolate, latent_map
 from genlab.visualise import plot_curves, plot_latent_map, save_grid
 
 
 @torch.no_grad()
 def run() -> None:
-    cfg = load_config(paths.PARAMS)
-    seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    family, _ = stage.load_model(device)
-    data = load_prepared(paths.PREPARED_DIR)
+    t = stage.load_trained()
+    cfg, device, family, data = t.cfg, t.device, t.family, t.data
     s = cfg.sample
     out = paths.SAMPLES_DIR
     out.mkdir(exist_ok=True)
     test = data.to_unit(data.test.images.to(device))
 
     save_grid(family.sample(s.n, generator(device, cfg.seed + 4)), out / "samples.png")
-    pairs = test[:32]
-    save_grid(torch.stack([pairs, family.reconstruct(pairs)], 1).flatten(0, 1), out / "reconstructions.png")
+    save_grid(family.paired_reconstructions(test[:32]), out / "reconstructions.png")
     k = min(s.interpolation_pairs, len(test) // 2)
     grid = interpolate(family, test[:k], test[k : 2 * k], s.interpolation_steps)
     save_grid(grid, out / "interpolation.png", nrow=s.interpolation_steps)

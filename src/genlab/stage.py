@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 from genlab import checkpoint, paths
-from genlab.config import config_from_dict
+from genlab.config import Config, config_from_dict, load_config
+from genlab.data import PreparedData, load_prepared
 from genlab.errors import CheckpointError, GenlabError
 from genlab.models import Family, build_family
+from genlab.runtime import resolve_device, seed_everything
 
 
 def main(stage: Callable[[], None]) -> None:
@@ -44,6 +47,31 @@ def load_model(device: torch.device) -> tuple[Family, dict[str, Any]]:
     family.load_state_dict(saved["model"], with_optimizers=False)
     family.train(False)
     return family, saved
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What evaluate and sample start from: today's params, the trained model and its data."""
+
+    cfg: Config
+    device: torch.device
+    family: Family
+    saved: dict[str, Any]  # the model file: includes the params the model was trained with
+    data: PreparedData
+
+
+def load_trained() -> Trained:
+    cfg = load_config(paths.PARAMS)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    family, saved = load_model(device)
+    data = load_prepared(paths.PREPARED_DIR)
+    if data.checksum != saved["data_md5"]:
+        raise CheckpointError(
+            f"{paths.MODEL} was trained on data {saved['data_md5']} but {paths.PREPARED_DIR} holds {data.checksum}: "
+            "retrain with `dvc repro train`"
+        )
+    return Trained(cfg, device, family, saved, data)
 
 
 def read_run_id() -> str:

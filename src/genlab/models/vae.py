@@ -139,10 +139,13 @@ class VAE(Family):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode_mean(self.encoder(x)[0])
 
+    def paired_reconstructions(self, x: torch.Tensor) -> torch.Tensor:
+        """Each image followed by its reconstruction, for side-by-side grids."""
+        return torch.stack([x, self.reconstruct(x)], dim=1).flatten(0, 1)
+
     @torch.no_grad()
     def snapshot(self, fixed_batch, gen):
-        originals_and_recons = torch.stack([fixed_batch, self.reconstruct(fixed_batch)], dim=1).flatten(0, 1)
-        return {"samples": self.sample(64, gen), "reconstructions": originals_and_recons}
+        return {"samples": self.sample(64, gen), "reconstructions": self.paired_reconstructions(fixed_batch)}
 
     @torch.no_grad()
     def log_weights(self, x: torch.Tensor, k: int, gen: torch.Generator, chunk: int = 256) -> torch.Tensor:
