@@ -1,0 +1,56 @@
+"""Figures: grids, interpolation and latent maps from a small VAE."""
+
+import numpy as np
+import pytest
+import torch
+
+from genlab.config import config_from_dict
+from genlab.models import build_family
+from genlab.sampling import interpolate, latent_map
+from genlab.visualise import save_grid, to_grid
+
+
+def _vae(latent_dim=4):
+    torch.manual_seed(0)
+    cfg = config_from_dict({"vae": {"hidden": [16], "latent_dim": latent_dim}})
+    return build_family(cfg, (1, 8, 8), 17, torch.device("cpu"))
+
+
+def test_grid_enlarges_tiny_images_and_keeps_values():
+    images = torch.zeros(4, 1, 8, 8)
+    images[1] = 1.0
+    grid = to_grid(images, nrow=4)
+    # 8x8 images are shown 4x larger (32 px) with 2 px padding: 4 * (32 + 2) + 2 wide.
+    assert grid.shape == (36, 138, 3) and grid.dtype == np.uint8
+    assert grid[2:34, 36:68].min() == 255 and grid[2:34, 2:34].max() == 0
+
+
+def test_save_grid_writes_a_png(tmp_path):
+    save_grid(torch.rand(6, 3, 32, 32), tmp_path / "g.png", nrow=3)
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_interpolation_starts_and_ends_at_the_reconstructions():
+    vae = _vae()
+    x = torch.rand(6, 1, 8, 8)
+    with torch.no_grad():
+        rows = interpolate(vae, x[:3], x[3:], steps=5).view(3, 5, 1, 8, 8)
+        torch.testing.assert_close(rows[:, 0], vae.reconstruct(x[:3]))
+        torch.testing.assert_close(rows[:, -1], vae.reconstruct(x[3:]))
+
+
+@pytest.mark.parametrize("method", ["pca", "tsne"])
+def test_latent_map_gives_2d_points_per_image(method):
+    with torch.no_grad():
+        points, how = latent_map(_vae(), torch.rand(40, 1, 8, 8), method, seed=0)
+    assert points.shape == (40, 2) and np.isfinite(points).all()
+    assert ("PCA" in how) == (method == "pca")
+
+
+def test_two_dimensional_latents_are_plotted_directly():
+    vae = _vae(latent_dim=2)
+    x = torch.rand(10, 1, 8, 8)
+    with torch.no_grad():
+        points, how = latent_map(vae, x, "pca", seed=0)
+        np.testing.assert_allclose(points, vae.encode(x)[0].double().numpy())
+    assert how == "latent means"
