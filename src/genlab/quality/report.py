@@ -1,0 +1,230 @@
+"""Compare runs: read them from MLflow, write a table (CSV + Markdown) and a bar chart per metric.
+
+    df = build_report(tracking_uri(), dataset="mnist", family="vae")   # -> reports/runs.{csv,md,png}
+
+Filters are exact tag matches (`genlab.dataset`, `genlab.family`, `dvc.exp_name`); a value with
+`%` is a SQL LIKE pattern (`dvc_exp="beta-%"`). Metrics default to every `test/*` metric present
+plus the final `val/elbo`; `metrics` takes names or shell-style patterns (`test/*`, `val/elbo`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from genlab import atomic, paths
+from genlab.errors import GenlabError
+
+EXPERIMENT = "genlab"  # = genlab.tracking.EXPERIMENT; not imported from there, as it pulls in torchvision
+
+TAGS = {"dataset": "genlab.dataset", "family": "genlab.family", "dvc_exp": "dvc.exp_name"}
+ALWAYS_PARAMS = ("train.epochs",)
+DEFAULT_METRICS = ("test/*", "val/elbo")
+FILES = ("runs.csv", "runs.md", "runs.png")
+
+
+class ReportError(GenlabError):
+    """No run matches, or the experiment / a requested metric does not exist."""
+
+
+def _quote(value: str) -> str:
+    if "'" in value and '"' in value:
+        raise ReportError(f"filter value {value!r} holds both quote characters: drop one of them")
+    return f'"{value}"' if "'" in value else f"'{value}'"
+
+
+def filter_string(dataset: str | None = None, family: str | None = None, dvc_exp: str | None = None) -> str:
+    """MLflow search filter for the given tag values (a value with % is a LIKE pattern)."""
+    clauses = []
+    for arg, value in (("dataset", dataset), ("family", family), ("dvc_exp", dvc_exp)):
+        if value:
+            op = "LIKE" if "%" in value else "="
+            clauses.append(f"tags.`{TAGS[arg]}` {op} {_quote(value)}")
+    return " and ".join(clauses)
+
+
+def _search(tracking_uri: str, experiment: str, filters: str) -> pd.DataFrame:
+    import mlflow
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    if client.get_experiment_by_name(experiment) is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ReportError(
+            f"no MLflow experiment {experiment!r} in {tracking_uri}"
+            + (f"; it holds: {', '.join(names)}" if names else ": it holds no experiments (run `dvc repro` first)")
+        )
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        return mlflow.search_runs(experiment_names=[experiment], filter_string=filters, order_by=["attributes.start_time ASC"])
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def _col(runs: pd.DataFrame, name: str) -> pd.Series:
+    return runs[name] if name in runs.columns else pd.Series([None] * len(runs), index=runs.index, dtype=object)
+
+
+def _text(series: pd.Series) -> pd.Series:
+    return series.where(series.notna(), "").astype(str)
+
+
+def _choose_metrics(runs: pd.DataFrame, patterns: Sequence[str] | None) -> list[str]:
+    available = [c[len("metrics.") :] for c in runs.columns if c.startswith("metrics.") and runs[c].notna().any()]
+    chosen: list[str] = []
+    for pattern in patterns or DEFAULT_METRICS:
+        matched = sorted(m for m in available if fnmatch.fnmatchcase(m, pattern))
+        if not matched and patterns:
+            raise ReportError(
+                f"no selected run has a metric matching {pattern!r}; available: {', '.join(sorted(available)) or 'none'}"
+            )
+        chosen += [m for m in matched if m not in chosen]
+    return chosen
+
+
+def _key_params(runs: pd.DataFrame) -> list[str]:
+    """Params whose value differs across the selected runs, plus train.epochs."""
+    keys = []
+    for col in sorted(c for c in runs.columns if c.startswith("params.")):
+        name = col[len("params.") :]
+        values = _text(runs[col])
+        if name in ALWAYS_PARAMS or values.nunique() > 1:
+            keys.append(name)
+    return keys
+
+
+def runs_table(runs: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """mlflow.search_runs output -> one row per run: identity, git state, key params, metrics."""
+    commit = _text(_col(runs, "tags.genlab.git_commit"))
+    table = pd.DataFrame(
+        {
+            "run": runs["run_id"].str[:8],
+            "run_name": _text(_col(runs, "tags.mlflow.runName")),
+            "dvc_exp": _text(_col(runs, "tags.dvc.exp_name")),
+            "family": _text(_col(runs, "tags.genlab.family")),
+            "dataset": _text(_col(runs, "tags.genlab.dataset")),
+            "commit": commit.where(commit == "unknown", commit.str[:8]),
+            "dirty": _text(_col(runs, "tags.genlab.git_dirty")),
+            "start_time_utc": pd.to_datetime(runs["start_time"]).dt.strftime("%Y-%m-%d %H:%M:%S"),
+            "status": runs["status"],
+        }
+    )
+    for name in _key_params(runs):
+        table[name] = _text(_col(runs, f"params.{name}")).values
+    for name in _choose_metrics(runs, metrics):
+        table[name] = _col(runs, f"metrics.{name}").astype(float).values
+    return table.reset_index(drop=True)
+
+
+def metric_columns(table: pd.DataFrame) -> list[str]:
+    return [c for c in table.columns if pd.api.types.is_float_dtype(table[c])]
+
+
+def format_number(value: Any) -> str:
+    """Readable rounding: 4 significant digits, integers as integers, NaN as blank."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if not isinstance(value, (int, float)):
+        return str(value)
+    v = float(value)
+    if v.is_integer() and abs(v) < 1e12:
+        return str(int(v))
+    if abs(v) >= 1000:
+        return f"{v:.1f}"
+    return f"{v:.4g}" if abs(v) < 1 else f"{v:.{max(0, 3 - int(math.floor(math.log10(abs(v)))))}f}"
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    def cell(value: Any) -> str:
+        return format_number(value).replace("|", "\\|").replace("\n", " ")
+
+    numeric = set(metric_columns(table))
+    header = "| " + " | ".join(str(c) for c in table.columns) + " |"
+    rule = "|" + "|".join("---:" if c in numeric else "---" for c in table.columns) + "|"
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([header, rule, *rows]) + "\n"
+
+
+def run_labels(table: pd.DataFrame) -> list[str]:
+    """Run names for the plot axis; the short run id is added where a name is missing or repeated."""
+    names = [n or r for n, r in zip(table["run_name"], table["run"])]
+    counts = pd.Series(names).value_counts()
+    return [f"{n} ({r})" if counts[n] > 1 else n for n, r in zip(names, table["run"])]
+
+
+def plot(table: pd.DataFrame, path: str | Path) -> None:
+    """One horizontal bar chart per metric, runs on the y axis (readable from 1 to ~30 runs)."""
+    from matplotlib.figure import Figure
+    from matplotlib.transforms import blended_transform_factory
+
+    metrics = metric_columns(table)
+    labels = run_labels(table)
+    n_runs, n_metrics = len(table), max(len(metrics), 1)
+    cols = min(3, n_metrics)
+    rows = math.ceil(n_metrics / cols)
+    panel_h = 1.2 + 0.28 * n_runs
+    fig = Figure(figsize=(4.6 * cols + 1.5, panel_h * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
+    positions = list(range(n_runs))
+    for i, ax in enumerate(axes.flat):
+        if i >= len(metrics):
+            if metrics:
+                ax.set_visible(False)
+            else:
+                ax.text(0.5, 0.5, "no metrics logged", ha="center", va="center", transform=ax.transAxes)
+            continue
+        name = metrics[i]
+        values = table[name].to_numpy(dtype=float)
+        ax.barh(positions, [0 if math.isnan(v) else v for v in values], color="C0", height=0.7)
+        for y, v in zip(positions, values):
+            if math.isnan(v):  # not logged by this run: say so at the panel's left edge
+                ax.text(0.01, y, "n/a", transform=blended_transform_factory(ax.transAxes, ax.transData),
+                        va="center", ha="left", fontsize=7, color="grey")
+            else:
+                ax.text(0, y, f" {format_number(v)} ", va="center", ha="left" if v >= 0 else "right", fontsize=7)
+        ax.set_title(name, fontsize=10)
+        ax.axvline(0, color="black", linewidth=0.6)
+        ax.tick_params(labelsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(positions, labels, fontsize=8)
+    axes[0][0].invert_yaxis()  # first (oldest) run on top, as in the table
+    fig.suptitle(f"{n_runs} run(s), oldest first", fontsize=10)
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+
+
+def build_report(
+    tracking_uri: str,
+    experiment: str = EXPERIMENT,
+    dataset: str | None = None,
+    family: str | None = None,
+    dvc_exp: str | None = None,
+    metrics: Sequence[str] | None = None,
+    out_dir: str | Path = paths.REPORTS_DIR,
+) -> pd.DataFrame:
+    """Select runs, write out_dir/runs.csv, runs.md and runs.png (each atomically), return the table.
+
+    Raises ReportError (a GenlabError: stages exit 2) when the experiment is missing, no run
+    matches the filters, or a requested metric exists in none of the selected runs.
+    """
+    filters = filter_string(dataset, family, dvc_exp)
+    runs = _search(tracking_uri, experiment, filters)
+    if runs.empty:
+        given = ", ".join(f"{k}={v}" for k, v in (("dataset", dataset), ("family", family), ("dvc_exp", dvc_exp)) if v)
+        raise ReportError(
+            f"no run in experiment {experiment!r} of {tracking_uri} matches "
+            + (given if given else "(no filters): the experiment is empty — run `dvc repro` or `dvc exp run` first")
+            + ("; loosen the filters (a % in a value is a wildcard) or check the tag values in `mlflow ui`" if given else "")
+        )
+    table = runs_table(runs, metrics)
+    out = Path(out_dir)
+    with atomic.atomic_path(out / "runs.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    atomic.write_text(out / "runs.md", to_markdown(table))
+    plot(table, out / "runs.png")
+    return table

@@ -1,0 +1,125 @@
+"""The domain classifier: shapes per dataset shape, determinism, accuracy, its file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from genlab.config import load_config
+from genlab.data import load_prepared, prepare
+from genlab.errors import CheckpointError, DataError
+from genlab.quality.classifier import (
+    DomainClassifier,
+    embed,
+    load_classifier,
+    num_classes,
+    save_classifier,
+    train_classifier,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+
+
+def _params(**overrides):
+    """The repository's params.yaml (the pipeline's defaults), with dotted-key overrides."""
+    return load_config(REPO / "params.yaml", {"device": "cpu", **overrides})
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory):
+    out = tmp_path_factory.mktemp("digits")
+    prepare(_params(), out)
+    return load_prepared(out)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(digits):
+    cfg = _params(**{"classifier.epochs": 1})
+    return cfg, *train_classifier(cfg, digits, CPU)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
+def test_output_shapes_for_each_dataset_shape(shape):
+    torch.manual_seed(0)
+    model = DomainClassifier(shape, num_classes=10, channels=[8, 16], features=24).train(False)
+    x = torch.rand(5, *shape)
+    assert model(x).shape == (5, 10)
+    feats = model.features(x)
+    assert feats.shape == (5, 24) and feats.dtype == torch.float32 and (feats >= 0).all()  # after the ReLU
+    probs = model.probabilities(x)
+    assert probs.shape == (5, 10) and torch.allclose(probs.sum(1), torch.ones(5))
+
+    u8 = (x * 255).round().to(torch.uint8)
+    f_u8, p_u8 = embed(model, u8, batch_size=2)  # uint8 is read on the 0..max_value grid
+    f_fl, p_fl = embed(model, u8.float() / 255, batch_size=3)
+    assert f_u8.shape == (5, 24) and p_u8.shape == (5, 10)
+    assert torch.allclose(f_u8, f_fl, atol=1e-6) and torch.allclose(p_u8, p_fl, atol=1e-6)
+    with pytest.raises(DataError, match="shape"):
+        embed(model, torch.rand(2, shape[0], shape[1] + 1, shape[2]))
+
+
+def test_a_deep_stack_stops_pooling_at_one_pixel():
+    model = DomainClassifier((1, 8, 8), 10, channels=[4, 4, 4, 4, 4], features=8)
+    assert model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in model.conv) == 3  # 8 -> 4 -> 2 -> 1
+
+
+def test_num_classes_come_from_the_manifest(digits):
+    assert num_classes(digits) == 10
+
+
+def test_training_is_deterministic(digits, tiny_run):
+    cfg, model, metrics = tiny_run
+    again, metrics_again = train_classifier(cfg, digits, CPU)
+    assert metrics == metrics_again
+    for (name, a), (_, b) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert set(metrics) == {"epochs", "train", "val", "test"}
+    assert set(metrics["test"]) == {"accuracy", "loss"} and 0 <= metrics["test"]["accuracy"] <= 1
+
+
+def test_save_load_round_trip_and_other_data_is_refused(digits, tiny_run, tmp_path):
+    cfg, model, metrics = tiny_run
+    path = tmp_path / "classifier.pt"
+    save_classifier(model, path, cfg.to_dict(), digits.checksum, metrics)
+    loaded = load_classifier(path, CPU, data_md5=digits.checksum)
+    assert not loaded.training and loaded.metrics == metrics
+    f, p = embed(model, digits.test.images)
+    f2, p2 = embed(loaded, digits.test.images)
+    assert torch.equal(f, f2) and torch.equal(p, p2)
+
+    with pytest.raises(CheckpointError, match="dvc repro classifier"):
+        load_classifier(path, CPU, data_md5="0" * 32)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_classifier(tmp_path / "missing.pt", CPU)
+
+
+def test_load_rebuilds_from_the_stored_params_not_todays(digits, tmp_path):
+    cfg = _params(**{"classifier.channels": [4], "classifier.features": 6})
+    model = DomainClassifier(digits.image_shape, 10, [4], 6, digits.max_value)
+    save_classifier(model, tmp_path / "c.pt", cfg.to_dict(), digits.checksum)
+    loaded = load_classifier(tmp_path / "c.pt")
+    assert loaded.num_features == 6 and loaded.max_value == digits.max_value
+
+
+def test_default_params_reach_95_percent_on_digits(digits):
+    """With params.yaml's classifier section (about 10 s on 2 CPU cores)."""
+    _, metrics = train_classifier(_params(), digits, CPU)
+    assert metrics["test"]["accuracy"] >= 0.95, metrics
+
+
+@pytest.mark.slow
+def test_stage_writes_the_model_and_metrics(project):
+    project.set_params({"classifier": {"epochs": 1}})
+    project.stage("download")
+    out = project.stage("classifier")
+    assert "classifier test/accuracy" in out.stdout
+    metrics = json.loads((project.root / "metrics/classifier.json").read_text())
+    data = load_prepared(project.root / "data/prepared")
+    model = load_classifier(project.root / "models/classifier.pt", CPU, data_md5=data.checksum)
+    assert model.metrics == metrics and model.num_classes == 10
+    assert not list((project.root / "models").glob(".*.tmp"))
