@@ -1,7 +1,9 @@
-"""DVC stage `evaluate`: test-split metrics of the trained model -> metrics/eval.json + MLflow test/*."""
+"""DVC stage `evaluate`: test-split likelihoods and sample quality of the trained model -> metrics/eval.json + MLflow test/*."""
 
 from genlab import atomic, paths, stage, tracking
 from genlab.config import config_from_dict
+from genlab.quality.classifier import load_classifier
+from genlab.quality.scoring import domain_scores, inception_fid, real_pair, reconstruction_scores, sample_in_batches
 from genlab.runtime import generator
 from genlab.training import batch_transform
 
@@ -11,6 +13,21 @@ CONVENTIONS = {
     "none/bernoulli": "grey levels in [0,1] scored with Bernoulli cross-entropy: comparable with tutorial VAEs, not a normalised likelihood",
     "none/gaussian": "pixels on their discrete grid scored with a discretised Gaussian: a true discrete log-likelihood",
 }
+
+
+def sample_quality(t: stage.Trained, batch_size: int) -> dict[str, float]:
+    """Domain-classifier scores of the family's samples, reconstruction scores, optional Inception FID."""
+    cfg, family, data = t.cfg, t.family, t.data
+    n = min(cfg.evaluate.num_samples, len(data.test))
+    classifier = load_classifier(paths.CLASSIFIER, t.device, data_md5=data.checksum)
+    generated = sample_in_batches(family.sample, n, generator(t.device, cfg.seed + 5), batch_size)
+    test, train = real_pair(data, n, cfg.seed + 6)
+    scores = {"num_samples": n, **domain_scores(classifier, generated, test, train)}
+    if hasattr(family, "reconstruct"):
+        scores.update(reconstruction_scores(family.reconstruct, test, batch_size, t.device))
+    if cfg.evaluate.inception_fid:
+        scores.update(inception_fid(generated, test, train, cfg.evaluate.inception_weights, t.device))
+    return scores
 
 
 def run() -> None:
@@ -24,6 +41,7 @@ def run() -> None:
     batches = (transform(test[i : i + bs].to(device), gen) for i in range(0, len(test), bs))
 
     results = family.test_metrics(batches, gen, cfg)
+    results.update(sample_quality(t, bs))
     binarize = trained.data.binarize
     convention = "dynamic" if binarize == "dynamic" else f"none/{trained.vae.likelihood}"
     atomic.write_json(paths.EVAL_METRICS, {"test": results})

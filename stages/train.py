@@ -30,7 +30,7 @@ def run() -> None:
         tracker.set_tags({"genlab.resumed_from_epoch": state["epoch"]})
     else:
         tags = tracking.run_tags(cfg, data.checksum, device)
-        tracker = tracking.MlflowTracker.create(cfg, tags, run_name=tags.get("dvc.exp_name"))
+        tracker = tracking.MlflowTracker.create(cfg, tags, run_name=tracking.run_name(cfg, tags))
         tracker.log_text(tracking.pip_freeze(), "environment/requirements.txt")
     print(f"MLflow run {tracker.run_id} in {tracker.uri}")
 

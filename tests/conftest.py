@@ -18,7 +18,8 @@ MNIST_MIRROR = REPO.parent / "shared" / "datasets" / "mnist"
 TINY = {
     "vae": {"hidden": [32, 16], "latent_dim": 4},
     "train": {"epochs": 3, "batch_size": 128},
-    "evaluate": {"iw_samples": 16},
+    "classifier": {"epochs": 2},
+    "evaluate": {"iw_samples": 16, "num_samples": 100},
     "sample": {"n": 16, "interpolation_steps": 4, "interpolation_pairs": 2},
 }
 

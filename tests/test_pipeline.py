@@ -29,7 +29,7 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
     root = project.root
     for rel in [
         "data/prepared/dataset.pt", "data/prepared/manifest.json", "models/model.pt", "models/run.json",
-        "metrics/train.json", "metrics/train_history.csv", "metrics/eval.json",
+        "models/classifier.pt", "metrics/classifier.json", "metrics/train.json", "metrics/train_history.csv", "metrics/eval.json",
         *(f"samples/{n}.png" for n in ("samples", "reconstructions", "interpolation", "latent_map", "curves")),
     ]:
         assert (root / rel).is_file(), rel
@@ -39,6 +39,9 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
     test = json.loads((root / "metrics/eval.json").read_text())["test"]
     assert test["elbo"] == pytest.approx(-(test["recon"] + test["kl"]))
     assert test["iw_nll"] <= -test["elbo"]  # the importance-weighted bound is the tighter one
+    for name in ("domain_fid", "domain_fid_floor", "domain_is", "precision", "recall", "density", "coverage", "psnr", "ssim"):
+        assert name in test and test[name] == test[name], name  # present and not NaN
+    assert test["num_samples"] == 100 and 1 <= test["domain_is"] <= 10
 
     client = project.mlflow()
     runs = client.search_runs([client.get_experiment_by_name("genlab").experiment_id])

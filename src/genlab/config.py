@@ -59,9 +59,23 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class ClassifierConfig:
+    """The domain classifier whose features and class probabilities score generated samples."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 2e-3  # Adam, cosine-decayed to 0 over the run
+    channels: list[int] = field(default_factory=lambda: [32, 64])  # conv widths
+    features: int = 128  # penultimate width: the feature space of FID, precision/recall, density/coverage
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     iw_samples: int = 1000  # importance samples per test image (5000 = literature protocol)
     batch_size: int = 256
+    num_samples: int = 2000  # generated images scored against as many test images (capped at the test size)
+    inception_fid: bool = False  # also the standard Inception-v3 FID (slow on CPU)
+    inception_weights: Optional[str] = None  # local pt_inception-2015-12-05 weights file, if no package ships them
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
@@ -105,7 +120,13 @@ _RANGES = [
     ("train.epochs", lambda v: v >= 1, "an integer >= 1"),
     ("train.batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("train.lr", lambda v: v > 0, "a number > 0"),
+    ("classifier.epochs", lambda v: v >= 1, "an integer >= 1"),
+    ("classifier.batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("classifier.lr", lambda v: v > 0, "a number > 0"),
+    ("classifier.channels", lambda v: len(v) >= 1 and min(v) >= 1, "a non-empty list of positive integers"),
+    ("classifier.features", lambda v: v >= 2, "an integer >= 2"),
     ("evaluate.iw_samples", lambda v: v >= 1, "an integer >= 1"),
+    ("evaluate.num_samples", lambda v: v >= 10, "an integer >= 10"),
     ("evaluate.batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("sample.n", lambda v: v >= 1, "an integer >= 1"),
     ("sample.interpolation_steps", lambda v: v >= 2, "an integer >= 2"),

@@ -172,6 +172,12 @@ def run_tags(cfg: Config, data_checksum: str, device: torch.device) -> dict[str,
     return tags
 
 
+def run_name(cfg: Config, tags: dict[str, str]) -> str:
+    """The DVC experiment name when there is one; else family-dataset-time. MLflow's own random
+    names would repeat here, because seeding Python's `random` fixes them."""
+    return tags.get("dvc.exp_name") or f"{cfg.model.family}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
 def attach(run_id: str) -> MlflowTracker:
     """Re-open the run a previous stage created (evaluate and sample add to the train run)."""
     root = repo_root()

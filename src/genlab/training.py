@@ -42,7 +42,8 @@ def resume_key(cfg: Config) -> str:
     """Digest of every param that shapes a run's trajectory; train.epochs may grow on resume."""
     d = cfg.to_dict()
     d["train"] = {k: v for k, v in d["train"].items() if k not in ("epochs", "resume")}
-    d.pop("evaluate"), d.pop("sample")
+    for section in ("classifier", "evaluate", "sample"):
+        d.pop(section)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,0 +1,62 @@
+"""Score a family's samples (and reconstructions) against the test split, with reference floors.
+
+Every number is computed between `n` generated images and the first `n` test images, where
+n = min(evaluate.num_samples, test size); the real-vs-real floors use `n` train images drawn with a
+seeded generator in place of the generated ones, so a reader knows what "as good as real data" is.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from genlab.data import PreparedData
+from genlab.quality.classifier import DomainClassifier, embed
+from genlab.quality.frechet import fid
+from genlab.quality.inception import inception_features
+from genlab.quality.inception_score import inception_score
+from genlab.quality.prdc import prdc
+from genlab.quality.reconstruction import psnr, ssim
+
+
+def sample_in_batches(sample: Callable[[int, torch.Generator], torch.Tensor], n: int, gen, batch_size: int) -> torch.Tensor:
+    return torch.cat([sample(min(batch_size, n - i), gen).cpu() for i in range(0, n, batch_size)])
+
+
+def real_pair(data: PreparedData, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first n test images, n train images drawn without replacement), both in [0, 1] on the CPU."""
+    pick = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:n]
+    return data.to_unit(data.test.images[:n]), data.to_unit(data.train.images[pick])
+
+
+def domain_scores(classifier: DomainClassifier, generated: torch.Tensor, test: torch.Tensor, train: torch.Tensor) -> dict[str, float]:
+    """FID, IS, precision/recall (k=3) and density/coverage (k=5) in the classifier's feature space."""
+    f_gen, p_gen = embed(classifier, generated)
+    f_test, p_test = embed(classifier, test)
+    f_train, _ = embed(classifier, train)
+    scores = {
+        "domain_fid": fid(f_gen, f_test),
+        "domain_fid_floor": fid(f_train, f_test),
+        "domain_is": inception_score(p_gen)[0],
+        "domain_is_real": inception_score(p_test)[0],
+    }
+    scores.update(prdc(f_test, f_gen))
+    return scores
+
+
+def inception_fid(generated: torch.Tensor, test: torch.Tensor, train: torch.Tensor, weights: str | None, device) -> dict[str, float]:
+    """The standard FID on Inception-v3 pool features (299x299, grayscale copied to 3 channels)."""
+    f_gen, f_test, f_train = (inception_features(x, weights, device=device).cpu() for x in (generated, test, train))
+    return {"inception_fid": fid(f_gen, f_test), "inception_fid_floor": fid(f_train, f_test)}
+
+
+def reconstruction_scores(reconstruct: Callable[[torch.Tensor], torch.Tensor], test: torch.Tensor, batch_size: int, device) -> dict[str, float]:
+    """PSNR (dB) and SSIM computed per image, then averaged over the images."""
+    p, s = [], []
+    for i in range(0, len(test), batch_size):
+        x = test[i : i + batch_size].to(device)
+        y = reconstruct(x).clamp(0, 1)
+        p.append(psnr(y, x).cpu())
+        s.append(ssim(y, x).cpu())
+    return {"psnr": torch.cat(p).mean().item(), "ssim": torch.cat(s).mean().item()}
