@@ -151,7 +151,7 @@ def train_classifier(cfg: Config, data: PreparedData, device: torch.device) -> t
     ccfg = cfg.classifier
     seed_everything(cfg.seed)  # weight init draws from the global generator
     model = build_classifier(ccfg, data.image_shape, num_classes(data), data.max_value).to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=ccfg.lr)
+    optimiser = torch.optim.Adam(model.parameters(), lr=ccfg.lr, fused=True)
     n, bs = len(data.train), ccfg.batch_size
     steps = ccfg.epochs * math.ceil(n / bs)
     # Cosine decay of the learning rate to 0 over the run: the last epochs settle instead of
