@@ -1,0 +1,117 @@
+"""Quality of the seed-configuration VAE on MNIST after --epochs of training (default 50), two conventions:
+
+  (a) data.binarize=none: grey levels in [0, 1] scored with Bernoulli cross-entropy. Prints the negative
+      ELBO (nats) on the val split at epoch 10 (anchor: PyTorch's example VAE, ~105.6 nats after 10 epochs)
+      and on the 10k test set at the end. Cross-entropy on grey levels is not a normalised likelihood.
+  (b) data.binarize=dynamic: trained on a fresh binarisation per visit; the 10k test images are binarised
+      once with a seeded draw, exactly as stages/evaluate.py does, and scored with the importance-weighted
+      NLL, k=--iw-samples (default 5000; anchor: 86.76 nats, Burda et al. 2015, VAE with 1 stochastic layer).
+
+Everything goes through the library: prepare, load_prepared, build_family, fit (NullTracker), test_metrics.
+Slow (tens of minutes on 2 CPU cores); run it in the background:
+
+    cd /work/main && PYTHONPATH=src nice -n 19 .venv/bin/python bench/vae_quality.py [--part a|b|both] \\
+        [--epochs 50] [--iw-samples 5000] [--device auto|cpu|cuda] > bench/out/quality.log 2>&1 &
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+from genlab.config import config_from_dict
+from genlab.data import load_prepared, prepare
+from genlab.models import build_family
+from genlab.runtime import generator, resolve_device, seed_everything
+from genlab.training import NullTracker, fit, input_levels
+
+ANCHOR_A = "PyTorch examples/vae (784-400-20, batch 128): test loss ~105.6 nats after 10 epochs"
+ANCHOR_B = "Burda, Grosse & Salakhutdinov 2015 (arXiv:1509.00519), Table 1, VAE k=1, 1 stochastic layer: 86.76 nats"
+
+
+def make_config(args, binarize: str):
+    return config_from_dict({
+        "seed": 0,
+        "device": args.device,
+        "data": {"name": "mnist", "root": args.root, "mirror": args.mirror, "binarize": binarize},
+        "vae": {"arch": "mlp", "hidden": [512, 256], "latent_dim": 20, "likelihood": "bernoulli", "beta": 1.0, "kl_warmup_epochs": 0},
+        "train": {"epochs": args.epochs, "batch_size": 64, "lr": 1e-3},
+        # Part (a) reports no IW bound (it is not a likelihood on grey levels), so one sample keeps it cheap.
+        "evaluate": {"iw_samples": args.iw_samples if binarize == "dynamic" else 1, "batch_size": 256},
+    })
+
+
+def train_and_test(cfg, prepared_dir: str):
+    """What `dvc repro train evaluate` does, minus MLflow and checkpoints."""
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    data = load_prepared(prepared_dir)
+    family = build_family(cfg, data.image_shape, input_levels(data, cfg), device)
+    history = fit(family, data, cfg, checkpoint_path=None, tracker=NullTracker())
+
+    gen = generator(device, cfg.seed + 3)
+    test, bs = data.test.images, cfg.evaluate.batch_size
+
+    def batches():
+        for start in range(0, len(test), bs):
+            x = data.to_unit(test[start : start + bs].to(device))
+            yield torch.bernoulli(x, generator=gen) if cfg.data.binarize == "dynamic" else x
+
+    family.train(False)
+    results = family.test_metrics(batches(), gen, cfg)
+    return data, history, results
+
+
+def part_a(args, prepared_dir: str) -> None:
+    began = time.perf_counter()
+    cfg = make_config(args, "none")
+    data, history, results = train_and_test(cfg, prepared_dir)
+    n = data.manifest["split_sizes"]
+    print(f"(a) binarize=none, {len(history)} epochs, train/val/test = {n['train']}/{n['val']}/{n['test']}")
+    if len(history) >= 10:
+        print(f"(a) val negative ELBO at epoch 10: {-history[9]['val_elbo']:.2f} nats  [anchor: {ANCHOR_A}]")
+    print(f"(a) val negative ELBO at epoch {len(history)}: {-history[-1]['val_elbo']:.2f} nats")
+    print(f"(a) test negative ELBO at epoch {len(history)}: {-results['elbo']:.2f} nats "
+          f"(recon {results['recon']:.2f} + KL {results['kl']:.2f}; {results['bpd']:.4f} bits/dim)")
+    print(f"(a) elapsed: {time.perf_counter() - began:.0f} s")
+
+
+def part_b(args, prepared_dir: str) -> None:
+    began = time.perf_counter()
+    cfg = make_config(args, "dynamic")
+    data, history, results = train_and_test(cfg, prepared_dir)
+    print(f"(b) binarize=dynamic, {len(history)} epochs, test images binarised once (seed {cfg.seed + 3})")
+    print(f"(b) test negative ELBO: {-results['elbo']:.2f} nats (recon {results['recon']:.2f} + KL {results['kl']:.2f})")
+    print(f"(b) test IW-NLL k={results['iw_samples']}: {results['iw_nll']:.2f} nats ({results['iw_bpd']:.4f} bits/dim)  "
+          f"[anchor: {ANCHOR_B}, after 3,280 epochs]")
+    print(f"(b) elapsed: {time.perf_counter() - began:.0f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", default="both", choices=["a", "b", "both"])
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--iw-samples", type=int, default=5000)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--mirror", default="../shared/datasets/mnist", help="directory holding the four MNIST .gz files")
+    parser.add_argument("--root", default="bench/out/data", help="download cache (torchvision layout)")
+    args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # the log is read while the run is under way
+
+    # The split depends only on the seed and val_fraction, not on binarize: one prepared copy serves both parts.
+    prepared_dir = "bench/out/prepared_mnist"
+    prepare(make_config(args, "none"), prepared_dir)
+    print(f"torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+          f"device {resolve_device(args.device)}", flush=True)
+    if args.part in ("a", "both"):
+        part_a(args, prepared_dir)
+    if args.part in ("b", "both"):
+        part_b(args, prepared_dir)
+
+
+if __name__ == "__main__":
+    main()
