@@ -27,7 +27,7 @@ from genlab.config import config_from_dict
 from genlab.data import load_prepared, prepare
 from genlab.models import build_family
 from genlab.runtime import generator, resolve_device, seed_everything
-from genlab.training import NullTracker, fit, input_levels
+from genlab.training import NullTracker, batch_transform, fit, input_levels
 
 ANCHOR_A = "PyTorch examples/vae (784-400-20, batch 128): test loss ~105.6 nats after 10 epochs"
 ANCHOR_B = "Burda, Grosse & Salakhutdinov 2015 (arXiv:1509.00519), Table 1, VAE k=1, 1 stochastic layer: 86.76 nats"
@@ -55,14 +55,11 @@ def train_and_test(cfg, prepared_dir: str):
 
     gen = generator(device, cfg.seed + 3)
     test, bs = data.test.images, cfg.evaluate.batch_size
-
-    def batches():
-        for start in range(0, len(test), bs):
-            x = data.to_unit(test[start : start + bs].to(device))
-            yield torch.bernoulli(x, generator=gen) if cfg.data.binarize == "dynamic" else x
+    transform = batch_transform(data, cfg)  # as stages/evaluate.py: a dynamic test set is binarised once, by gen
+    batches = (transform(test[i : i + bs].to(device), gen) for i in range(0, len(test), bs))
 
     family.train(False)
-    results = family.test_metrics(batches(), gen, cfg)
+    results = family.test_metrics(batches, gen, cfg)
     return data, history, results
 
 
