@@ -7,8 +7,6 @@ before any stage writes an output, with a message naming the key and what it acc
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,11 +98,6 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def section_hash(self, *sections: str) -> str:
-        """Stable digest of some top-level sections, e.g. to tie a checkpoint to its params."""
-        subset = {name: self.to_dict()[name] for name in sections}
-        return hashlib.sha256(json.dumps(subset, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # Ranges checked after types: (key, predicate, what is allowed).

@@ -70,6 +70,3 @@ class Family(abc.ABC):
         if with_optimizers:
             for key, opt in self.optimizers.items():
                 opt.load_state_dict(state["optimizers"][key])
-
-    def parameter_count(self) -> int:
-        return sum(p.numel() for m in self.modules.values() for p in m.parameters())
