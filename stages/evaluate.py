@@ -1,4 +1,8 @@
-"""DVC stage `evaluate`: test-split likelihoods and sample quality of the trained model -> metrics/eval.json + MLflow test/*."""
+"""DVC stage `evaluate`: the family's test-split numbers and sample quality -> metrics/eval.json + MLflow test/*.
+
+The family decides its test numbers (VAE: ELBO terms and IW-NLL; GAN: the game on test images;
+DDPM: the variational bound); every family's samples are scored by the domain classifier.
+"""
 
 from genlab import atomic, paths, stage, tracking
 from genlab.config import config_from_dict
@@ -6,13 +10,6 @@ from genlab.quality.classifier import load_classifier
 from genlab.quality.scoring import domain_scores, inception_fid, real_pair, reconstruction_scores, sample_in_batches
 from genlab.runtime import generator
 from genlab.training import batch_transform
-
-# How each data convention's numbers should be read; recorded beside the metrics in MLflow.
-CONVENTIONS = {
-    "dynamic": "test images binarised once with a seeded draw: exact Bernoulli log-likelihoods (published MNIST NLL convention)",
-    "none/bernoulli": "grey levels in [0,1] scored with Bernoulli cross-entropy: comparable with tutorial VAEs, not a normalised likelihood",
-    "none/gaussian": "pixels on their discrete grid scored with a discretised Gaussian: a true discrete log-likelihood",
-}
 
 
 def sample_quality(t: stage.Trained, batch_size: int) -> dict[str, float]:
@@ -40,16 +37,17 @@ def run() -> None:
     bs, test = cfg.evaluate.batch_size, data.test.images
     batches = (transform(test[i : i + bs].to(device), gen) for i in range(0, len(test), bs))
 
+    family.configure_sampling(cfg.sample)
     results = family.test_metrics(batches, gen, cfg)
     results.update(sample_quality(t, bs))
-    binarize = trained.data.binarize
-    convention = "dynamic" if binarize == "dynamic" else f"none/{trained.vae.likelihood}"
     atomic.write_json(paths.EVAL_METRICS, {"test": results})
     print(" ".join(f"test/{k} {v:.4f}" for k, v in results.items()))
 
     tracker = tracking.attach(stage.read_run_id())
     tracker.log_metrics({f"test/{k}": v for k, v in results.items()})
-    tracker.set_tags({"genlab.data_convention": CONVENTIONS.get(convention, convention)})
+    convention = family.data_convention(trained.data.binarize)
+    if convention:
+        tracker.set_tags({"genlab.data_convention": convention})
     tracker.log_artifact(paths.EVAL_METRICS, "metrics")
 
 

@@ -6,6 +6,8 @@ from genlab import atomic, checkpoint, paths, stage, tracking
 from genlab.config import load_config
 from genlab.data import load_prepared
 from genlab.models import build_family
+from genlab.quality.classifier import load_classifier
+from genlab.quality.scoring import fid_monitor
 from genlab.runtime import resolve_device, seed_everything
 from genlab.training import fit, input_levels
 
@@ -34,16 +36,21 @@ def run() -> None:
         tracker.log_text(tracking.pip_freeze(), "environment/requirements.txt")
     print(f"MLflow run {tracker.run_id} in {tracker.uri}")
 
+    scorer = None
+    if family.fid_every:
+        classifier = load_classifier(paths.CLASSIFIER, device, data_md5=data.checksum)
+        scorer = fid_monitor(classifier, data.to_unit(data.val.images), cfg.gan.fid_samples, device, cfg.seed + 7)
+
     with tracker.active():
         history = fit(
             family, data, cfg, checkpoint_path=paths.CHECKPOINT, tracker=tracker,
-            run_id=tracker.run_id, resume_state=state,
+            run_id=tracker.run_id, resume_state=state, scorer=scorer,
         )
         stage.save_model(family, cfg.to_dict(), levels, data.checksum)
         last = history[-1]
         summary = {"epochs": len(history)}
         for split in ("train", "val"):
-            summary[split] = {n: last[f"{split}_{n}"] for n in family.metric_names}
+            summary[split] = {k[len(split) + 1 :]: v for k, v in last.items() if k.startswith(split + "_")}
         atomic.write_json(paths.TRAIN_METRICS, summary)
         with atomic.atomic_path(paths.TRAIN_HISTORY) as tmp:
             pd.DataFrame(history).to_csv(tmp, index=False)

@@ -17,10 +17,11 @@ MNIST_MIRROR = REPO.parent / "shared" / "datasets" / "mnist"
 # The default experiment, shrunk so that a whole `dvc repro` takes seconds.
 TINY = {
     "vae": {"hidden": [32, 16], "latent_dim": 4},
+    "gan": {"latent_dim": 8, "width": 8, "eval_every": 2, "fid_samples": 50},
     "train": {"epochs": 3, "batch_size": 128},
     "classifier": {"epochs": 2},
     "evaluate": {"iw_samples": 16, "num_samples": 100},
-    "sample": {"n": 16, "interpolation_steps": 4, "interpolation_pairs": 2},
+    "sample": {"n": 16, "interpolation_steps": 4, "interpolation_pairs": 2, "class_samples": 100},
 }
 
 

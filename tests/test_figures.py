@@ -6,7 +6,7 @@ import torch
 
 from genlab.config import config_from_dict
 from genlab.models import build_family
-from genlab.sampling import interpolate, latent_map
+from genlab.sampling import class_frequencies, interpolate, latent_map, slerp
 from genlab.visualise import save_grid, to_grid
 
 
@@ -30,13 +30,33 @@ def test_save_grid_writes_a_png(tmp_path):
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_interpolation_starts_and_ends_at_the_reconstructions():
+@pytest.mark.parametrize("how", ["linear", "slerp"])
+def test_interpolation_starts_and_ends_at_the_endpoint_images(how):
     vae = _vae()
-    x = torch.rand(6, 1, 8, 8)
+    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        rows = interpolate(vae, x[:3], x[3:], steps=5).view(3, 5, 1, 8, 8)
-        torch.testing.assert_close(rows[:, 0], vae.reconstruct(x[:3]))
-        torch.testing.assert_close(rows[:, -1], vae.reconstruct(x[3:]))
+        rows = interpolate(vae, z[:3], z[3:], steps=5, how=how).view(3, 5, 1, 8, 8)
+        torch.testing.assert_close(rows[:, 0], vae.generate(z[:3]))
+        torch.testing.assert_close(rows[:, -1], vae.generate(z[3:]))
+
+
+def test_slerp_keeps_the_norm_between_equal_norm_endpoints_and_handles_parallel_ones():
+    a = torch.tensor([[3.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+    b = torch.tensor([[0.0, 3.0, 0.0], [2.0, 2.0, 0.0]])  # second pair parallel: a straight line
+    t = torch.linspace(0, 1, 5)
+    path = slerp(a, b, t)
+    torch.testing.assert_close(path[0].norm(dim=-1), torch.full((5,), 3.0))
+    torch.testing.assert_close(path[0, 2], torch.tensor([3 / 2**0.5, 3 / 2**0.5, 0.0]))
+    torch.testing.assert_close(path[1], (1 - t).view(-1, 1) * a[1] + t.view(-1, 1) * b[1])
+
+
+def test_class_frequencies_sum_to_one_over_the_classifiers_classes():
+    from genlab.quality.classifier import DomainClassifier
+
+    torch.manual_seed(0)
+    classifier = DomainClassifier((1, 8, 8), num_classes=10, channels=[4], features=8, max_value=16).eval()
+    freq = class_frequencies(classifier, torch.rand(50, 1, 8, 8))
+    assert freq.shape == (10,) and freq.min() >= 0 and freq.sum() == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("method", ["pca", "tsne"])

@@ -30,7 +30,10 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
     for rel in [
         "data/prepared/dataset.pt", "data/prepared/manifest.json", "models/model.pt", "models/run.json",
         "models/classifier.pt", "metrics/classifier.json", "metrics/train.json", "metrics/train_history.csv", "metrics/eval.json",
-        *(f"samples/{n}.png" for n in ("samples", "reconstructions", "interpolation", "latent_map", "curves")),
+        *(f"samples/{n}.png" for n in (
+            "samples", "reconstructions", "interpolation_linear", "interpolation_slerp", "latent_map",
+            "class_histogram", "curves",
+        )),
     ]:
         assert (root / rel).is_file(), rel
 
@@ -179,3 +182,32 @@ def test_bad_params_fail_with_the_key_named_and_overwrite_nothing(project):
         (project.root / "params.yaml").write_text(backup)
     for path, data in kept.items():
         assert (project.root / path).read_bytes() == data, path
+
+
+def test_gan_experiment_runs_end_to_end_through_dvc(project):
+    project.run("dvc", "repro")
+    project.commit("baseline results")
+    project.run("dvc", "exp", "run", "-S", "model.family=gan", "-S", "gan.loss=hinge")
+    root = project.root
+    history = pd.read_csv(root / "metrics/train_history.csv")
+    assert list(history["epoch"]) == list(range(EPOCHS))
+    for name in ("d_loss", "g_loss", "d_real", "d_fake"):
+        assert history[f"train_{name}"].notna().all() and history[f"val_{name}"].notna().all(), name
+    # gan.eval_every = 2 in the tiny config: domain FID after epochs 2 and 3 (the last).
+    assert history["val_domain_fid"].notna().tolist() == [False, True, True]
+    test = json.loads((root / "metrics/eval.json").read_text())["test"]
+    assert {"d_loss", "g_loss", "domain_fid", "domain_is", "precision", "recall"} <= set(test)
+    assert "elbo" not in test and "psnr" not in test  # no likelihood, no encoder
+    for name in ("samples", "interpolation_linear", "interpolation_slerp", "class_histogram", "curves"):
+        assert (root / f"samples/{name}.png").is_file(), name
+    assert not (root / "samples/reconstructions.png").exists()
+
+    client = project.mlflow()
+    runs = client.search_runs([client.get_experiment_by_name("genlab").experiment_id], "tags.`genlab.family` = 'gan'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.data.params["gan.loss"] == "hinge" and run.data.tags.get("dvc.exp_name")
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/domain_fid")) == [1, 2]
+    assert _image_steps(client, run.info.run_id) == {"samples": set(range(EPOCHS))}
+    assert run.data.metrics["test/domain_fid"] == pytest.approx(test["domain_fid"])
+    project.run("dvc", "plots", "show", "-o", "plots_out")

@@ -59,8 +59,9 @@ def test_resume_with_other_params_is_refused(digits, tmp_path):
         _run(other, digits, ckpt, checkpoint.load(ckpt))
 
 
-def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(digits, tmp_path, monkeypatch):
-    cfg = config_from_dict(SMALL)
+@pytest.mark.parametrize("family", ["vae", "gan"])
+def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(digits, tmp_path, monkeypatch, family):
+    cfg = config_from_dict({**SMALL, "model": {"family": family}, "gan": {"latent_dim": 8, "width": 8}})
     family = build_family(cfg, digits.image_shape, digits.levels, CPU)
     real_step = family.train_step
 

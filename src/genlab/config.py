@@ -17,6 +17,8 @@ import yaml
 from genlab.errors import ConfigError
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "kmnist", "cifar10", "image_folder")
+FAMILIES = ("vae", "gan", "ddpm")
+GAN_LOSSES = ("bce", "minimax", "wgan-gp", "lsgan", "hinge")
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    family: Literal["vae"] = "vae"
+    family: Literal[FAMILIES] = "vae"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,39 @@ class VAEConfig:
     likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
     beta: float = 1.0
     kl_warmup_epochs: int = 0  # KL weight ramps linearly from 1/n to beta over n epochs
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    """DCGAN (seed 001); its optimiser settings are its own, train.lr does not apply."""
+
+    loss: Literal[GAN_LOSSES] = "bce"  # bce = non-saturating G loss; minimax = the original log(1 - D(G(z)))
+    latent_dim: int = 100
+    width: int = 64  # channels of D's first conv layer and G's last; doubled per resolution halving
+    n_critic: Optional[int] = None  # D steps per G step; null = 5 for wgan-gp, 1 otherwise
+    gp_weight: float = 10.0  # wgan-gp: lambda of the gradient penalty
+    spectral_norm: bool = False  # spectral normalisation on D's layers (then D has no BatchNorm)
+    lr: float = 2e-4  # Adam, both networks
+    beta1: float = 0.5
+    beta2: float = 0.999
+    ema_decay: float = 0.999  # EMA copy of G, used for every sample
+    eval_every: int = 5  # epochs between domain-FID checks during training (0 = never; the last epoch always)
+    fid_samples: int = 1000  # samples for that check, scored against as many validation images
+
+
+@dataclass(frozen=True)
+class DDPMConfig:
+    """Denoising diffusion (seed 003); trained with train.lr."""
+
+    schedule: Literal["linear", "cosine"] = "linear"  # linear: beta 1e-4 -> 0.02 (Ho et al.); cosine: Nichol & Dhariwal
+    timesteps: int = 1000
+    prediction: Literal["eps", "v"] = "eps"
+    channels: int = 32  # U-Net base width
+    channel_mults: list[int] = field(default_factory=lambda: [1, 2])  # width multiplier per resolution
+    res_blocks: int = 1  # residual blocks per resolution
+    attention: bool = True  # self-attention at the lowest resolution
+    ema_decay: float = 0.999  # EMA weights used for evaluation and sampling
+    snapshot_steps: int = 10  # DDIM steps for the per-epoch sample grid
 
 
 @dataclass(frozen=True)
@@ -74,6 +109,7 @@ class EvaluateConfig:
     num_samples: int = 2000  # generated images scored against as many test images (capped at the test size)
     inception_fid: bool = False  # also the standard Inception-v3 FID (slow on CPU)
     inception_weights: Optional[str] = None  # local pt_inception-2015-12-05 weights file, if no package ships them
+    bound_strata: int = 100  # ddpm: timesteps per test image for the stratified bound estimate (0 = all, exact)
 
 
 @dataclass(frozen=True)
@@ -82,6 +118,10 @@ class SampleConfig:
     interpolation_steps: int = 10
     interpolation_pairs: int = 8
     latent_map: Literal["pca", "tsne"] = "pca"
+    class_samples: int = 1000  # generated images classified for samples/class_histogram.png
+    steps: int = 50  # ddpm: sampler steps for samples and evaluation (timesteps = ancestral DDPM)
+    eta: float = 0.0  # ddpm: DDIM noise (0 = deterministic DDIM, 1 = DDPM-like variance)
+    steps_grid: list[int] = field(default_factory=lambda: [10, 50, 1000])  # ddpm: quality-vs-steps grid
 
 
 @dataclass(frozen=True)
@@ -91,6 +131,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
+    gan: GANConfig = field(default_factory=GANConfig)
+    ddpm: DDPMConfig = field(default_factory=DDPMConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
@@ -110,6 +152,22 @@ _RANGES = [
     ("vae.latent_dim", lambda v: v >= 1, "an integer >= 1"),
     ("vae.beta", lambda v: v >= 0, "a number >= 0"),
     ("vae.kl_warmup_epochs", lambda v: v >= 0, "an integer >= 0"),
+    ("gan.latent_dim", lambda v: v >= 1, "an integer >= 1"),
+    ("gan.width", lambda v: v >= 1, "an integer >= 1"),
+    ("gan.n_critic", lambda v: v is None or v >= 1, "an integer >= 1 or null"),
+    ("gan.gp_weight", lambda v: v >= 0, "a number >= 0"),
+    ("gan.lr", lambda v: v > 0, "a number > 0"),
+    ("gan.beta1", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("gan.beta2", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("gan.ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("gan.eval_every", lambda v: v >= 0, "an integer >= 0"),
+    ("gan.fid_samples", lambda v: v >= 10, "an integer >= 10"),
+    ("ddpm.timesteps", lambda v: v >= 2, "an integer >= 2"),
+    ("ddpm.channels", lambda v: v >= 1, "an integer >= 1"),
+    ("ddpm.channel_mults", lambda v: len(v) >= 1 and min(v) >= 1, "a non-empty list of positive integers"),
+    ("ddpm.res_blocks", lambda v: v >= 1, "an integer >= 1"),
+    ("ddpm.ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("ddpm.snapshot_steps", lambda v: v >= 1, "an integer >= 1"),
     ("train.epochs", lambda v: v >= 1, "an integer >= 1"),
     ("train.batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("train.lr", lambda v: v > 0, "a number > 0"),
@@ -124,6 +182,11 @@ _RANGES = [
     ("sample.n", lambda v: v >= 1, "an integer >= 1"),
     ("sample.interpolation_steps", lambda v: v >= 2, "an integer >= 2"),
     ("sample.interpolation_pairs", lambda v: v >= 1, "an integer >= 1"),
+    ("evaluate.bound_strata", lambda v: v >= 0, "an integer >= 0"),
+    ("sample.class_samples", lambda v: v >= 1, "an integer >= 1"),
+    ("sample.steps", lambda v: v >= 1, "an integer >= 1"),
+    ("sample.eta", lambda v: v >= 0, "a number >= 0"),
+    ("sample.steps_grid", lambda v: len(v) >= 1 and min(v) >= 1, "a non-empty list of positive integers"),
 ]
 
 

@@ -1,4 +1,4 @@
-"""Figures the sample stage draws from a trained model (latent ones need a family with an encoder)."""
+"""Figures the sample stage draws from a trained model: latent walks, latent maps, class balance."""
 
 from __future__ import annotations
 
@@ -6,18 +6,39 @@ import numpy as np
 import torch
 
 from genlab.models import Family
+from genlab.quality.classifier import DomainClassifier, embed
 
 
-def interpolate(family: Family, x_a: torch.Tensor, x_b: torch.Tensor, steps: int) -> torch.Tensor:
-    """Rows of decoded images along the straight line between the posterior means of x_a[i] and x_b[i]."""
-    mu_a, mu_b = family.encode(x_a)[0], family.encode(x_b)[0]
-    t = torch.linspace(0, 1, steps, device=mu_a.device).view(1, steps, 1)
-    z = (1 - t) * mu_a.unsqueeze(1) + t * mu_b.unsqueeze(1)  # (pairs, steps, latent)
-    return family.decode_mean(z.flatten(0, 1))
+def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation between rows of a and b (N, D) at fractions t (S,) -> (N, S, D).
+
+    Between two Gaussian draws it keeps the norm typical of the prior, where a straight line passes
+    through the low-norm centre the model rarely saw (White 2016). Parallel rows fall back to a line.
+    """
+    a, b, t = a.unsqueeze(1), b.unsqueeze(1), t.view(1, -1, 1)
+    cos = (a * b).sum(-1, keepdim=True) / (a.norm(dim=-1, keepdim=True) * b.norm(dim=-1, keepdim=True)).clamp_min(1e-12)
+    omega = torch.arccos(cos.clamp(-1, 1))
+    sin = torch.sin(omega)
+    straight = sin.abs() < 1e-6
+    safe = torch.where(straight, torch.ones_like(sin), sin)
+    curved = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / safe
+    return torch.where(straight, (1 - t) * a + t * b, curved)
+
+
+def interpolate(family: Family, z_a: torch.Tensor, z_b: torch.Tensor, steps: int, how: str = "linear") -> torch.Tensor:
+    """Rows of generated images along the path from z_a[i] to z_b[i]: 'linear' or 'slerp'."""
+    shape = z_a.shape[1:]
+    a, b = z_a.flatten(1), z_b.flatten(1)
+    t = torch.linspace(0, 1, steps, device=a.device, dtype=a.dtype)
+    if how == "slerp":
+        z = slerp(a, b, t)
+    else:
+        z = (1 - t.view(1, -1, 1)) * a.unsqueeze(1) + t.view(1, -1, 1) * b.unsqueeze(1)
+    return family.generate(z.flatten(0, 1).view(-1, *shape))
 
 
 def latent_map(family: Family, x: torch.Tensor, method: str, seed: int) -> tuple[np.ndarray, str]:
-    """2-D coordinates of the posterior means of x, and how they were obtained."""
+    """2-D coordinates of the posterior means of x (a family with an encoder), and how they were obtained."""
     mu = family.encode(x)[0].cpu().double().numpy()
     if mu.shape[1] <= 2:
         return (mu if mu.shape[1] == 2 else np.hstack([mu, np.zeros_like(mu)])), "latent means"
@@ -31,3 +52,10 @@ def latent_map(family: Family, x: torch.Tensor, method: str, seed: int) -> tuple
     pca = PCA(2, random_state=seed).fit(mu)
     explained = pca.explained_variance_ratio_.sum()
     return pca.transform(mu), f"PCA of latent means ({explained:.0%} of variance)"
+
+
+def class_frequencies(classifier: DomainClassifier, images: torch.Tensor) -> np.ndarray:
+    """Fraction of images the domain classifier assigns to each class (a mode-collapse indicator)."""
+    probs = embed(classifier, images)[1]
+    counts = torch.bincount(probs.argmax(1), minlength=probs.shape[1])
+    return (counts.double() / len(images)).numpy()

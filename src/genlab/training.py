@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from genlab import checkpoint
-from genlab.config import Config
+from genlab.config import FAMILIES, Config
 from genlab.data import PreparedData
 from genlab.errors import CheckpointError, DivergenceError
 from genlab.models import Family
@@ -42,7 +42,8 @@ def resume_key(cfg: Config) -> str:
     """Digest of every param that shapes a run's trajectory; train.epochs may grow on resume."""
     d = cfg.to_dict()
     d["train"] = {k: v for k, v in d["train"].items() if k not in ("epochs", "resume")}
-    for section in ("classifier", "evaluate", "sample"):
+    unused = [f for f in FAMILIES if f != cfg.model.family]  # other families' sections do not matter
+    for section in ("classifier", "evaluate", "sample", *unused):
         d.pop(section)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -82,10 +83,15 @@ def evaluate_split(
     return _weighted_means(results)
 
 
-def _report(epoch: int, epochs: int, row: dict[str, Any], seconds: float, names: tuple[str, ...]) -> str:
+def _report(epoch: int, epochs: int, row: dict[str, Any], seconds: float) -> str:
     parts = [f"epoch {epoch + 1}/{epochs}"]
-    parts += [f"{split}/{n} {row[f'{split}_{n}']:.4f}" for split in ("train", "val") for n in names]
+    parts += [f"{k.replace('_', '/', 1)} {v:.4f}" for k, v in row.items() if k != "epoch"]
     return " ".join(parts) + f" ({seconds:.1f}s)"
+
+
+def scores_due(family: Family, epoch: int, epochs: int) -> bool:
+    """Whether the sample scorer runs after this epoch: every `fid_every` epochs and after the last."""
+    return family.fid_every > 0 and ((epoch + 1) % family.fid_every == 0 or epoch + 1 == epochs)
 
 
 def fit(
@@ -97,12 +103,14 @@ def fit(
     tracker: Tracker,
     run_id: str | None = None,
     resume_state: dict[str, Any] | None = None,
+    scorer: Callable[[Family], dict[str, float]] | None = None,
 ) -> list[dict[str, Any]]:
     """Train `family` for cfg.train.epochs and return one row of metrics per epoch.
 
     Rows hold `epoch` and `<split>_<metric>` for split in train/val. After each epoch the metrics and
     snapshot images go to `tracker` and a checkpoint is written atomically; a non-finite training
-    metric raises DivergenceError before the checkpoint, so the last good one survives.
+    metric raises DivergenceError before the checkpoint, so the last good one survives. `scorer`
+    (sample-quality metrics, e.g. domain FID, reported as val metrics) runs when `scores_due`.
     """
     device = family.device
     rngs = Rngs(cfg.seed, device)
@@ -143,12 +151,15 @@ def fit(
             )
         val_metrics = evaluate_split(family, data.val.images, transform, epoch, rngs.noise)
         seconds = time.perf_counter() - began
+        if scorer is not None and scores_due(family, epoch, epochs):
+            family.train(False)
+            val_metrics.update(scorer(family))
 
         row = {"epoch": epoch}
         row.update({f"train_{k}": v for k, v in train_metrics.items()})
         row.update({f"val_{k}": v for k, v in val_metrics.items()})
         history.append(row)
-        print(_report(epoch, epochs, row, seconds, family.metric_names), flush=True)
+        print(_report(epoch, epochs, row, seconds), flush=True)
 
         logged = {f"train/{k}": v for k, v in train_metrics.items()}
         logged.update({f"val/{k}": v for k, v in val_metrics.items()})

@@ -53,19 +53,40 @@ def plot_latent_map(points: np.ndarray, labels: np.ndarray, title: str, path: st
     _save_figure(fig, path)
 
 
-def plot_curves(history: Sequence[dict], names: Sequence[str], path: str | Path) -> None:
-    """One panel per metric name, train and val against epoch."""
+def plot_curves(history: Sequence[dict], curves: dict[str, str], path: str | Path) -> None:
+    """One panel per metric (name -> unit), train and val against epoch; epochs without a value are skipped."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
-    epochs = [row["epoch"] + 1 for row in history]
-    for ax, name in zip(axes[0], names):
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False)
+    for ax, (name, unit) in zip(axes[0], curves.items()):
         for split in ("train", "val"):
-            ax.plot(epochs, [row[f"{split}_{name}"] for row in history], label=split)
-        ax.set_title(f"{name} (nats/image)")
+            points = [(row["epoch"] + 1, row[f"{split}_{name}"]) for row in history if f"{split}_{name}" in row]
+            points = [(e, v) for e, v in points if v == v]  # drop NaN (metric not computed that epoch)
+            if points:
+                ax.plot(*zip(*points), label=split, marker="." if len(points) < 20 else None)
+        ax.set_title(f"{name} ({unit})")
         ax.set_xlabel("epoch")
         ax.legend()
+    _save_figure(fig, path)
+
+
+def plot_class_histogram(generated: np.ndarray, real: np.ndarray, title: str, path: str | Path) -> None:
+    """Class frequencies of generated images (domain classifier) beside the real test labels'."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    classes = np.arange(len(generated))
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.bar(classes - 0.2, generated, width=0.4, label="generated (classifier)")
+    ax.bar(classes + 0.2, real, width=0.4, label="test set (labels)")
+    ax.set_xticks(classes)
+    ax.set_xlabel("class")
+    ax.set_ylabel("fraction of images")
+    ax.set_title(title)
+    ax.legend()
     _save_figure(fig, path)

@@ -7,9 +7,10 @@ import torch
 from genlab.config import Config
 from genlab.errors import ConfigError
 from genlab.models.base import Family
+from genlab.models.gan import GAN
 from genlab.models.vae import VAE
 
-FAMILIES: dict[str, type[Family]] = {"vae": VAE}
+FAMILIES: dict[str, type[Family]] = {"vae": VAE, "gan": GAN}
 
 
 def build_family(cfg: Config, image_shape: tuple[int, int, int], levels: int, device: torch.device) -> Family:

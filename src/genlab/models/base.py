@@ -20,8 +20,12 @@ class Family(abc.ABC):
     """
 
     name: str
-    #: metric names reported by train_step/eval_step, in display order
+    #: metric names reported by train_step, in display order (eval_step may report a subset)
     metric_names: tuple[str, ...]
+    #: metrics drawn as train/val curves by the sample stage: name -> unit
+    curves: dict[str, str]
+    #: epochs between domain-FID checks of the samples during training (0 = never)
+    fid_every: int = 0
 
     def __init__(self, image_shape: tuple[int, int, int], device: torch.device):
         self.image_shape = image_shape
@@ -47,8 +51,24 @@ class Family(abc.ABC):
         """The family's headline numbers on the test split (batches of model inputs in [0, 1])."""
 
     @abc.abstractmethod
+    def prior(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """n latent codes drawn from the model's prior (what `generate` turns into images)."""
+
+    @abc.abstractmethod
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] from latent codes, deterministically (interpolations walk through z)."""
+
+    @torch.no_grad()
     def sample(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """n new images in [0, 1]."""
+        return self.generate(self.prior(n, gen))
+
+    def configure_sampling(self, sample_cfg: Any) -> None:
+        """Adopt today's `sample.*` params (e.g. a sampler's step count); most families have none."""
+
+    def data_convention(self, binarize: str) -> str | None:
+        """How the family's test likelihoods read under the data convention, for the run's tags."""
+        return None
 
     @abc.abstractmethod
     def snapshot(self, fixed_batch: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:

@@ -28,6 +28,7 @@ LOG_SCALE_MIN = -7.0  # keeps the discretised Gaussian's scale above ~1e-3 of th
 class VAE(Family):
     name = "vae"
     metric_names = ("loss", "elbo", "recon", "kl", "bpd")
+    curves = {"elbo": "nats/image", "recon": "nats/image", "kl": "nats/image"}
 
     def __init__(self, cfg: Config, image_shape: tuple[int, int, int], levels: int, device: torch.device):
         super().__init__(image_shape, device)
@@ -67,7 +68,7 @@ class VAE(Family):
         mean, log_scale = params.chunk(2, dim=1)
         return discretized_gaussian_log_prob(mean, log_scale.clamp(min=LOG_SCALE_MIN), x, self.levels)
 
-    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
         """The decoder's mean image in [0, 1] (what sample grids show)."""
         params = self.decoder(z)
         if self.likelihood == "bernoulli":
@@ -97,6 +98,13 @@ class VAE(Family):
         }
 
     # --- Family interface -----------------------------------------------------------------
+    def data_convention(self, binarize):
+        if binarize == "dynamic":
+            return "test images binarised once with a seeded draw: exact Bernoulli log-likelihoods (published MNIST NLL convention)"
+        if self.likelihood == "bernoulli":
+            return "grey levels in [0,1] scored with Bernoulli cross-entropy: comparable with tutorial VAEs, not a normalised likelihood"
+        return "pixels on their discrete grid scored with a discretised Gaussian: a true discrete log-likelihood"
+
     def train_step(self, x, epoch, gen):
         recon, kl = self.terms(x, gen)
         loss = (recon + self.kl_weight(epoch) * kl).mean()
@@ -131,14 +139,12 @@ class VAE(Family):
         out["iw_samples"] = cfg.evaluate.iw_samples
         return out
 
-    @torch.no_grad()
-    def sample(self, n, gen):
-        z = torch.randn(n, self.latent_dim, generator=gen, device=self.device)
-        return self.decode_mean(z)
+    def prior(self, n, gen):
+        return torch.randn(n, self.latent_dim, generator=gen, device=self.device)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode_mean(self.encoder(x)[0])
+        return self.generate(self.encoder(x)[0])
 
     def paired_reconstructions(self, x: torch.Tensor) -> torch.Tensor:
         """Each image followed by its reconstruction, for side-by-side grids."""

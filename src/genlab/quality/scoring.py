@@ -18,10 +18,29 @@ from genlab.quality.inception import inception_features
 from genlab.quality.inception_score import inception_score
 from genlab.quality.prdc import prdc
 from genlab.quality.reconstruction import psnr, ssim
+from genlab.runtime import generator
 
 
 def sample_in_batches(sample: Callable[[int, torch.Generator], torch.Tensor], n: int, gen, batch_size: int) -> torch.Tensor:
     return torch.cat([sample(min(batch_size, n - i), gen).cpu() for i in range(0, n, batch_size)])
+
+
+def fid_monitor(
+    classifier: DomainClassifier, reference: torch.Tensor, n: int, device: torch.device, seed: int, batch_size: int = 500
+) -> Callable[[object], dict[str, float]]:
+    """A training-time scorer: domain FID between n samples and n reference (validation) images.
+
+    Every call draws the same noise (a generator seeded afresh), so the curve over epochs shows the
+    model changing, not the noise; the run's own generators are left untouched, so resuming is exact.
+    """
+    n = min(n, len(reference))
+    f_ref, _ = embed(classifier, reference[:n])
+
+    def score(family) -> dict[str, float]:
+        generated = sample_in_batches(family.sample, n, generator(device, seed), batch_size)
+        return {"domain_fid": fid(embed(classifier, generated)[0], f_ref)}
+
+    return score
 
 
 def real_pair(data: PreparedData, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
