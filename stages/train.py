@@ -12,6 +12,18 @@ from genlab.runtime import resolve_device, seed_everything
 from genlab.training import fit, input_levels
 
 
+def write_curves(table: pd.DataFrame, curves: dict[str, str]) -> None:
+    """metrics/curves/<metric>.csv with columns epoch, train, val: the DVC plots, whatever the family."""
+    paths.CURVES_DIR.mkdir(parents=True, exist_ok=True)
+    for name in curves:
+        cols = {split: f"{split}_{name}" for split in ("train", "val") if f"{split}_{name}" in table}
+        if not cols:  # e.g. domain_fid with gan.eval_every = 0
+            continue
+        curve = table[["epoch", *cols.values()]].rename(columns={v: k for k, v in cols.items()})
+        with atomic.atomic_path(paths.CURVES_DIR / f"{name}.csv") as tmp:
+            curve.dropna(subset=list(cols), how="all").to_csv(tmp, index=False)
+
+
 def run() -> None:
     cfg = load_config(paths.PARAMS)
     seed_everything(cfg.seed)
@@ -52,8 +64,10 @@ def run() -> None:
         for split in ("train", "val"):
             summary[split] = {k[len(split) + 1 :]: v for k, v in last.items() if k.startswith(split + "_")}
         atomic.write_json(paths.TRAIN_METRICS, summary)
+        table = pd.DataFrame(history)
         with atomic.atomic_path(paths.TRAIN_HISTORY) as tmp:
-            pd.DataFrame(history).to_csv(tmp, index=False)
+            table.to_csv(tmp, index=False)
+        write_curves(table, family.curves)
         atomic.write_json(paths.RUN_INFO, {"run_id": tracker.run_id})
         tracker.log_artifact(paths.MODEL, "model")
         tracker.log_artifact(paths.TRAIN_HISTORY, "metrics")

@@ -39,6 +39,8 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
 
     history = pd.read_csv(root / "metrics/train_history.csv")
     assert list(history["epoch"]) == list(range(EPOCHS))
+    elbo = pd.read_csv(root / "metrics/curves/elbo.csv")
+    assert list(elbo.columns) == ["epoch", "train", "val"] and elbo["val"].tolist() == history["val_elbo"].tolist()
     test = json.loads((root / "metrics/eval.json").read_text())["test"]
     assert test["elbo"] == pytest.approx(-(test["recon"] + test["kl"]))
     assert test["iw_nll"] <= -test["elbo"]  # the importance-weighted bound is the tighter one
@@ -195,6 +197,9 @@ def test_gan_experiment_runs_end_to_end_through_dvc(project):
         assert history[f"train_{name}"].notna().all() and history[f"val_{name}"].notna().all(), name
     # gan.eval_every = 2 in the tiny config: domain FID after epochs 2 and 3 (the last).
     assert history["val_domain_fid"].notna().tolist() == [False, True, True]
+    fid_curve = pd.read_csv(root / "metrics/curves/domain_fid.csv")
+    assert list(fid_curve.columns) == ["epoch", "val"] and list(fid_curve["epoch"]) == [1, 2]
+    assert {p.stem for p in (root / "metrics/curves").glob("*.csv")} == {"d_loss", "g_loss", "d_real", "d_fake", "domain_fid"}
     test = json.loads((root / "metrics/eval.json").read_text())["test"]
     assert {"d_loss", "g_loss", "domain_fid", "domain_is", "precision", "recall"} <= set(test)
     assert "elbo" not in test and "psnr" not in test  # no likelihood, no encoder

@@ -40,7 +40,8 @@ def _numbers(path: Path, text: str) -> dict[str, float]:
         walk(json.loads(text), "")
         return out
     frame = pd.read_csv(io.StringIO(text))
-    return {f"row{i}.{col}": float(v) for i, row in frame.iterrows() for col, v in row.items()}
+    # Empty cells (a metric computed only some epochs, e.g. the GAN's domain FID) are not numbers.
+    return {f"row{i}.{col}": float(v) for i, row in frame.iterrows() for col, v in row.items() if v == v}
 
 
 def compare(committed: dict[str, float], rerun: dict[str, float]) -> list[str]:

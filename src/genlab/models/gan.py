@@ -20,7 +20,10 @@ from genlab.models.gan_nets import Discriminator, Generator
 
 class GAN(Family):
     name = "gan"
-    curves = {"d_loss": "loss", "g_loss": "loss", "d_real": "mean D output", "d_fake": "mean D output"}
+    curves = {
+        "d_loss": "loss", "g_loss": "loss", "d_real": "mean D output", "d_fake": "mean D output",
+        "domain_fid": "lower is better",
+    }
 
     def __init__(self, cfg: Config, image_shape: tuple[int, int, int], levels: int, device: torch.device):
         super().__init__(image_shape, device)
