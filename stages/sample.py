@@ -3,7 +3,8 @@
 Every family: samples.png, interpolation_linear.png and interpolation_slerp.png (latent walks),
 class_histogram.png (classes of generated images by the domain classifier), curves.png. Families with
 an encoder (VAE) add reconstructions.png and latent_map.png; the latent walks then run between the
-codes of test images instead of prior draws.
+codes of test images instead of prior draws. The diffusion model adds trajectory.png (x_T -> x_0 along
+the sampler's steps) and steps_grid.png (the same x_T sampled with each count of sample.steps_grid).
 """
 
 import numpy as np
@@ -15,7 +16,19 @@ from genlab.quality.classifier import load_classifier
 from genlab.quality.scoring import sample_in_batches
 from genlab.runtime import generator
 from genlab.sampling import class_frequencies, interpolate, latent_map
-from genlab.visualise import plot_class_histogram, plot_curves, plot_latent_map, save_grid
+from genlab.visualise import plot_class_histogram, plot_curves, plot_latent_map, save_grid, save_labelled_rows
+
+
+TRAJECTORY_ROWS, TRAJECTORY_FRAMES = 8, 11
+
+
+def diffusion_figures(t: stage.Trained, out) -> None:
+    family, s, seed = t.family, t.cfg.sample, t.cfg.seed
+    strip = family.trajectory(TRAJECTORY_ROWS, generator(t.device, seed + 10), TRAJECTORY_FRAMES)
+    save_grid(strip, out / "trajectory.png", nrow=TRAJECTORY_FRAMES)
+    x_T = family.prior(min(s.n, 16), generator(t.device, seed + 11))
+    rows = [family.to_images(family.ddim_sample(x_T, k, s.eta, generator(t.device, seed + 12))) for k in s.steps_grid]
+    save_labelled_rows(rows, [f"{k} steps" for k in s.steps_grid], out / "steps_grid.png")
 
 
 def class_histogram(t: stage.Trained, n: int, path) -> None:
@@ -52,6 +65,8 @@ def run() -> None:
         save_grid(family.paired_reconstructions(test[:32]), out / "reconstructions.png")
         points, how = latent_map(family, test, s.latent_map, cfg.seed)
         plot_latent_map(points, data.test.labels.numpy(), f"test set: {how}", out / "latent_map.png")
+    if hasattr(family, "trajectory"):
+        diffusion_figures(t, out)
     class_histogram(t, s.class_samples, out / "class_histogram.png")
     history = pd.read_csv(paths.TRAIN_HISTORY).to_dict("records")
     plot_curves(history, family.curves, out / "curves.png")

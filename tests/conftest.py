@@ -18,10 +18,12 @@ MNIST_MIRROR = REPO.parent / "shared" / "datasets" / "mnist"
 TINY = {
     "vae": {"hidden": [32, 16], "latent_dim": 4},
     "gan": {"latent_dim": 8, "width": 8, "eval_every": 2, "fid_samples": 50},
+    "ddpm": {"timesteps": 20, "channels": 8, "snapshot_steps": 4},
     "train": {"epochs": 3, "batch_size": 128},
     "classifier": {"epochs": 2},
-    "evaluate": {"iw_samples": 16, "num_samples": 100},
-    "sample": {"n": 16, "interpolation_steps": 4, "interpolation_pairs": 2, "class_samples": 100},
+    "evaluate": {"iw_samples": 16, "num_samples": 100, "bound_strata": 4},
+    "sample": {"n": 16, "interpolation_steps": 4, "interpolation_pairs": 2, "class_samples": 100,
+               "steps": 5, "steps_grid": [2, 5, 20]},
 }
 
 

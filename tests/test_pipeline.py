@@ -216,3 +216,26 @@ def test_gan_experiment_runs_end_to_end_through_dvc(project):
     assert _image_steps(client, run.info.run_id) == {"samples": set(range(EPOCHS))}
     assert run.data.metrics["test/domain_fid"] == pytest.approx(test["domain_fid"])
     project.run("dvc", "plots", "show", "-o", "plots_out")
+
+
+def test_ddpm_experiment_runs_end_to_end_through_dvc(project):
+    project.run("dvc", "repro")
+    project.commit("baseline results")
+    project.run("dvc", "exp", "run", "-S", "model.family=ddpm")
+    root = project.root
+    history = pd.read_csv(root / "metrics/train_history.csv")
+    assert list(history["epoch"]) == list(range(EPOCHS)) and history["train_loss"].notna().all()
+    test = json.loads((root / "metrics/eval.json").read_text())["test"]
+    parts = test["prior_bpd"] + test["diffusion_bpd"] + test["decoder_bpd"]
+    assert test["bpd"] == pytest.approx(parts, rel=1e-6) and test["bpd_stderr"] > 0
+    assert test["bound_strata"] == 4 and {"domain_fid", "precision", "recall"} <= set(test)
+    for name in ("samples", "trajectory", "steps_grid", "interpolation_slerp", "class_histogram", "curves"):
+        assert (root / f"samples/{name}.png").is_file(), name
+
+    client = project.mlflow()
+    runs = client.search_runs([client.get_experiment_by_name("genlab").experiment_id], "tags.`genlab.family` = 'ddpm'")
+    assert len(runs) == 1
+    run = runs[0]
+    assert _image_steps(client, run.info.run_id) == {"samples": set(range(EPOCHS))}
+    assert run.data.metrics["test/bpd"] == pytest.approx(test["bpd"])
+    assert "17-level" in run.data.tags["genlab.data_convention"]

@@ -32,6 +32,24 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 16) -> None:
         Image.fromarray(to_grid(images, nrow)).save(tmp, format="PNG")
 
 
+def save_labelled_rows(rows: Sequence[torch.Tensor], labels: Sequence[str], path: str | Path) -> None:
+    """One image row per entry of `rows` (each (N, C, H, W) in [0, 1]), its label on the left."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grids = [to_grid(r, nrow=len(r)) for r in rows]
+    height, width = grids[0].shape[:2]
+    fig, axes = plt.subplots(len(grids), 1, figsize=(width / 60 + 1, len(grids) * height / 60), squeeze=False)
+    for ax, grid, label in zip(axes[:, 0], grids, labels):
+        ax.imshow(grid, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(label, rotation=0, ha="right", va="center")
+    _save_figure(fig, path)
+
+
 def _save_figure(fig, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 

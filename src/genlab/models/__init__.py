@@ -7,10 +7,11 @@ import torch
 from genlab.config import Config
 from genlab.errors import ConfigError
 from genlab.models.base import Family
+from genlab.models.ddpm import DDPM
 from genlab.models.gan import GAN
 from genlab.models.vae import VAE
 
-FAMILIES: dict[str, type[Family]] = {"vae": VAE, "gan": GAN}
+FAMILIES: dict[str, type[Family]] = {"vae": VAE, "gan": GAN, "ddpm": DDPM}
 
 
 def build_family(cfg: Config, image_shape: tuple[int, int, int], levels: int, device: torch.device) -> Family:
