@@ -20,15 +20,12 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 
+from benchlib import classifier_for, prepared
 from genlab.config import GAN_LOSSES, config_from_dict
-from genlab.data import load_prepared, prepare
-from genlab.errors import CheckpointError
 from genlab.models import build_family
-from genlab.quality.classifier import load_classifier, save_classifier, train_classifier
 from genlab.quality.scoring import domain_scores, inception_fid, real_pair, sample_in_batches
 from genlab.runtime import generator, resolve_device, seed_everything
 from genlab.training import NullTracker, fit
@@ -47,18 +44,6 @@ def make_config(args, loss: str):
     })
 
 
-def classifier_for(data, cfg, device, path: Path):
-    try:
-        return load_classifier(path, device, data_md5=data.checksum)
-    except CheckpointError:
-        began = time.perf_counter()
-        model, metrics = train_classifier(cfg, data, device)
-        save_classifier(model, path, cfg.to_dict(), data.checksum, metrics)
-        print(f"domain classifier: test accuracy {metrics['test']['accuracy']:.4f} "
-              f"({time.perf_counter() - began:.0f} s, cached in {path})")
-        return load_classifier(path, device, data_md5=data.checksum)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=5)
@@ -71,15 +56,13 @@ def main() -> None:
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # the log is read while the run is under way
 
-    prepared_dir = "bench/out/prepared_mnist"
     base = make_config(args, "bce")
-    prepare(base, prepared_dir)
+    data = prepared(base)
     seed_everything(base.seed)
     device = resolve_device(args.device)
-    data = load_prepared(prepared_dir)
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, device {device}; "
           f"MNIST train {len(data.train)}, {args.epochs} epochs, batch 64, width {args.width}")
-    classifier = classifier_for(data, base, device, Path("bench/out/mnist_classifier.pt"))
+    classifier = classifier_for(data, base, device)
     n = min(args.num_samples, len(data.test))
     test, train = real_pair(data, n, base.seed + 6)
 

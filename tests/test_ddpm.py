@@ -228,7 +228,7 @@ def test_ddim_with_eta_one_and_all_steps_reproduces_ancestral_ddpm():
 
 def test_ddim_sampling_contract():
     model = make_ddpm(timesteps=20)
-    model.configure_sampling(make_cfg(sample={"steps": 4, "eta": 0.5}).sample)
+    model.configure_sampling(make_cfg(sample={"steps": 4, "eta": 0.5, "steps_grid": [2, 20]}).sample)
     assert model.ddim_sample(model.prior(3, gen(0)), 4, 0.0, None, return_trajectory=True)[1].shape == (5, 3, 1, 8, 8)
     z = model.prior(3, gen(0))
     torch.testing.assert_close(model.generate(z), model.generate(z), rtol=0, atol=0)  # η = 0: deterministic
@@ -246,6 +246,8 @@ def test_configure_sampling_rejects_more_steps_than_timesteps():
     model = make_ddpm(timesteps=20)
     with pytest.raises(ConfigError, match=r"sample\.steps"):
         model.configure_sampling(make_cfg(sample={"steps": 21}).sample)
+    with pytest.raises(ConfigError, match=r"sample\.steps_grid.*\[50, 1000\]"):
+        model.configure_sampling(make_cfg(sample={"steps": 5, "steps_grid": [10, 50, 1000]}).sample)
     with pytest.raises(ConfigError, match=r"ddpm\.snapshot_steps"):
         make_ddpm(timesteps=5)  # snapshot_steps defaults to 10
 
