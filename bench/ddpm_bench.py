@@ -100,7 +100,7 @@ def quality(args, device, dataset: str, epochs: int) -> None:
     steps = epochs * math.ceil(len(data.train) / 64)
     print(f"quality {dataset}: {epochs} epochs = {steps} steps ({train_s:.0f} s); bound on {n_test} test images, "
           f"{bound['bound_strata']} strata: {bound['bpd']:.3f} ± {bound['bpd_stderr']:.3f} bits/dim "
-          f"(prior {bound['prior_bpd']:.4f} + diffusion {bound['diffusion_bpd']:.3f} + decoder {bound["decoder_bpd"]:.4f}; "
+          f"(prior {bound['prior_bpd']:.4f} + diffusion {bound['diffusion_bpd']:.3f} + decoder {bound['decoder_bpd']:.4f}; "
           f"uniform {math.log2(data.levels):.2f})")
     print(f"quality {dataset}: {n} DDIM samples, {args.sample_steps} steps ({sample_s:.0f} s): domain FID "
           f"{scores['domain_fid']:.2f} (floor {scores['domain_fid_floor']:.2f}), IS {scores['domain_is']:.2f} "
