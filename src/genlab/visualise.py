@@ -106,5 +106,5 @@ def plot_class_histogram(generated: np.ndarray, real: np.ndarray, title: str, pa
     ax.set_xlabel("class")
     ax.set_ylabel("fraction of images")
     ax.set_title(title)
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
     _save_figure(fig, path)
