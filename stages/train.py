@@ -51,7 +51,7 @@ def run() -> None:
     scorer = None
     if family.fid_every:
         classifier = load_classifier(paths.CLASSIFIER, device, data_md5=data.checksum)
-        scorer = fid_monitor(classifier, data.to_unit(data.val.images), cfg.gan.fid_samples, device, cfg.seed + 7)
+        scorer = fid_monitor(classifier, data.to_unit(data.val.images), family.fid_samples, device, cfg.seed + 7)
 
     with tracker.active():
         history = fit(

@@ -9,12 +9,18 @@ from genlab.models import Family
 from genlab.quality.classifier import DomainClassifier, embed
 
 
+def lerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Straight-line interpolation between rows of a and b (N, D) at fractions t (S,) -> (N, S, D)."""
+    return (1 - t.view(1, -1, 1)) * a.unsqueeze(1) + t.view(1, -1, 1) * b.unsqueeze(1)
+
+
 def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Spherical interpolation between rows of a and b (N, D) at fractions t (S,) -> (N, S, D).
 
     Between two Gaussian draws it keeps the norm typical of the prior, where a straight line passes
     through the low-norm centre the model rarely saw (White 2016). Parallel rows fall back to a line.
     """
+    line = lerp(a, b, t)
     a, b, t = a.unsqueeze(1), b.unsqueeze(1), t.view(1, -1, 1)
     cos = (a * b).sum(-1, keepdim=True) / (a.norm(dim=-1, keepdim=True) * b.norm(dim=-1, keepdim=True)).clamp_min(1e-12)
     omega = torch.arccos(cos.clamp(-1, 1))
@@ -22,7 +28,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     straight = sin.abs() < 1e-6
     safe = torch.where(straight, torch.ones_like(sin), sin)
     curved = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / safe
-    return torch.where(straight, (1 - t) * a + t * b, curved)
+    return torch.where(straight, line, curved)
 
 
 def interpolate(family: Family, z_a: torch.Tensor, z_b: torch.Tensor, steps: int, how: str = "linear") -> torch.Tensor:
@@ -30,10 +36,7 @@ def interpolate(family: Family, z_a: torch.Tensor, z_b: torch.Tensor, steps: int
     shape = z_a.shape[1:]
     a, b = z_a.flatten(1), z_b.flatten(1)
     t = torch.linspace(0, 1, steps, device=a.device, dtype=a.dtype)
-    if how == "slerp":
-        z = slerp(a, b, t)
-    else:
-        z = (1 - t.view(1, -1, 1)) * a.unsqueeze(1) + t.view(1, -1, 1) * b.unsqueeze(1)
+    z = (slerp if how == "slerp" else lerp)(a, b, t)
     return family.generate(z.flatten(0, 1).view(-1, *shape))
 
 

@@ -18,6 +18,7 @@ from genlab.config import FAMILIES, Config
 from genlab.data import PreparedData
 from genlab.errors import CheckpointError, DivergenceError
 from genlab.models import Family
+from genlab.models.base import weighted_means
 from genlab.runtime import Rngs, generator
 
 SNAPSHOT_BATCH = 32  # validation images shown in the per-epoch reconstruction grid
@@ -60,12 +61,6 @@ def input_levels(data: PreparedData, cfg: Config) -> int:
     return 2 if cfg.data.binarize == "dynamic" else data.levels
 
 
-def _weighted_means(batches: list[tuple[dict[str, torch.Tensor], int]]) -> dict[str, float]:
-    total = sum(n for _, n in batches)
-    keys = batches[0][0].keys()
-    return {k: (sum(m[k] * n for m, n in batches) / total).item() for k in keys}
-
-
 @torch.no_grad()
 def evaluate_split(
     family: Family,
@@ -80,7 +75,7 @@ def evaluate_split(
     for start in range(0, len(images_u8), batch_size):
         u8 = images_u8[start : start + batch_size].to(family.device)
         results.append((family.eval_step(transform(u8, gen), epoch, gen), len(u8)))
-    return _weighted_means(results)
+    return weighted_means(results)
 
 
 def _report(epoch: int, epochs: int, row: dict[str, Any], seconds: float) -> str:
@@ -142,7 +137,7 @@ def fit(
         for i in bar:
             u8 = train_u8[order[i : i + bs]]
             batches.append((family.train_step(transform(u8, rngs.noise), epoch, rngs.noise), len(u8)))
-        train_metrics = _weighted_means(batches)
+        train_metrics = weighted_means(batches)
         bad = [k for k, v in train_metrics.items() if not math.isfinite(v)]
         if bad:
             raise DivergenceError(

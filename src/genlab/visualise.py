@@ -34,11 +34,7 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 16) -> None:
 
 def save_labelled_rows(rows: Sequence[torch.Tensor], labels: Sequence[str], path: str | Path) -> None:
     """One image row per entry of `rows` (each (N, C, H, W) in [0, 1]), its label on the left."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     grids = [to_grid(r, nrow=len(r)) for r in rows]
     height, width = grids[0].shape[:2]
     fig, axes = plt.subplots(len(grids), 1, figsize=(width / 60 + 1, len(grids) * height / 60), squeeze=False)
@@ -50,6 +46,16 @@ def save_labelled_rows(rows: Sequence[torch.Tensor], labels: Sequence[str], path
     _save_figure(fig, path)
 
 
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (stages run without a display); imported late: it is slow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _save_figure(fig, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -59,11 +65,7 @@ def _save_figure(fig, path: str | Path) -> None:
 
 
 def plot_latent_map(points: np.ndarray, labels: np.ndarray, title: str, path: str | Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 5))
     scatter = ax.scatter(points[:, 0], points[:, 1], c=labels, cmap="tab10", s=6, alpha=0.8)
     fig.colorbar(scatter, ax=ax, label="label")
@@ -73,11 +75,7 @@ def plot_latent_map(points: np.ndarray, labels: np.ndarray, title: str, path: st
 
 def plot_curves(history: Sequence[dict], curves: dict[str, str], path: str | Path) -> None:
     """One panel per metric (name -> unit), train and val against epoch; epochs without a value are skipped."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False)
     for ax, (name, unit) in zip(axes[0], curves.items()):
         for split in ("train", "val"):
@@ -93,11 +91,7 @@ def plot_curves(history: Sequence[dict], curves: dict[str, str], path: str | Pat
 
 def plot_class_histogram(generated: np.ndarray, real: np.ndarray, title: str, path: str | Path) -> None:
     """Class frequencies of generated images (domain classifier) beside the real test labels'."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     classes = np.arange(len(generated))
     fig, ax = plt.subplots(figsize=(6, 3.2))
     ax.bar(classes - 0.2, generated, width=0.4, label="generated (classifier)")

@@ -12,6 +12,13 @@ if TYPE_CHECKING:
     from genlab.config import Config
 
 
+def weighted_means(batches: Iterable[tuple[dict[str, torch.Tensor], int]]) -> dict[str, float]:
+    """Per-image means over batches of (per-batch mean metrics, batch size)."""
+    batches = list(batches)
+    total = sum(n for _, n in batches)
+    return {k: (sum(m[k] * n for m, n in batches) / total).item() for k in batches[0][0]}
+
+
 class Family(abc.ABC):
     """A trainable generative model plus its optimiser(s).
 
@@ -26,6 +33,8 @@ class Family(abc.ABC):
     curves: dict[str, str]
     #: epochs between domain-FID checks of the samples during training (0 = never)
     fid_every: int = 0
+    #: samples per check, scored against as many validation images
+    fid_samples: int = 0
 
     def __init__(self, image_shape: tuple[int, int, int], device: torch.device):
         self.image_shape = image_shape

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from genlab.models.likelihoods import discretized_gaussian_log_prob
+from genlab.models.likelihoods import discretized_gaussian_log_prob, kl_standard_normal
 
 LINEAR_BETA_START, LINEAR_BETA_END = 1e-4, 0.02  # Ho et al.'s endpoints for T = 1000
 COSINE_OFFSET = 0.008  # s in Nichol & Dhariwal: keeps β_1 from vanishing
@@ -117,9 +117,8 @@ class Schedule:
     # --- variational bound: -log p(x_0) ≤ L_T + Σ_{t=2..T} L_{t-1} + L_0, nats per image ------
     def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
         """L_T = KL(q(x_T | x_0) || N(0, I)); no parameters, it measures how far the chain is from noise."""
-        mean_sq = self.alpha_bar[-1] * x0.pow(2)
-        var = 1 - self.alpha_bar[-1]
-        return 0.5 * (mean_sq + var - 1 - var.log()).flatten(1).sum(1)
+        mean = self.sqrt_alpha_bar[-1] * x0.flatten(1)
+        return kl_standard_normal(mean, self.sqrt_one_minus_alpha_bar[-1].pow(2).log().expand_as(mean))
 
     def denoising_kl(self, x0: torch.Tensor, x0_pred: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) for t ≥ 2.

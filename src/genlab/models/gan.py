@@ -12,7 +12,7 @@ from typing import Iterable
 import torch
 
 from genlab.config import Config
-from genlab.models.base import Family
+from genlab.models.base import Family, weighted_means
 from genlab.models.ema import EMA
 from genlab.models.gan_losses import discriminator_loss, generator_loss, gradient_penalty, mean_output
 from genlab.models.gan_nets import Discriminator, Generator
@@ -32,7 +32,7 @@ class GAN(Family):
         self.latent_dim = g.latent_dim
         self.gp_weight = g.gp_weight
         self.n_critic = g.n_critic if g.n_critic is not None else (5 if g.loss == "wgan-gp" else 1)
-        self.fid_every = g.eval_every
+        self.fid_every, self.fid_samples = g.eval_every, g.fid_samples
         self.metric_names = ("d_loss", "g_loss", "d_real", "d_fake") + (("gp",) if g.loss == "wgan-gp" else ())
         batch_norm = g.loss != "wgan-gp" and not g.spectral_norm
         self.generator = Generator(g.latent_dim, g.width, image_shape).to(device)
@@ -102,13 +102,7 @@ class GAN(Family):
     @torch.no_grad()
     def test_metrics(self, batches: Iterable[torch.Tensor], gen, cfg):
         self.train(False)
-        totals: dict[str, float] = {}
-        count = 0
-        for x in batches:
-            for k, v in self.eval_step(x, 0, gen).items():
-                totals[k] = totals.get(k, 0.0) + v.item() * len(x)
-            count += len(x)
-        return {k: v / count for k, v in totals.items()}
+        return weighted_means((self.eval_step(x, 0, gen), len(x)) for x in batches)
 
     @torch.no_grad()
     def snapshot(self, fixed_batch, gen):
