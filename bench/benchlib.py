@@ -12,7 +12,7 @@ from genlab.data import PreparedData, load_prepared, prepare
 from genlab.errors import CheckpointError
 from genlab.quality.classifier import DomainClassifier, load_classifier, save_classifier, train_classifier
 
-OUT = Path("bench/out")
+OUT = Path(__file__).resolve().parent / "out"
 
 
 def prepared(cfg: Config) -> PreparedData:

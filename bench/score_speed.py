@@ -21,22 +21,13 @@ from pathlib import Path
 
 import torch
 
+from benchlib import OUT, prepared
 from genlab.config import config_from_dict
-from genlab.data import load_prepared, prepare
 from genlab.quality.classifier import build_classifier, num_classes
 from genlab.quality.reconstruction import psnr, ssim
 from genlab.quality.scoring import domain_scores, real_pair
 
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "bench" / "out"
-
-
-def mnist(mirror: Path):
-    cfg = config_from_dict({"data": {"name": "mnist", "mirror": str(mirror), "root": str(OUT / "raw")}})
-    prepared = OUT / "prepared_mnist"
-    if not (prepared / "manifest.json").exists():
-        prepare(cfg, prepared)
-    return cfg, load_prepared(prepared)
 
 
 def main() -> None:
@@ -50,7 +41,8 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, device {device}")
 
-    cfg, data = mnist(args.mirror)
+    cfg = config_from_dict({"data": {"name": "mnist", "mirror": str(args.mirror), "root": str(OUT / "data")}})
+    data = prepared(cfg)
     n = min(args.n, len(data.test))
     torch.manual_seed(0)
     classifier = build_classifier(cfg.classifier, data.image_shape, num_classes(data), data.max_value).to(device).eval()

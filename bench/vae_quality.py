@@ -7,7 +7,7 @@
       once with a seeded draw, exactly as stages/evaluate.py does, and scored with the importance-weighted
       NLL, k=--iw-samples (default 5000; anchor: 86.76 nats, Burda et al. 2015, VAE with 1 stochastic layer).
 
-Everything goes through the library: prepare, load_prepared, build_family, fit (NullTracker), test_metrics.
+Everything goes through the library: prepare (bench/benchlib.py), build_family, fit (NullTracker), test_metrics.
 Slow (tens of minutes on 2 CPU cores); run it in the background:
 
     cd /work/main && PYTHONPATH=src nice -n 19 .venv/bin/python bench/vae_quality.py [--part a|b|both] \\
@@ -23,8 +23,8 @@ import time
 
 import torch
 
+from benchlib import prepared
 from genlab.config import config_from_dict
-from genlab.data import load_prepared, prepare
 from genlab.models import build_family
 from genlab.runtime import generator, resolve_device, seed_everything
 from genlab.training import NullTracker, batch_transform, fit, input_levels
@@ -45,11 +45,10 @@ def make_config(args, binarize: str):
     })
 
 
-def train_and_test(cfg, prepared_dir: str):
+def train_and_test(cfg, data):
     """What `dvc repro train evaluate` does, minus MLflow and checkpoints."""
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    data = load_prepared(prepared_dir)
     family = build_family(cfg, data.image_shape, input_levels(data, cfg), device)
     history = fit(family, data, cfg, checkpoint_path=None, tracker=NullTracker())
 
@@ -60,13 +59,13 @@ def train_and_test(cfg, prepared_dir: str):
 
     family.train(False)
     results = family.test_metrics(batches, gen, cfg)
-    return data, history, results
+    return history, results
 
 
-def part_a(args, prepared_dir: str) -> None:
+def part_a(args, data) -> None:
     began = time.perf_counter()
     cfg = make_config(args, "none")
-    data, history, results = train_and_test(cfg, prepared_dir)
+    history, results = train_and_test(cfg, data)
     n = data.manifest["split_sizes"]
     print(f"(a) binarize=none, {len(history)} epochs, train/val/test = {n['train']}/{n['val']}/{n['test']}")
     if len(history) >= 10:
@@ -77,10 +76,10 @@ def part_a(args, prepared_dir: str) -> None:
     print(f"(a) elapsed: {time.perf_counter() - began:.0f} s")
 
 
-def part_b(args, prepared_dir: str) -> None:
+def part_b(args, data) -> None:
     began = time.perf_counter()
     cfg = make_config(args, "dynamic")
-    data, history, results = train_and_test(cfg, prepared_dir)
+    history, results = train_and_test(cfg, data)
     print(f"(b) binarize=dynamic, {len(history)} epochs, test images binarised once (seed {cfg.seed + 3})")
     print(f"(b) test negative ELBO: {-results['elbo']:.2f} nats (recon {results['recon']:.2f} + KL {results['kl']:.2f})")
     print(f"(b) test IW-NLL k={results['iw_samples']}: {results['iw_nll']:.2f} nats ({results['iw_bpd']:.4f} bits/dim)  "
@@ -100,14 +99,13 @@ def main() -> None:
     sys.stdout.reconfigure(line_buffering=True)  # the log is read while the run is under way
 
     # The split depends only on the seed and val_fraction, not on binarize: one prepared copy serves both parts.
-    prepared_dir = "bench/out/prepared_mnist"
-    prepare(make_config(args, "none"), prepared_dir)
+    data = prepared(make_config(args, "none"))
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
           f"device {resolve_device(args.device)}", flush=True)
     if args.part in ("a", "both"):
-        part_a(args, prepared_dir)
+        part_a(args, data)
     if args.part in ("b", "both"):
-        part_b(args, prepared_dir)
+        part_b(args, data)
 
 
 if __name__ == "__main__":
