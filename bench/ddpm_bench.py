@@ -39,7 +39,7 @@ def make_config(args, dataset: str, epochs: int):
         "device": args.device,
         "data": {"name": dataset, "root": "bench/out/data", "mirror": args.mirror if dataset == "mnist" else None},
         "model": {"family": "ddpm"},
-        "train": {"epochs": max(epochs, 1), "batch_size": 64, "lr": args.lr},
+        "train": {"epochs": max(epochs, 1), "batch_size": 64, "lr": args.lr, "lr_schedule": "constant"},
         "evaluate": {"bound_strata": args.bound_strata},
         "sample": {"steps": args.sample_steps},
     })

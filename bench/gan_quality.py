@@ -40,7 +40,7 @@ def make_config(args, loss: str):
         "data": {"name": "mnist", "root": "bench/out/data", "mirror": args.mirror},
         "model": {"family": "gan"},
         "gan": {"loss": loss, "width": args.width, "eval_every": 0},
-        "train": {"epochs": args.epochs, "batch_size": 64},
+        "train": {"epochs": args.epochs, "batch_size": 64, "lr_schedule": "constant"},
     })
 
 

@@ -159,7 +159,7 @@ def main() -> None:
         "device": str(device),
         "data": {"name": "mnist", "root": args.root, "mirror": args.mirror, "val_fraction": args.val_fraction, "binarize": "none"},
         "vae": {"arch": "mlp", "hidden": [512, 256], "latent_dim": 20, "likelihood": "bernoulli", "beta": 1.0, "kl_warmup_epochs": 0},
-        "train": {"epochs": 1, "batch_size": 64, "lr": 1e-3},
+        "train": {"epochs": 1, "batch_size": 64, "lr": 1e-3, "lr_schedule": "constant"},
     })
     prepared_dir = os.path.join("bench/out", f"prepared_mnist_val{args.val_fraction:g}")
     prepare(cfg, prepared_dir)  # also leaves the verified raw files where torchvision's MNIST reads them

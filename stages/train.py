@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from genlab import atomic, checkpoint, paths, stage, tracking
+from genlab import atomic, checkpoint, machine, paths, stage, tracking
 from genlab.config import load_config
 from genlab.data import load_prepared
 from genlab.models import build_family
@@ -39,11 +39,12 @@ def run() -> None:
     elif cfg.train.resume:
         print(f"train.resume is true but {paths.CHECKPOINT} does not exist: starting afresh")
 
+    fingerprint = machine.fingerprint(device)
     if state is not None and state.get("run_id"):
         tracker = tracking.attach(state["run_id"])
-        tracker.set_tags({"genlab.resumed_from_epoch": state["epoch"]})
+        tracker.set_tags({"genlab.resumed_from_epoch": state["epoch"], "genlab.resumed_on": machine.describe(fingerprint)})
     else:
-        tags = tracking.run_tags(cfg, data.checksum, device)
+        tags = tracking.run_tags(cfg, data.checksum, device, fingerprint)
         tracker = tracking.MlflowTracker.create(cfg, tags, run_name=tracking.run_name(cfg, tags))
         tracker.log_text(tracking.pip_freeze(), "environment/requirements.txt")
     print(f"MLflow run {tracker.run_id} in {tracker.uri}")
@@ -64,6 +65,7 @@ def run() -> None:
         for split in ("train", "val"):
             summary[split] = {k[len(split) + 1 :]: v for k, v in last.items() if k.startswith(split + "_")}
         atomic.write_json(paths.TRAIN_METRICS, summary)
+        atomic.write_json(paths.MACHINE, fingerprint)
         table = pd.DataFrame(history)
         with atomic.atomic_path(paths.TRAIN_HISTORY) as tmp:
             table.to_csv(tmp, index=False)

@@ -147,8 +147,9 @@ def _fit(raw, data, ckpt=None, state=None):
     return fit(family, data, cfg, checkpoint_path=ckpt, tracker=NullTracker(), resume_state=state)
 
 
+# A constant lr, so that raising train.epochs on resume continues the same trajectory.
 GAN_RUN = {"model": {"family": "gan"}, "gan": {"loss": "wgan-gp", "n_critic": 2, "latent_dim": 8, "width": 8},
-           "train": {"epochs": 3, "batch_size": 128}}
+           "train": {"epochs": 3, "batch_size": 128, "lr_schedule": "constant"}}
 
 
 def test_gan_training_is_deterministic_and_resumes_bit_for_bit(digits, tmp_path):

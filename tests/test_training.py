@@ -13,9 +13,8 @@ from genlab.config import config_from_dict, load_config
 from genlab.data import prepare, load_prepared
 from genlab.errors import CheckpointError, ConfigError, DivergenceError
 from genlab.models import build_family
-from genlab.reproduce import compare
 from genlab.tracking import repo_root
-from genlab.training import NullTracker, fit, input_levels
+from genlab.training import NullTracker, fit, input_levels, lr_factor
 
 CPU = torch.device("cpu")
 SMALL = {"vae": {"hidden": [32, 16], "latent_dim": 4}, "train": {"epochs": 4, "batch_size": 128}}
@@ -41,14 +40,58 @@ def test_same_params_give_identical_history(digits):
     assert _run(other, digits, None) != _run(cfg, digits, None)
 
 
-def test_resume_from_a_checkpoint_continues_bit_for_bit(digits, tmp_path):
-    full = _run(config_from_dict(SMALL), digits, None)
+def test_resume_with_more_epochs_continues_a_constant_lr_run_bit_for_bit(digits, tmp_path):
+    constant = {**SMALL, "train": {**SMALL["train"], "lr_schedule": "constant"}}
+    full = _run(config_from_dict(constant), digits, None)
     ckpt = tmp_path / "train.pt"
-    _run(config_from_dict({**SMALL, "train": {**SMALL["train"], "epochs": 2}}), digits, ckpt)
+    _run(config_from_dict({**constant, "train": {**constant["train"], "epochs": 2}}), digits, ckpt)
     state = checkpoint.load(ckpt)
     assert state["epoch"] == 2 and len(state["history"]) == 2
-    resumed = _run(config_from_dict({**SMALL, "train": {**SMALL["train"], "resume": True}}), digits, ckpt, state)
+    resumed = _run(config_from_dict({**constant, "train": {**constant["train"], "resume": True}}), digits, ckpt, state)
     assert resumed == full
+
+
+class _Killed(Exception):
+    pass
+
+
+class _KillAtEpoch(NullTracker):
+    """Stands in for a kill: raises while logging epoch `epoch`, after the previous checkpoint was written."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def log_metrics(self, metrics, step=None):
+        if step == self.epoch:
+            raise _Killed
+
+
+def test_killed_cosine_run_resumes_on_the_same_schedule(digits, tmp_path):
+    cfg = config_from_dict({**SMALL, "train": {**SMALL["train"], "lr_schedule": "cosine"}})
+    full = _run(cfg, digits, None)
+    ckpt = tmp_path / "train.pt"
+    torch.manual_seed(cfg.seed)
+    family = build_family(cfg, digits.image_shape, input_levels(digits, cfg), CPU)
+    with pytest.raises(_Killed):
+        fit(family, digits, cfg, checkpoint_path=ckpt, tracker=_KillAtEpoch(2))
+    state = checkpoint.load(ckpt)
+    assert state["epoch"] == 2
+    assert _run(cfg, digits, ckpt, state) == full
+
+
+@pytest.mark.parametrize(("schedule", "expected"), [("constant", [1, 1, 1]), ("cosine", [1, 0.5, 0])])
+def test_lr_factor_at_start_middle_and_end(schedule, expected):
+    assert [lr_factor(schedule, step, 10) for step in (0, 5, 10)] == pytest.approx(expected, abs=1e-12)
+
+
+def test_cosine_schedule_sets_every_optimisers_lr(digits):
+    cfg = config_from_dict({**SMALL, "train": {**SMALL["train"], "lr_schedule": "cosine", "lr": 0.01}})
+    family = build_family(cfg, digits.image_shape, input_levels(digits, cfg), CPU)
+    fit(family, digits, cfg, checkpoint_path=None, tracker=NullTracker())
+    steps = cfg.train.epochs * math.ceil(len(digits.train.images) / cfg.train.batch_size)
+    (group,) = family.optimizers["adam"].param_groups
+    assert group["initial_lr"] == 0.01
+    assert group["lr"] == pytest.approx(0.01 * lr_factor("cosine", steps - 1, steps))  # the last step's lr
 
 
 def test_resume_with_other_params_is_refused(digits, tmp_path):
@@ -121,12 +164,3 @@ def test_repo_root_strips_dvc_temp_workspace(tmp_path, monkeypatch):
     assert repo_root(tmp_path) == tmp_path.resolve()
     monkeypatch.setenv("GENLAB_ROOT", str(tmp_path / "elsewhere"))
     assert repo_root(tmp_path) == (tmp_path / "elsewhere").resolve()
-
-
-def test_rerun_comparison_flags_differences_beyond_tolerance():
-    committed = {"test.elbo": -24.0, "test.kl": 3.0}
-    assert compare(committed, {"test.elbo": -24.0 * (1 + 1e-6), "test.kl": 3.0}) == []
-    problems = compare(committed, {"test.elbo": -24.1, "extra": 1.0})
-    assert any("test.elbo" in p for p in problems)
-    assert any("test.kl: missing" in p for p in problems)
-    assert any("extra: not in committed" in p for p in problems)

@@ -72,7 +72,7 @@ def test_discretized_gaussian_matches_cdf_difference_in_the_middle():
 
 def test_elbo_of_a_tiny_fixed_model_equals_hand_computation():
     """2-pixel images, 1-D latent: encoder constant (mu=0.3, logvar=-0.5), decoder logits = a*relu(z)+c."""
-    vae = make_vae(shape=(1, 1, 2), levels=2, hidden=[1], latent_dim=1)
+    vae = make_vae(shape=(1, 1, 2), levels=2, hidden=[1], latent_dim=1, likelihood="bernoulli")
     enc_lin, dec_hidden, dec_out = vae.encoder.body[1], vae.decoder.body[0], vae.decoder.body[2]
     with torch.no_grad():
         for p in vae.encoder.parameters():

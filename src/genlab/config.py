@@ -45,7 +45,7 @@ class VAEConfig:
     hidden: list[int] = field(default_factory=lambda: [512, 256])  # mlp widths, encoder order
     channels: list[int] = field(default_factory=lambda: [32, 64])  # conv widths, encoder order
     latent_dim: int = 20
-    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    likelihood: Literal["bernoulli", "gaussian"] = "gaussian"
     beta: float = 1.0
     kl_warmup_epochs: int = 0  # KL weight ramps linearly from 1/n to beta over n epochs
 
@@ -85,9 +85,10 @@ class DDPMConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 50
+    epochs: int = 100
     batch_size: int = 64
     lr: float = 1e-3
+    lr_schedule: Literal["constant", "cosine"] = "cosine"  # every optimiser's lr; cosine decays to 0 per step
     resume: bool = False
 
 

@@ -13,5 +13,7 @@ TRAIN_METRICS = Path("metrics/train.json")
 CURVES_DIR = Path("metrics/curves")
 TRAIN_HISTORY = Path("metrics/train_history.csv")
 EVAL_METRICS = Path("metrics/eval.json")
+MACHINE = Path("metrics/machine.json")  # fingerprint of the machine that trained the model
+EXPECTED = Path("metrics/expected.json")  # seed bands for the CI reproduction check
 SAMPLES_DIR = Path("samples")
 REPORTS_DIR = Path("reports")

@@ -20,6 +20,7 @@ from typing import Any, Iterator
 import torch
 from filelock import FileLock
 
+from genlab import machine
 from genlab.config import Config
 from genlab.visualise import to_grid
 
@@ -151,7 +152,7 @@ class MlflowTracker:
         self.finish("FINISHED")
 
 
-def run_tags(cfg: Config, data_checksum: str, device: torch.device) -> dict[str, str]:
+def run_tags(cfg: Config, data_checksum: str, device: torch.device, fingerprint: dict[str, Any]) -> dict[str, str]:
     commit, dirty = git_state()
     tags = {
         "mlflow.source.git.commit": commit,
@@ -162,10 +163,9 @@ def run_tags(cfg: Config, data_checksum: str, device: torch.device) -> dict[str,
         "genlab.dataset": cfg.data.name,
         "genlab.data_md5": data_checksum,
         "genlab.device": str(device),
-        "env.python": platform.python_version(),
-        "env.torch": torch.__version__,
         "env.platform": platform.platform(),
         "env.cpu_count": str(os.cpu_count()),
+        **machine.tags(fingerprint),
     }
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]

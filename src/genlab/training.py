@@ -84,6 +84,13 @@ def _report(epoch: int, epochs: int, row: dict[str, Any], seconds: float) -> str
     return " ".join(parts) + f" ({seconds:.1f}s)"
 
 
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """Multiplier of every optimiser's base learning rate at this step; cosine reaches 0 after the last."""
+    if schedule == "constant":
+        return 1.0
+    return 0.5 * (1 + math.cos(math.pi * step / total))
+
+
 def scores_due(family: Family, epoch: int, epochs: int) -> bool:
     """Whether the sample scorer runs after this epoch: every `fid_every` epochs and after the last."""
     return family.fid_every > 0 and ((epoch + 1) % family.fid_every == 0 or epoch + 1 == epochs)
@@ -126,6 +133,12 @@ def fit(
     fixed_batch = data.to_unit(data.val.images[:SNAPSHOT_BATCH].to(device))
     n, bs, epochs = len(train_u8), cfg.train.batch_size, cfg.train.epochs
     show_bar = sys.stderr.isatty()
+    # The schedule is a function of the step alone and `initial_lr` (PyTorch's name for it) travels in the
+    # optimiser's state, so a resumed run follows the schedule exactly.
+    steps_per_epoch = math.ceil(n / bs)
+    groups = [group for opt in family.optimizers.values() for group in opt.param_groups]
+    for group in groups:
+        group.setdefault("initial_lr", group["lr"])
 
     for epoch in range(start, epochs):
         began = time.perf_counter()
@@ -134,7 +147,10 @@ def fit(
         batches = []
         steps = range(0, n, bs)
         bar = tqdm(steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False, disable=not show_bar)
-        for i in bar:
+        for k, i in enumerate(bar):
+            factor = lr_factor(cfg.train.lr_schedule, epoch * steps_per_epoch + k, epochs * steps_per_epoch)
+            for group in groups:
+                group["lr"] = group["initial_lr"] * factor
             u8 = train_u8[order[i : i + bs]]
             batches.append((family.train_step(transform(u8, rngs.noise), epoch, rngs.noise), len(u8)))
         train_metrics = weighted_means(batches)
