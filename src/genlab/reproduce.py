@@ -228,8 +228,10 @@ def _seed_run(seed: int, root: Path) -> dict[Path, str]:
     clone = root / f"seed{seed}"
     subprocess.run(["git", "clone", "-q", str(Path.cwd()), str(clone)], check=True)
     env = {k: v for k, v in os.environ.items() if k not in _ISOLATE}
-    for stage in yaml.safe_load((clone / "dvc.yaml").read_text())["stages"].values():
-        subprocess.run(stage["cmd"], shell=True, cwd=clone, env=env, check=True, stdout=subprocess.DEVNULL)
+    for name, stage in yaml.safe_load((clone / "dvc.yaml").read_text())["stages"].items():
+        proc = subprocess.run(stage["cmd"], shell=True, cwd=clone, env=env, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"seed {seed}: stage {name} failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
         outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", []) + stage.get("metrics", [])]
         if paths.PREPARED_DIR.as_posix() in outs:
             params = yaml.safe_load((clone / paths.PARAMS).read_text())
