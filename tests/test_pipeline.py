@@ -70,6 +70,8 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
     assert tags["genlab.git_dirty"] == "false"
     assert tags["genlab.data_md5"] == manifest["prepared_md5"]
     assert (tags["genlab.family"], tags["genlab.dataset"]) == ("vae", "digits")
+    machine = json.loads((root / "metrics/machine.json").read_text())  # which machine kind made these numbers
+    assert tags["machine.aten_capability"] == machine["aten_capability"] and tags["machine.threads"] == str(machine["threads"])
     assert run.data.params["vae.latent_dim"] == "4" and run.data.params["train.epochs"] == str(EPOCHS)
     artifacts = {a.path for a in client.list_artifacts(run_id)} | {
         a.path for d in ("model", "samples", "environment") for a in client.list_artifacts(run_id, d)
