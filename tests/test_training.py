@@ -144,6 +144,10 @@ def test_corrupted_or_missing_checkpoint_raises_checkpoint_error(tmp_path):
         ({"data": {"name": "image_folder"}}, ["data.path"]),
         ({"device": "tpu"}, ["device", "cuda"]),
         ({"train": {"resume": "yes"}}, ["train.resume", "true or false"]),
+        ({"train": {"lr": "nan"}}, ["train.lr", "a finite number"]),
+        ({"train": {"lr": math.inf}}, ["train.lr", "a finite number"]),
+        ({"vae": {"beta": ".inf"}}, ["vae.beta", "a finite number"]),
+        ({"sample": {"eta": -math.inf}}, ["sample.eta", "a finite number"]),
     ],
 )
 def test_bad_params_raise_config_error_naming_the_key(raw, words):

@@ -7,6 +7,7 @@ before any stage writes an output, with a message naming the key and what it acc
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,7 +201,7 @@ def _describe(tp: Any) -> str:
         return _describe(inner[0]) + " or null"
     if origin is list:
         return f"a list of {typing.get_args(tp)[0].__name__}"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[tp]
+    return {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}[tp]
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -226,16 +227,16 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         raise bad
     if tp is float:
         # YAML reads '1e-3' as a string; accept numeric strings, since that is what users write.
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise bad
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        raise bad
+        try:
+            number = float(value)
+        except ValueError:
+            raise bad from None
+        # inf would pass open-ended ranges (lr > 0) and NaN fails them only by accident of how it compares.
+        if not math.isfinite(number):
+            raise bad
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
