@@ -239,3 +239,22 @@ def test_ddpm_experiment_runs_end_to_end_through_dvc(project):
     assert _image_steps(client, run.info.run_id) == {"samples": set(range(EPOCHS))}
     assert run.data.metrics["test/bpd"] == pytest.approx(test["bpd"])
     assert "17-level" in run.data.tags["genlab.data_convention"]
+
+
+def test_bad_params_stop_dvc_before_it_deletes_any_output(project):
+    project.run("dvc", "repro")
+    project.commit("baseline results")
+    root = project.root
+    kept = ["models/model.pt", "models/run.json", "metrics/train.json", "metrics/train_history.csv", "data/prepared"]
+    files = sorted(p for rel in [*kept, "metrics/curves"] for p in [root / rel, *(root / rel).rglob("*")] if p.is_file())
+    before = {p: p.read_bytes() for p in files}
+    for setting, key in [
+        ("train.epochs=0", "train.epochs"), ("train.lr=nan", "train.lr"), ("train.lr=.inf", "train.lr"),
+        ("data.val_fraction=0", "data.val_fraction"), ("model.family=foo", "model.family"),
+    ]:
+        proc = project.run("dvc", "exp", "run", "-S", setting, check=False)
+        assert proc.returncode != 0, setting
+        assert key in proc.stdout + proc.stderr, (setting, proc.stdout, proc.stderr)
+        assert {p: p.read_bytes() for p in files if p.exists()} == before, setting
+        assert all(p.exists() for p in files), setting
+        project.run("git", "checkout", "params.yaml")  # dvc leaves the bad value in the workspace

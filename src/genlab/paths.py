@@ -3,6 +3,7 @@
 from pathlib import Path
 
 PARAMS = Path("params.yaml")
+PARAMS_STAMP = Path("validated/params.ok")  # written by the validate stage; every other stage depends on it
 PREPARED_DIR = Path("data/prepared")
 MODEL = Path("models/model.pt")
 RUN_INFO = Path("models/run.json")
