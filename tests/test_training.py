@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from genlab import checkpoint
 from genlab.config import config_from_dict, load_config
@@ -160,6 +161,19 @@ def test_committed_params_yaml_is_valid_and_numbers_in_strings_are_read(tmp_path
     cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
     assert cfg.model.family == "vae"
     assert config_from_dict({"train": {"lr": "1e-3"}}).train.lr == 1e-3
+
+
+def test_params_yaml_must_set_every_key(tmp_path):
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    del raw["train"]["lr"], raw["gan"]
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"missing: gan, train\.lr: every key must be set"):
+        load_config(params)
+    params.write_text("")
+    with pytest.raises(ConfigError, match=r"missing: seed, device, data, model, "):
+        load_config(params)
+    assert config_from_dict({"train": {"epochs": 2}}).train.lr == 1e-3  # code and saved models may be partial
 
 
 def test_repo_root_strips_dvc_temp_workspace(tmp_path, monkeypatch):

@@ -272,8 +272,27 @@ def _lookup(cfg: Config, dotted: str) -> Any:
     return value
 
 
-def config_from_dict(raw: dict[str, Any]) -> Config:
+def _missing(cls: type, raw: dict[str, Any], prefix: str = "") -> list[str]:
+    """Declared keys absent from `raw` (a whole absent section is named once)."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            out.append(prefix + f.name)
+        elif dataclasses.is_dataclass(hints[f.name]) and isinstance(raw[f.name], dict):
+            out += _missing(hints[f.name], raw[f.name], f"{prefix}{f.name}.")
+    return out
+
+
+def config_from_dict(raw: dict[str, Any], require_all: bool = False) -> Config:
+    """Validate `raw`; absent keys take the dataclass defaults unless `require_all` (params.yaml)."""
     cfg = _build(Config, raw or {}, "")
+    missing = _missing(Config, raw or {}) if require_all else []
+    if missing:
+        raise ConfigError(
+            f"params key(s) missing: {', '.join(missing)}: every key must be set in params.yaml "
+            "(see the committed one for each key's meaning and default)"
+        )
     for key, ok, allowed in _RANGES:
         value = _lookup(cfg, key)
         if not ok(value):
@@ -286,7 +305,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 
 
 def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Config:
-    """Read params.yaml; `overrides` maps dotted keys to values (used by tests and benchmarks)."""
+    """Read params.yaml, which must set every key; `overrides` maps dotted keys to values."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -300,4 +319,5 @@ def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return config_from_dict(raw)
+    # Built-in defaults would silently stand in for a key deleted from params.yaml and retrain with it.
+    return config_from_dict(raw, require_all=True)
