@@ -134,6 +134,29 @@ def test_corrupted_or_missing_checkpoint_raises_checkpoint_error(tmp_path):
         checkpoint.load(bad)
 
 
+class _Foreign:
+    """Not a tensor or plain data: a weights-only load refuses it."""
+
+
+@pytest.mark.parametrize("content", ["garbage", "foreign pickle", "truncated", "empty"])
+def test_unreadable_model_file_advises_retraining_never_an_unsafe_load(tmp_path, content):
+    model = tmp_path / "model.pt"
+    if content == "garbage":
+        model.write_bytes(b"not a model")
+    elif content == "foreign pickle":
+        torch.save({"format_version": checkpoint.FORMAT_VERSION, "model": _Foreign()}, model)
+    elif content == "truncated":
+        torch.save({"format_version": checkpoint.FORMAT_VERSION, "w": torch.zeros(100)}, model)
+        model.write_bytes(model.read_bytes()[:300])
+    else:
+        model.write_bytes(b"")
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load(model, what="model file")
+    message = str(info.value)
+    assert "retrain with `dvc repro train`" in message and str(model) in message, message
+    assert "weights_only" not in message and "Weights only" not in message, message
+
+
 @pytest.mark.parametrize(
     "raw,words",
     [
