@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from genlab import atomic, checkpoint, machine, paths, stage, tracking
+from genlab import atomic, machine, paths, resume, stage, tracking
 from genlab.config import load_config
 from genlab.data import load_prepared
 from genlab.models import build_family
@@ -32,20 +32,15 @@ def run() -> None:
     levels = input_levels(data, cfg)
     family = build_family(cfg, data.image_shape, levels, device)
 
-    state = None
-    if cfg.train.resume and paths.CHECKPOINT.exists():
-        state = checkpoint.load(paths.CHECKPOINT)
-        print(f"resuming from {paths.CHECKPOINT} after epoch {state['epoch']}")
-    elif cfg.train.resume:
-        print(f"train.resume is true but {paths.CHECKPOINT} does not exist: starting afresh")
-
+    state = resume.resumable_state(cfg, family.name)
     fingerprint = machine.fingerprint(device)
-    if state is not None and state.get("run_id"):
-        tracker = tracking.attach(state["run_id"])
-        tracker.set_tags({"genlab.resumed_from_epoch": state["epoch"], "genlab.resumed_on": machine.describe(fingerprint)})
+    if state is not None:
+        tracker = resume.reopen(state, cfg)
+        tracker.set_tags({"genlab.resumed_on": machine.describe(fingerprint)})
     else:
         tags = tracking.run_tags(cfg, data.checksum, device, fingerprint)
         tracker = tracking.MlflowTracker.create(cfg, tags, run_name=tracking.run_name(cfg, tags))
+        resume.started(tracker.run_id)
         tracker.log_text(tracking.pip_freeze(), "environment/requirements.txt")
     print(f"MLflow run {tracker.run_id} in {tracker.uri}")
 
@@ -73,6 +68,7 @@ def run() -> None:
         atomic.write_json(paths.RUN_INFO, {"run_id": tracker.run_id})
         tracker.log_artifact(paths.MODEL, "model")
         tracker.log_artifact(paths.TRAIN_HISTORY, "metrics")
+    resume.finished(tracker.run_id)
 
 
 if __name__ == "__main__":

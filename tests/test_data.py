@@ -283,6 +283,34 @@ def test_image_folder_without_subfolders_is_one_class(tmp_path):
     assert torch.cat([data.train.labels, data.val.labels, data.test.labels]).tolist() == [0, 0, 0, 0]
 
 
+def _folder_means(tmp_path, images: list[Image.Image], channels: int) -> list[list[int]]:
+    """Prepare a flat folder of uniform images; each image's per-channel mean, sorted."""
+    (tmp_path / "flat").mkdir()
+    for i, image in enumerate(images):
+        image.save(tmp_path / "flat" / f"{i}.png")
+    data = _prepared(tmp_path, path=str(tmp_path / "flat"), name="image_folder", image_size=4, channels=channels)
+    images_u8 = torch.cat([data.train.images, data.val.images, data.test.images])
+    return sorted(image.flatten(1).float().mean(1).round().int().tolist() for image in images_u8)
+
+
+def test_image_folder_rescales_16_bit_greyscale_instead_of_clipping(tmp_path):
+    values = [0, 50 * 257, 30000, 65535]
+    pngs = [Image.fromarray(np.full((6, 6), v, dtype=np.uint16)) for v in values]
+    assert _folder_means(tmp_path, pngs, channels=1) == [[0], [50], [117], [255]]  # round(v / 257)
+    with Image.open(tmp_path / "flat" / "1.png") as written:
+        assert written.mode == "I;16"  # the files really are 16-bit
+
+
+def test_image_folder_composites_transparency_onto_white(tmp_path):
+    images = [
+        Image.new("RGBA", (6, 6), (0, 0, 255, 0)),  # transparent blue: only the background shows
+        Image.new("RGBA", (6, 6), (255, 0, 0, 255)),  # opaque red: unchanged
+        Image.new("RGBA", (6, 6), (0, 0, 0, 128)),  # half-transparent black over white: mid grey
+        Image.new("LA", (6, 6), (0, 0)),  # transparent grey
+    ]
+    assert _folder_means(tmp_path, images, channels=3) == [[127, 127, 127], [255, 0, 0], [255, 255, 255], [255, 255, 255]]
+
+
 def test_image_folder_missing_or_without_images_raises(tmp_path):
     with pytest.raises(DataError, match="data.path"):
         prepare(_cfg(name="image_folder", path=str(tmp_path / "nowhere")), tmp_path / "out")

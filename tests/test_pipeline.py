@@ -143,7 +143,7 @@ def test_killed_training_resumes_to_the_same_final_metrics(project):
     for p in expected:
         (project.root / p).unlink()
     ckpt = project.root / "checkpoints" / "train.pt"
-    ckpt.unlink()
+    assert not ckpt.exists()  # a finished run leaves nothing to resume
 
     proc = project.popen("python", "stages/train.py")
     while proc.poll() is None and not ckpt.exists():
@@ -164,8 +164,80 @@ def test_killed_training_resumes_to_the_same_final_metrics(project):
     runs = client.search_runs([client.get_experiment_by_name("genlab").experiment_id])
     resumed = [r for r in runs if "genlab.resumed_from_epoch" in r.data.tags]
     assert len(runs) == 2 and len(resumed) == 1
-    steps = {m.step for m in client.get_metric_history(resumed[0].info.run_id, "train/elbo")}
-    assert steps == set(range(40)) and resumed[0].info.status == "FINISHED"
+    assert resumed[0].info.status == "FINISHED"
+    _assert_one_point_per_step(client, resumed[0], 40)
+
+
+def _assert_one_point_per_step(client, run, epochs: int) -> None:
+    for key in run.data.metrics:
+        if not key.startswith("test/"):
+            steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+            assert steps == list(range(epochs)), key
+
+
+def _kill_when(proc, ready, what: str, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while proc.poll() is None and not ready() and time.time() < deadline:
+        time.sleep(0.01)
+    running = proc.poll() is None
+    proc.kill()
+    proc.wait()
+    assert running and ready(), f"train did not reach {what} while running: {proc.stdout.read()}"
+
+
+def test_resume_continues_only_its_own_run_and_closes_killed_ones(project):
+    root, client = project.root, project.mlflow()
+    ckpt, marker = root / "checkpoints" / "train.pt", root / "checkpoints" / "run.json"
+
+    def run(run_id):
+        return client.get_run(run_id)
+
+    def marked_run():
+        try:
+            return json.loads(marker.read_text())["run_id"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    project.stage("download")
+    project.stage("train")  # run A: finished, 3 epochs
+    first = json.loads((root / "models/run.json").read_text())["run_id"]
+    # Run B is killed before its first checkpoint (an epoch of batch size 1 takes seconds).
+    project.set_params({"train": {"epochs": 40, "batch_size": 1}})
+    proc = project.popen("python", "stages/train.py")
+    _kill_when(proc, lambda: marked_run() not in (None, first), "it recorded its run")
+    killed = marked_run()
+    assert not ckpt.exists()
+
+    project.set_params({"train": {"epochs": EPOCHS, "batch_size": 128, "resume": True}})
+    out = project.stage("train").stdout
+    assert "starting a new run" in out, out
+    new = json.loads((root / "models/run.json").read_text())["run_id"]
+    assert len({first, killed, new}) == 3
+    a, b, c = run(first), run(killed), run(new)
+    assert a.info.status == "FINISHED" and a.data.params["train.epochs"] == str(EPOCHS)
+    _assert_one_point_per_step(client, a, EPOCHS)
+    assert b.info.status == "KILLED" and new in b.data.tags["genlab.closed_reason"]
+    assert c.info.status == "FINISHED" and "genlab.resumed_from_epoch" not in c.data.tags
+    _assert_one_point_per_step(client, c, EPOCHS)
+
+    # Run D is killed after a few epochs; it resumes only to at least as many epochs as it holds.
+    project.set_params({"train": {"epochs": 40, "resume": False}})
+    proc = project.popen("python", "stages/train.py")
+    _kill_when(proc, lambda: ckpt.exists() and torch.load(ckpt, weights_only=True)["epoch"] >= 2, "epoch 2")
+    killed_at, d = torch.load(ckpt, weights_only=True)["epoch"], marked_run()
+    assert 2 <= killed_at < 40
+    project.set_params({"train": {"epochs": 1, "resume": True}})
+    proc = project.stage("train", check=False)
+    assert proc.returncode == 2 and f"train.epochs = 1 but the checkpoint holds {killed_at} epochs" in proc.stderr
+    assert ckpt.exists() and run(d).info.status == "RUNNING"
+
+    project.set_params({"train": {"epochs": 45}})
+    assert f"after epoch {killed_at}" in project.stage("train").stdout
+    resumed = run(d)
+    assert resumed.info.status == "FINISHED" and resumed.data.params["train.epochs"] == "40"
+    assert resumed.data.tags["genlab.epochs_after_resume"] == "45"
+    _assert_one_point_per_step(client, resumed, 45)
+    assert len(pd.read_csv(root / "metrics/train_history.csv")) == 45
 
 
 def test_bad_params_fail_with_the_key_named_and_overwrite_nothing(project):
@@ -241,3 +313,22 @@ def test_ddpm_experiment_runs_end_to_end_through_dvc(project):
     assert _image_steps(client, run.info.run_id) == {"samples": set(range(EPOCHS))}
     assert run.data.metrics["test/bpd"] == pytest.approx(test["bpd"])
     assert "17-level" in run.data.tags["genlab.data_convention"]
+
+
+def test_bad_params_stop_dvc_before_it_deletes_any_output(project):
+    project.run("dvc", "repro")
+    project.commit("baseline results")
+    root = project.root
+    kept = ["models/model.pt", "models/run.json", "metrics/train.json", "metrics/train_history.csv", "data/prepared"]
+    files = sorted(p for rel in [*kept, "metrics/curves"] for p in [root / rel, *(root / rel).rglob("*")] if p.is_file())
+    before = {p: p.read_bytes() for p in files}
+    for setting, key in [
+        ("train.epochs=0", "train.epochs"), ("train.lr=nan", "train.lr"), ("train.lr=.inf", "train.lr"),
+        ("data.val_fraction=0", "data.val_fraction"), ("model.family=foo", "model.family"),
+    ]:
+        proc = project.run("dvc", "exp", "run", "-S", setting, check=False)
+        assert proc.returncode != 0, setting
+        assert key in proc.stdout + proc.stderr, (setting, proc.stdout, proc.stderr)
+        assert {p: p.read_bytes() for p in files if p.exists()} == before, setting
+        assert all(p.exists() for p in files), setting
+        project.run("git", "checkout", "params.yaml")  # dvc leaves the bad value in the workspace

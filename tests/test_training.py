@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from genlab import checkpoint
 from genlab.config import config_from_dict, load_config
@@ -56,7 +57,7 @@ class _Killed(Exception):
 
 
 class _KillAtEpoch(NullTracker):
-    """Stands in for a kill: raises while logging epoch `epoch`, after the previous checkpoint was written."""
+    """Stands in for a kill: raises while logging epoch `epoch`, after that epoch's checkpoint was written."""
 
     def __init__(self, epoch: int):
         self.epoch = epoch
@@ -75,7 +76,7 @@ def test_killed_cosine_run_resumes_on_the_same_schedule(digits, tmp_path):
     with pytest.raises(_Killed):
         fit(family, digits, cfg, checkpoint_path=ckpt, tracker=_KillAtEpoch(2))
     state = checkpoint.load(ckpt)
-    assert state["epoch"] == 2
+    assert state["epoch"] == 3
     assert _run(cfg, digits, ckpt, state) == full
 
 
@@ -100,6 +101,70 @@ def test_resume_with_other_params_is_refused(digits, tmp_path):
     other = config_from_dict({**SMALL, "vae": {**SMALL["vae"], "beta": 2.0}})
     with pytest.raises(CheckpointError, match="other params"):
         _run(other, digits, ckpt, checkpoint.load(ckpt))
+
+
+def test_resume_with_fewer_epochs_than_the_checkpoint_is_refused(digits, tmp_path):
+    ckpt = tmp_path / "train.pt"
+    _run(config_from_dict({**SMALL, "train": {**SMALL["train"], "epochs": 3}}), digits, ckpt)
+    fewer = config_from_dict({**SMALL, "train": {**SMALL["train"], "epochs": 2, "resume": True}})
+    with pytest.raises(CheckpointError, match=r"train\.epochs = 2 .* 3 epochs"):
+        _run(fewer, digits, ckpt, checkpoint.load(ckpt))
+
+
+class Recorder:
+    """A tracker that keeps every point, and can die at its first call for one step."""
+
+    def __init__(self, die_at: int | None = None):
+        self.metrics: list[tuple[str, int, float]] = []
+        self.images: list[tuple[str, int]] = []
+        self.die_at = die_at
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics += [(k, step, v) for k, v in metrics.items()]
+
+    def log_images(self, images, step):
+        if step == self.die_at:
+            self.die_at = None
+            raise _Killed
+        self.images += [(k, step) for k in images]
+
+    def metric_steps(self, key):
+        return {s for k, s, _ in self.metrics if k == key}
+
+
+@pytest.mark.parametrize("killed", ["after logging, before the checkpoint", "after the checkpoint, before logging"])
+def test_a_killed_and_resumed_run_logs_each_step_exactly_once(digits, tmp_path, monkeypatch, killed):
+    cfg = config_from_dict(SMALL)  # 4 epochs; the kill comes in the third (step 2)
+
+    def fit_with(tracker, ckpt, resume_state=None):
+        torch.manual_seed(cfg.seed)
+        family = build_family(cfg, digits.image_shape, input_levels(digits, cfg), CPU)
+        return fit(family, digits, cfg, checkpoint_path=ckpt, tracker=tracker, resume_state=resume_state)
+
+    uninterrupted = Recorder()
+    fit_with(uninterrupted, tmp_path / "full.pt")
+    ckpt = tmp_path / "train.pt"
+    recorder = Recorder(die_at=2 if killed.startswith("after the checkpoint") else None)
+    if killed.startswith("after logging"):
+        real_save = checkpoint.save
+
+        def save(path, state):
+            if state["epoch"] == 3:
+                raise _Killed
+            real_save(path, state)
+
+        monkeypatch.setattr(checkpoint, "save", save)
+    with pytest.raises(_Killed):
+        fit_with(recorder, ckpt)
+    monkeypatch.undo()
+    fit_with(recorder, ckpt, checkpoint.load(ckpt))
+
+    def points(r):
+        return sorted((k, s, v) for k, s, v in r.metrics if k != "time/epoch_seconds")
+
+    assert points(recorder) == points(uninterrupted)
+    assert sorted(s for k, s, _ in recorder.metrics if k == "time/epoch_seconds") == [0, 1, 2, 3]
+    assert sorted(recorder.images) == sorted(uninterrupted.images)
 
 
 @pytest.mark.parametrize("family", ["vae", "gan"])
@@ -133,6 +198,29 @@ def test_corrupted_or_missing_checkpoint_raises_checkpoint_error(tmp_path):
         checkpoint.load(bad)
 
 
+class _Foreign:
+    """Not a tensor or plain data: a weights-only load refuses it."""
+
+
+@pytest.mark.parametrize("content", ["garbage", "foreign pickle", "truncated", "empty"])
+def test_unreadable_model_file_advises_retraining_never_an_unsafe_load(tmp_path, content):
+    model = tmp_path / "model.pt"
+    if content == "garbage":
+        model.write_bytes(b"not a model")
+    elif content == "foreign pickle":
+        torch.save({"format_version": checkpoint.FORMAT_VERSION, "model": _Foreign()}, model)
+    elif content == "truncated":
+        torch.save({"format_version": checkpoint.FORMAT_VERSION, "w": torch.zeros(100)}, model)
+        model.write_bytes(model.read_bytes()[:300])
+    else:
+        model.write_bytes(b"")
+    with pytest.raises(CheckpointError) as info:
+        checkpoint.load(model, what="model file")
+    message = str(info.value)
+    assert "retrain with `dvc repro train`" in message and str(model) in message, message
+    assert "weights_only" not in message and "Weights only" not in message, message
+
+
 @pytest.mark.parametrize(
     "raw,words",
     [
@@ -144,6 +232,10 @@ def test_corrupted_or_missing_checkpoint_raises_checkpoint_error(tmp_path):
         ({"data": {"name": "image_folder"}}, ["data.path"]),
         ({"device": "tpu"}, ["device", "cuda"]),
         ({"train": {"resume": "yes"}}, ["train.resume", "true or false"]),
+        ({"train": {"lr": "nan"}}, ["train.lr", "a finite number"]),
+        ({"train": {"lr": math.inf}}, ["train.lr", "a finite number"]),
+        ({"vae": {"beta": ".inf"}}, ["vae.beta", "a finite number"]),
+        ({"sample": {"eta": -math.inf}}, ["sample.eta", "a finite number"]),
     ],
 )
 def test_bad_params_raise_config_error_naming_the_key(raw, words):
@@ -156,6 +248,19 @@ def test_committed_params_yaml_is_valid_and_numbers_in_strings_are_read(tmp_path
     cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
     assert cfg.model.family == "vae"
     assert config_from_dict({"train": {"lr": "1e-3"}}).train.lr == 1e-3
+
+
+def test_params_yaml_must_set_every_key(tmp_path):
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    del raw["train"]["lr"], raw["gan"]
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"missing: gan, train\.lr: every key must be set"):
+        load_config(params)
+    params.write_text("")
+    with pytest.raises(ConfigError, match=r"missing: seed, device, data, model, "):
+        load_config(params)
+    assert config_from_dict({"train": {"epochs": 2}}).train.lr == 1e-3  # code and saved models may be partial
 
 
 def test_repo_root_strips_dvc_temp_workspace(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -11,24 +12,34 @@ from genlab import atomic
 from genlab.errors import CheckpointError
 
 FORMAT_VERSION = 1
+RETRAIN = "retrain with `dvc repro train`"
 
 
 def save(path: str | Path, state: dict[str, Any]) -> None:
     atomic.torch_save({"format_version": FORMAT_VERSION, **state}, path)
 
 
-def load(path: str | Path, what: str = "checkpoint") -> dict[str, Any]:
-    """Load a file written by `save`; any damage becomes a CheckpointError naming the file."""
+def load(path: str | Path, what: str = "checkpoint", fix: str = RETRAIN) -> dict[str, Any]:
+    """Load a file written by `save`; any damage becomes a CheckpointError naming the file and `fix`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{what} {path} does not exist: run the train stage first (`dvc repro train`)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message advises loading with weights_only=False, which runs any code the file holds.
+        raise CheckpointError(
+            f"{what} {path} is corrupted or not a genlab file (it holds more than tensors and plain data, "
+            f"which genlab never loads): {fix}"
+        ) from None
     except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"{what} {path} is corrupted or not a genlab file ({exc.__class__.__name__}: {exc})") from None
+        name, detail = exc.__class__.__name__, str(exc).split(". ")[0].strip()
+        raise CheckpointError(
+            f"{what} {path} is corrupted or not a genlab file ({f'{name}: {detail}' if detail else name}): {fix}"
+        ) from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{what} {path} has format {state.get('format_version') if isinstance(state, dict) else '?'}, "
-            f"expected {FORMAT_VERSION}: retrain with `dvc repro train`"
+            f"expected {FORMAT_VERSION}: {fix}"
         )
     return state

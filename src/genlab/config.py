@@ -7,6 +7,7 @@ before any stage writes an output, with a message naming the key and what it acc
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,7 +201,7 @@ def _describe(tp: Any) -> str:
         return _describe(inner[0]) + " or null"
     if origin is list:
         return f"a list of {typing.get_args(tp)[0].__name__}"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[tp]
+    return {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}[tp]
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -226,16 +227,16 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         raise bad
     if tp is float:
         # YAML reads '1e-3' as a string; accept numeric strings, since that is what users write.
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise bad
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise bad from None
-        raise bad
+        try:
+            number = float(value)
+        except ValueError:
+            raise bad from None
+        # inf would pass open-ended ranges (lr > 0) and NaN fails them only by accident of how it compares.
+        if not math.isfinite(number):
+            raise bad
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -271,8 +272,27 @@ def _lookup(cfg: Config, dotted: str) -> Any:
     return value
 
 
-def config_from_dict(raw: dict[str, Any]) -> Config:
+def _missing(cls: type, raw: dict[str, Any], prefix: str = "") -> list[str]:
+    """Declared keys absent from `raw` (a whole absent section is named once)."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            out.append(prefix + f.name)
+        elif dataclasses.is_dataclass(hints[f.name]) and isinstance(raw[f.name], dict):
+            out += _missing(hints[f.name], raw[f.name], f"{prefix}{f.name}.")
+    return out
+
+
+def config_from_dict(raw: dict[str, Any], require_all: bool = False) -> Config:
+    """Validate `raw`; absent keys take the dataclass defaults unless `require_all` (params.yaml)."""
     cfg = _build(Config, raw or {}, "")
+    missing = _missing(Config, raw or {}) if require_all else []
+    if missing:
+        raise ConfigError(
+            f"params key(s) missing: {', '.join(missing)}: every key must be set in params.yaml "
+            "(see the committed one for each key's meaning and default)"
+        )
     for key, ok, allowed in _RANGES:
         value = _lookup(cfg, key)
         if not ok(value):
@@ -285,7 +305,7 @@ def config_from_dict(raw: dict[str, Any]) -> Config:
 
 
 def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Config:
-    """Read params.yaml; `overrides` maps dotted keys to values (used by tests and benchmarks)."""
+    """Read params.yaml, which must set every key; `overrides` maps dotted keys to values."""
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -299,4 +319,5 @@ def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    return config_from_dict(raw)
+    # Built-in defaults would silently stand in for a key deleted from params.yaml and retrain with it.
+    return config_from_dict(raw, require_all=True)

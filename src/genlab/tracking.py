@@ -138,6 +138,14 @@ class MlflowTracker:
         with self._lock:
             self.client.set_terminated(self.run_id, status)
 
+    def reopen(self) -> None:
+        """RUNNING again: a resume continues a run that a Ctrl-C or a divergence closed."""
+        with self._lock:
+            self.client.update_run(self.run_id, status="RUNNING")
+
+    def metric_steps(self, key: str) -> set[int]:
+        return {m.step for m in self.client.get_metric_history(self.run_id, key)}
+
     @contextlib.contextmanager
     def active(self) -> Iterator["MlflowTracker"]:
         """Mark the run FAILED (or KILLED on Ctrl-C) if the block raises, FINISHED otherwise."""

@@ -22,11 +22,13 @@ from genlab.models.base import weighted_means
 from genlab.runtime import Rngs, generator
 
 SNAPSHOT_BATCH = 32  # validation images shown in the per-epoch reconstruction grid
+EPOCH_KEY = "time/epoch_seconds"  # logged with every epoch's metrics: its steps are the epochs logged
 
 
 class Tracker(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
     def log_images(self, images: dict[str, torch.Tensor], step: int) -> None: ...
+    def metric_steps(self, key: str) -> set[int]: ...
 
 
 class NullTracker:
@@ -38,6 +40,9 @@ class NullTracker:
     def log_images(self, images, step):
         pass
 
+    def metric_steps(self, key):
+        return set()
+
 
 def resume_key(cfg: Config) -> str:
     """Digest of every param that shapes a run's trajectory; train.epochs may grow on resume."""
@@ -47,6 +52,20 @@ def resume_key(cfg: Config) -> str:
     for section in ("classifier", "evaluate", "sample", *unused):
         d.pop(section)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_resumable(state: dict[str, Any], cfg: Config, family_name: str) -> None:
+    """A checkpoint continues only a run with the same params and at least as many epochs."""
+    if state.get("resume_key") != resume_key(cfg) or state.get("family") != family_name:
+        raise CheckpointError(
+            "the checkpoint was written with other params (only train.epochs may change on resume): "
+            "set train.resume=false to start afresh"
+        )
+    if cfg.train.epochs < state["epoch"]:
+        raise CheckpointError(
+            f"train.epochs = {cfg.train.epochs} but the checkpoint holds {state['epoch']} epochs: "
+            f"set train.epochs >= {state['epoch']} to resume, or train.resume=false to start a new run"
+        )
 
 
 def batch_transform(data: PreparedData, cfg: Config) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
@@ -91,6 +110,16 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * step / total))
 
 
+def _log_epoch(tracker: Tracker, family: Family, fixed_batch: torch.Tensor, seed: int, epoch: int, logged: dict) -> None:
+    """Images first, metrics last: a step's metrics in the run mean the whole epoch was logged.
+
+    (A kill during the image upload can leave that one step's image twice; its metrics stay single.)
+    """
+    family.train(False)
+    tracker.log_images(family.snapshot(fixed_batch, generator(family.device, seed + 2)), step=epoch)
+    tracker.log_metrics(logged, step=epoch)
+
+
 def scores_due(family: Family, epoch: int, epochs: int) -> bool:
     """Whether the sample scorer runs after this epoch: every `fid_every` epochs and after the last."""
     return family.fid_every > 0 and ((epoch + 1) % family.fid_every == 0 or epoch + 1 == epochs)
@@ -109,28 +138,27 @@ def fit(
 ) -> list[dict[str, Any]]:
     """Train `family` for cfg.train.epochs and return one row of metrics per epoch.
 
-    Rows hold `epoch` and `<split>_<metric>` for split in train/val. After each epoch the metrics and
-    snapshot images go to `tracker` and a checkpoint is written atomically; a non-finite training
-    metric raises DivergenceError before the checkpoint, so the last good one survives. `scorer`
-    (sample-quality metrics, e.g. domain FID, reported as val metrics) runs when `scores_due`.
+    Rows hold `epoch` and `<split>_<metric>` for split in train/val. After each epoch a checkpoint
+    is written atomically, then the snapshot images and metrics go to `tracker`: a run killed in
+    between is resumed after that epoch and logs it then, so every step is logged exactly once
+    (logging first would log the epoch again on resume). A non-finite training metric raises
+    DivergenceError before the checkpoint, so the last good one survives. `scorer` (sample-quality
+    metrics, e.g. domain FID, reported as val metrics) runs when `scores_due`.
     """
     device = family.device
     rngs = Rngs(cfg.seed, device)
     history: list[dict[str, Any]] = []
     start = 0
-    if resume_state is not None:
-        if resume_state.get("resume_key") != resume_key(cfg) or resume_state.get("family") != family.name:
-            raise CheckpointError(
-                "the checkpoint was written with other params (only train.epochs may change on resume): "
-                "set train.resume=false to start afresh"
-            )
-        family.load_state_dict(resume_state["model"])
-        rngs.load_state_dict(resume_state["rngs"])
-        history, start = list(resume_state["history"]), resume_state["epoch"]
-
     transform = batch_transform(data, cfg)
     train_u8 = data.train.images.to(device)
     fixed_batch = data.to_unit(data.val.images[:SNAPSHOT_BATCH].to(device))
+    if resume_state is not None:
+        check_resumable(resume_state, cfg, family.name)
+        family.load_state_dict(resume_state["model"])
+        rngs.load_state_dict(resume_state["rngs"])
+        history, start = list(resume_state["history"]), resume_state["epoch"]
+        if "logged" in resume_state and start - 1 not in tracker.metric_steps(EPOCH_KEY):
+            _log_epoch(tracker, family, fixed_batch, cfg.seed, start - 1, resume_state["logged"])
     n, bs, epochs = len(train_u8), cfg.train.batch_size, cfg.train.epochs
     show_bar = sys.stderr.isatty()
     # The schedule is a function of the step alone and `initial_lr` (PyTorch's name for it) travels in the
@@ -174,11 +202,7 @@ def fit(
 
         logged = {f"train/{k}": v for k, v in train_metrics.items()}
         logged.update({f"val/{k}": v for k, v in val_metrics.items()})
-        logged["time/epoch_seconds"] = seconds
-        tracker.log_metrics(logged, step=epoch)
-        family.train(False)
-        tracker.log_images(family.snapshot(fixed_batch, generator(device, cfg.seed + 2)), step=epoch)
-
+        logged[EPOCH_KEY] = seconds
         if checkpoint_path is not None:
             checkpoint.save(
                 checkpoint_path,
@@ -190,6 +214,8 @@ def fit(
                     "rngs": rngs.state_dict(),
                     "run_id": run_id,
                     "history": history,
+                    "logged": logged,  # what a resume logs if the kill came before this epoch was logged
                 },
             )
+        _log_epoch(tracker, family, fixed_batch, cfg.seed, epoch, logged)
     return history

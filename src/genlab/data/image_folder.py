@@ -16,6 +16,7 @@ from genlab.data.splits import Split
 from genlab.errors import DataError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+BACKGROUND = (255, 255, 255, 255)  # opaque white under transparent pixels
 _LAYOUT = "a folder of images, either directly inside or in one subfolder per class"
 
 
@@ -30,9 +31,33 @@ def _image_files(root: Path) -> list[Path]:
     return sorted(files, key=Path.as_posix)
 
 
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit greyscale -> 8-bit as round(value / 257), so 65535 maps to 255; Pillow's convert clips at 255.
+
+    Pillow opens 16-bit PNG/TIFF greyscale as 'I;16*' (older versions as 'I', read here as 16-bit too).
+    """
+    if not (image.mode.startswith("I;16") or image.mode == "I"):
+        return image
+    values = np.clip(np.asarray(image, dtype=np.float64), 0, 65535)
+    return Image.fromarray(np.rint(values / 257).astype(np.uint8), mode="L")
+
+
+def _flatten_alpha(image: Image.Image) -> Image.Image:
+    """Composite a transparent image onto white (BACKGROUND), as a viewer shows it on a light page.
+
+    Dropping alpha instead would expose whatever colour hides under transparent pixels (often black
+    or leftovers of editing), which differs from file to file.
+    """
+    if not image.has_transparency_data:
+        return image
+    rgba = image.convert("RGBA")
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, BACKGROUND), rgba).convert("RGB")
+
+
 def _read(data: bytes, mode: str, size: int) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert(mode).resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8)
+        flat = _flatten_alpha(_to_8bit(image))
+        return np.asarray(flat.convert(mode).resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8)
 
 
 def load(cfg: Config) -> RawData:

@@ -223,7 +223,7 @@ def load_classifier(
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"classifier file {path} does not exist: train it with `dvc repro classifier`")
-    saved = checkpoint.load(path, what="classifier file")
+    saved = checkpoint.load(path, what="classifier file", fix=_RETRAIN)
     if saved.get("kind") != KIND:
         raise CheckpointError(f"{path} is not a domain-classifier file: {_RETRAIN}")
     if data_md5 is not None and saved["data_md5"] != data_md5:

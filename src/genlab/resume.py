@@ -1,0 +1,89 @@
+"""Which MLflow run a training checkpoint continues, and closing the runs a kill left RUNNING.
+
+`checkpoints/run.json` names the unfinished run from the moment it is created until it finishes,
+and a checkpoint resumes only that run. Whatever else a start finds (a run killed before its first
+checkpoint, a checkpoint of another or of a finished run, an unfinished run while train.resume is
+false) is closed or deleted before a new run starts, so no run inherits another's epochs and none
+stays RUNNING for ever.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from genlab import atomic, checkpoint, paths, tracking
+from genlab.config import Config
+from genlab.training import check_resumable
+
+RESUMABLE = ("RUNNING", "KILLED", "FAILED")  # killed -9, Ctrl-C, diverged: all continue from the checkpoint
+
+
+def _unfinished_run() -> str | None:
+    try:
+        marker = json.loads(paths.TRAINING_RUN.read_text())
+    except (OSError, ValueError):
+        return None
+    return None if marker.get("finished") else marker.get("run_id")
+
+
+def _status(run_id: str) -> str | None:
+    """The run's MLflow status; None when the store does not hold it (e.g. another tracking URI)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return tracking.attach(run_id).client.get_run(run_id).info.status
+    except MlflowException:
+        return None
+
+
+def resumable_state(cfg: Config, family_name: str) -> dict[str, Any] | None:
+    """The checkpoint to resume, or None (saying why when train.resume is true) for a new run."""
+    if not cfg.train.resume:
+        return None
+    if not paths.CHECKPOINT.exists():
+        print(f"train.resume is true but {paths.CHECKPOINT} does not exist: starting a new run")
+        return None
+    state = checkpoint.load(paths.CHECKPOINT, fix="set train.resume=false to start a new run")
+    run_id = _unfinished_run()
+    if run_id is None or state.get("run_id") != run_id:
+        print(f"{paths.CHECKPOINT} belongs to run {state.get('run_id')}, not to an unfinished run: starting a new run")
+        return None
+    status = _status(run_id)
+    if status not in RESUMABLE:
+        print(f"run {run_id} of {paths.CHECKPOINT} is {status or 'not in the MLflow store'}: starting a new run")
+        return None
+    check_resumable(state, cfg, family_name)
+    print(f"resuming from {paths.CHECKPOINT} after epoch {state['epoch']}")
+    return state
+
+
+def reopen(state: dict[str, Any], cfg: Config) -> tracking.MlflowTracker:
+    """The checkpoint's run, RUNNING again, tagged with what the resume changed."""
+    tracker = tracking.attach(state["run_id"])
+    tracker.reopen()
+    tags = {"genlab.resumed_from_epoch": state["epoch"]}
+    # MLflow params cannot change once logged; the tag says how many epochs the run now trains.
+    if tracker.client.get_run(tracker.run_id).data.params.get("train.epochs") != str(cfg.train.epochs):
+        tags["genlab.epochs_after_resume"] = cfg.train.epochs
+    tracker.set_tags(tags)
+    return tracker
+
+
+def started(run_id: str) -> None:
+    """Record `run_id` as the unfinished run, after closing the one it replaces and dropping its checkpoint."""
+    previous = _unfinished_run()
+    if previous and previous != run_id and _status(previous) == "RUNNING":
+        why = f"its training stopped without closing it (killed?); run {run_id} started in its place"
+        old = tracking.attach(previous)
+        old.set_tags({"genlab.closed_reason": why})
+        old.finish("KILLED")
+        print(f"MLflow run {previous} closed as KILLED: {why}")
+    paths.CHECKPOINT.unlink(missing_ok=True)
+    atomic.write_json(paths.TRAINING_RUN, {"run_id": run_id})
+
+
+def finished(run_id: str) -> None:
+    """Nothing is left to resume: the model is in models/model.pt and the run is closed."""
+    paths.CHECKPOINT.unlink(missing_ok=True)
+    atomic.write_json(paths.TRAINING_RUN, {"run_id": run_id, "finished": True})
