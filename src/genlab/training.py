@@ -186,7 +186,8 @@ def fit(
         if bad:
             raise DivergenceError(
                 f"training diverged at epoch {epoch + 1}: non-finite {', '.join(bad)}; "
-                f"the last good checkpoint ({checkpoint_path}) is kept — lower train.lr or resume from it"
+                f"the last good checkpoint ({checkpoint_path}) is kept: resume from it with the same params, "
+                "or lower train.lr and start afresh (train.resume=false)"
             )
         val_metrics = evaluate_split(family, data.val.images, transform, epoch, rngs.noise)
         seconds = time.perf_counter() - began
