@@ -7,22 +7,22 @@ are the space the sample-quality metrics (FID, IS, precision/recall, density/cov
 
 import time
 
-from genlab import atomic, paths, stage
-from genlab.config import load_config
+from genlab import atomic, paths
+from genlab.config import load_config, stage_view
+from genlab.errors import exit_on_error
 from genlab.data import load_prepared
 from genlab.quality.classifier import save_classifier, train_classifier
-from genlab.runtime import resolve_device, seed_everything
+from genlab.runtime import resolve_device
 
 
 def run() -> None:
     cfg = load_config(paths.PARAMS)
-    seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     data = load_prepared(paths.PREPARED_DIR)
     began = time.perf_counter()
     model, metrics = train_classifier(cfg, data, device)
     seconds = time.perf_counter() - began
-    save_classifier(model, paths.CLASSIFIER, cfg.to_dict(), data.checksum, metrics)
+    save_classifier(model, paths.CLASSIFIER, stage_view(cfg, "classifier"), data.checksum, metrics)
     atomic.write_json(paths.CLASSIFIER_METRICS, metrics)
     print(
         f"classifier test/accuracy {metrics['test']['accuracy']:.4f} test/loss {metrics['test']['loss']:.4f} "
@@ -31,4 +31,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    stage.main(run)
+    exit_on_error(run)

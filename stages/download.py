@@ -1,7 +1,8 @@
 """DVC stage `download`: fetch and verify the dataset, write prepared uint8 tensors + manifest."""
 
-from genlab import paths, stage
+from genlab import paths
 from genlab.config import load_config
+from genlab.errors import exit_on_error
 from genlab.data import prepare
 
 
@@ -13,4 +14,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    stage.main(run)
+    exit_on_error(run)

@@ -1,26 +1,31 @@
 """DVC stage `evaluate`: the family's test-split numbers and sample quality -> metrics/eval.json + MLflow test/*.
 
+    python stages/evaluate.py [--name NAME] [--family FAMILY]
+
 The family decides its test numbers (VAE: ELBO terms and IW-NLL; GAN: the game on test images;
-DDPM: the variational bound); every family's samples are scored by the domain classifier.
+DDPM: the variational bound); every family's samples are scored by the domain classifier, and a
+family that reconstructs its input also gets PSNR/SSIM.
 """
 
-from genlab import atomic, paths, stage, tracking
-from genlab.config import config_from_dict
+from genlab import atomic, paths, tracking
+from genlab.errors import exit_on_error
+from genlab.models.base import Reconstructor
 from genlab.quality.classifier import load_classifier
 from genlab.quality.scoring import domain_scores, inception_fid, real_pair, reconstruction_scores, sample_in_batches
-from genlab.runtime import generator
-from genlab.training import batch_transform
+from genlab.runtime import stream
+from genlab.trained import Trained, load_trained, read_run_id, stage_args
+from genlab.training import image_source
 
 
-def sample_quality(t: stage.Trained, batch_size: int) -> dict[str, float]:
+def sample_quality(t: Trained, batch_size: int) -> dict[str, float]:
     """Domain-classifier scores of the family's samples, reconstruction scores, optional Inception FID."""
     cfg, family, data = t.cfg, t.family, t.data
     n = min(cfg.evaluate.num_samples, len(data.test))
     classifier = load_classifier(paths.CLASSIFIER, t.device, data_md5=data.checksum)
-    generated = sample_in_batches(family.sample, n, generator(t.device, cfg.seed + 5), batch_size)
-    test, train = real_pair(data, n, cfg.seed + 6)
+    generated = sample_in_batches(family.sample, n, stream(cfg.seed, "eval_samples", t.device), batch_size)
+    test, train = real_pair(data, n, stream(cfg.seed, "real_train_pick"))
     scores = {"num_samples": n, **domain_scores(classifier, generated, test, train)}
-    if hasattr(family, "reconstruct"):
+    if isinstance(family, Reconstructor):
         scores.update(reconstruction_scores(family.reconstruct, test, batch_size, t.device))
     if cfg.evaluate.inception_fid:
         scores.update(inception_fid(generated, test, train, cfg.evaluate.inception_weights, t.device))
@@ -28,28 +33,28 @@ def sample_quality(t: stage.Trained, batch_size: int) -> dict[str, float]:
 
 
 def run() -> None:
-    t = stage.load_trained()
+    args = stage_args(__doc__.splitlines()[0])
+    t = load_trained("evaluate", args.name, args.family)
     cfg, device, family, data = t.cfg, t.device, t.family, t.data
-    trained = config_from_dict(t.saved["config"])
+    binarize = t.saved["config"]["data"]["binarize"]
     # With dynamic binarisation the test split is binarised once, by this seeded generator.
-    transform = batch_transform(data, trained)
-    gen = generator(device, cfg.seed + 3)
+    source = image_source(data, binarize)
+    gen = stream(cfg.seed, "test_noise", device)
     bs, test = cfg.evaluate.batch_size, data.test.images
-    batches = (transform(test[i : i + bs].to(device), gen) for i in range(0, len(test), bs))
+    batches = (source.to_input(test[i : i + bs].to(device), gen) for i in range(0, len(test), bs))
 
-    family.configure_sampling(cfg.sample)
-    results = family.test_metrics(batches, gen, cfg)
+    results = family.test_metrics(batches, gen)
     results.update(sample_quality(t, bs))
-    atomic.write_json(paths.EVAL_METRICS, {"test": results})
+    atomic.write_json(t.paths.eval_metrics, {"test": results})
     print(" ".join(f"test/{k} {v:.4f}" for k, v in results.items()))
 
-    tracker = tracking.attach(stage.read_run_id())
+    tracker = tracking.attach(read_run_id(t.paths))
     tracker.log_metrics({f"test/{k}": v for k, v in results.items()})
-    convention = family.data_convention(trained.data.binarize)
+    convention = family.data_convention(binarize)
     if convention:
         tracker.set_tags({"genlab.data_convention": convention})
-    tracker.log_artifact(paths.EVAL_METRICS, "metrics")
+    tracker.log_artifact(t.paths.eval_metrics, "metrics")
 
 
 if __name__ == "__main__":
-    stage.main(run)
+    exit_on_error(run)

@@ -4,15 +4,14 @@
     python stages/report.py --dataset mnist --family vae      # filter on the runs' tags
     python stages/report.py --dvc-exp 'beta-%'                # % is a wildcard
     python stages/report.py --metrics 'test/*' val/elbo --out reports/mnist
-
-Also the optional DVC stage `report` (always_changed, so `dvc repro report` re-reads MLflow).
 Exits with status 2 and a message when no run matches.
 """
 
 import argparse
 
-from genlab import paths, stage
-from genlab.quality.report import DEFAULT_METRICS, EXPERIMENT, build_report, to_markdown
+from genlab import paths
+from genlab.errors import exit_on_error
+from genlab.report import DEFAULT_METRICS, EXPERIMENT, build_report, to_markdown
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -53,4 +52,4 @@ def run(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    stage.main(run)
+    exit_on_error(run)

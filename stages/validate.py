@@ -1,17 +1,29 @@
-"""DVC stage `validate`: check every key of params.yaml before any other stage runs.
+"""DVC stage `validate`: check every key of params.yaml before any other stage runs, and write each
+stage's view of the params.
 
 DVC deletes a stage's outputs (`cache: false` metrics included) when it starts the stage, so a bad
-value found by the stage itself has already cost its outputs. Every other stage depends on this
-stage's stamp, so DVC runs it first and stops here, before it touches anything. The stamp's text is
-fixed: a copy of the params would change with every key and rerun every stage on any edit.
+value found by the stage itself has already cost its outputs. Every other stage depends on a view
+written here, so DVC runs this stage first and stops here, before it touches anything. A view
+(validated/<stage>.yaml) holds exactly the keys that stage reads — of the family sections, only the
+active family's — so DVC reruns a stage when, and only when, one of its values changes: editing gan.*
+leaves a VAE pipeline up to date. validated/<family>/<stage>.yaml is the same for a stage that names
+its family (`--family`), as a second model of a two-model pipeline does.
 """
 
 from pathlib import Path
 
-from genlab import atomic, paths, stage
-from genlab.config import load_config
-from genlab.errors import ConfigError
+import yaml
+
+from genlab import atomic, paths
+from genlab.config import FAMILY_STAGES, load_config, stage_view
+from genlab.errors import ConfigError, exit_on_error
+from genlab.models import FAMILIES
 from genlab.runtime import resolve_device
+from genlab.schema import STAGES
+
+
+def _write(path: Path, view: dict) -> None:
+    atomic.write_text(path, yaml.safe_dump(view, sort_keys=True))
 
 
 def run() -> None:
@@ -22,8 +34,12 @@ def run() -> None:
     weights = cfg.evaluate.inception_weights
     if cfg.evaluate.inception_fid and weights and not Path(weights).expanduser().is_file():
         raise ConfigError(f"evaluate.inception_weights = {weights!r} is not a file")
-    atomic.write_text(paths.PARAMS_STAMP, "params.yaml passed stages/validate.py\n")
+    for stage in STAGES:
+        _write(paths.stage_view(stage), stage_view(cfg, stage))
+    for family in FAMILIES:
+        for stage in FAMILY_STAGES:
+            _write(paths.stage_view(stage, family), stage_view(cfg, stage, family))
 
 
 if __name__ == "__main__":
-    stage.main(run)
+    exit_on_error(run)

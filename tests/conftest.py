@@ -10,20 +10,19 @@ from pathlib import Path
 
 import pytest
 import yaml
+from families import TINY_FAMILIES
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_MIRROR = REPO.parent / "shared" / "datasets" / "mnist"
 
 # The default experiment, shrunk so that a whole `dvc repro` takes seconds.
 TINY = {
-    "vae": {"hidden": [32, 16], "latent_dim": 4},
-    "gan": {"latent_dim": 8, "width": 8, "eval_every": 2, "fid_samples": 50},
-    "ddpm": {"timesteps": 20, "channels": 8, "snapshot_steps": 4},
+    **TINY_FAMILIES,
+    "vae": {**TINY_FAMILIES["vae"], "iw_samples": 16},
     "train": {"epochs": 3, "batch_size": 128},
     "classifier": {"epochs": 2},
-    "evaluate": {"iw_samples": 16, "num_samples": 100, "bound_strata": 4},
-    "sample": {"n": 16, "interpolation_steps": 4, "interpolation_pairs": 2, "class_samples": 100,
-               "steps": 5, "steps_grid": [2, 5, 20]},
+    "evaluate": {"num_samples": 100},
+    "sample": {"n": 16, "interpolation_steps": 4, "interpolation_pairs": 2, "class_samples": 100},
 }
 
 
@@ -83,6 +82,17 @@ def _tracked_files() -> list[str]:
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout
     return [line for line in out.splitlines() if line and (REPO / line).is_file()]
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory):
+    """The default dataset (scikit-learn's digits), prepared once per test session."""
+    from genlab.config import config_from_dict
+    from genlab.data import load_prepared, prepare
+
+    out = tmp_path_factory.mktemp("prepared")
+    prepare(config_from_dict({}), out)
+    return load_prepared(out)
 
 
 @pytest.fixture

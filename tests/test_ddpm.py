@@ -8,26 +8,25 @@ import torch
 from sklearn.datasets import load_digits
 from torch.distributions import Normal, kl_divergence
 
-from genlab.config import config_from_dict
-from genlab.errors import ConfigError
-from genlab.models import build_family
-from genlab.models.ddpm import DDPM
-from genlab.models.diffusion import Schedule
-from genlab.models.unet import UNet
+from families import CPU, Stepper, family_config, make_family
 
-CPU = torch.device("cpu")
+from genlab.errors import ConfigError
+from genlab.models.unet import UNet
+from genlab.processes.gaussian_diffusion import Schedule
+
 F64 = torch.float64
 
 
-def make_cfg(evaluate=None, sample=None, train=None, **ddpm):
-    tiny = {"timesteps": 20, "channels": 8, "channel_mults": [1, 2], **ddpm}
-    sections = {"evaluate": evaluate or {}, "sample": sample or {}, "train": train or {}}
-    return config_from_dict({"model": {"family": "ddpm"}, "ddpm": tiny, **sections})
-
-
 def make_ddpm(shape=(1, 8, 8), levels=17, seed=0, **ddpm):
-    torch.manual_seed(seed)
-    return DDPM(make_cfg(**ddpm), shape, levels, CPU)
+    """The tiny DDPM; its sampler step counts shrink with a shorter chain (ddpm.timesteps)."""
+    t = ddpm.get("timesteps", 20)
+    fitted = {"snapshot_steps": min(4, t), "sampler_steps": min(5, t), "steps_grid": [min(k, t) for k in (2, 5, 20)]}
+    return make_family("ddpm", shape, levels, seed, **{**fitted, **ddpm})
+
+
+def bound(model, x, strata, g):
+    """The model's per-image bound terms on images x in [0, 1]."""
+    return model.process.bound_terms(model.ema, 2 * x - 1, strata, model.levels, g)
 
 
 def gen(seed):
@@ -172,9 +171,8 @@ def test_decoder_is_a_normalised_distribution_over_the_grid(levels):
 
 
 def test_bound_terms_are_finite_and_sum_to_bpd(digits):
-    model = make_ddpm(schedule="cosine")
-    cfg = make_cfg(evaluate={"bound_strata": 5})
-    m = model.test_metrics([digits[:8], digits[8:20]], gen(4), cfg)
+    model = make_ddpm(schedule="cosine", bound_strata=5)
+    m = model.test_metrics([digits[:8], digits[8:20]], gen(4))
     assert set(m) == {"bpd", "bpd_stderr", "prior_bpd", "diffusion_bpd", "decoder_bpd", "loss", "bound_strata"}
     assert all(math.isfinite(v) for v in m.values())
     assert m["bpd"] == pytest.approx(m["prior_bpd"] + m["diffusion_bpd"] + m["decoder_bpd"], rel=1e-12)
@@ -183,9 +181,8 @@ def test_bound_terms_are_finite_and_sum_to_bpd(digits):
 
 def test_stratified_bound_with_one_timestep_per_stratum_is_the_exact_bound(digits):
     """bound_strata = 0 (exact), = T - 1 and ≥ T all evaluate every term once, drawing identically."""
-    model = make_ddpm(schedule="cosine")
     results = [
-        model.test_metrics([digits[:6]], gen(5), make_cfg(evaluate={"bound_strata": k})) for k in (0, 19, 20, 500)
+        make_ddpm(schedule="cosine", bound_strata=k).test_metrics([digits[:6]], gen(5)) for k in (0, 19, 20, 500)
     ]
     assert all(r == results[0] for r in results) and results[0]["bound_strata"] == 19
 
@@ -198,7 +195,7 @@ def test_stratified_bound_is_unbiased(digits):
     x, g = digits[:4], gen(6)
 
     def draws(strata, reps):
-        return torch.stack([sum(model.bound_terms(x, strata, g)).mean() for _ in range(reps)])
+        return torch.stack([sum(bound(model, x, strata, g)).mean() for _ in range(reps)])
 
     exact, strat = draws(9, 30), draws(2, 150)
     se = math.sqrt(exact.var() / len(exact) + strat.var() / len(strat))
@@ -220,16 +217,17 @@ def test_ddim_with_eta_one_and_all_steps_has_the_ddpm_variance(kind):
 def test_ddim_with_eta_one_and_all_steps_reproduces_ancestral_ddpm():
     model = make_ddpm(timesteps=10)
     x_T = model.prior(5, gen(7))
-    ddim = model.ddim_sample(x_T, 10, 1.0, gen(8))
-    ddpm = model.ddpm_sample(x_T, gen(8))
+    process, net = model.process, model.ema
+    ddim = process.ddim_sample(net, x_T, 10, 1.0, gen(8))
+    ddpm = process.ddpm_sample(net, x_T, gen(8))
     torch.testing.assert_close(ddim, ddpm, rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(ddim, model.ddim_sample(x_T, 10, 1.0, gen(9)))
+    assert not torch.allclose(ddim, process.ddim_sample(net, x_T, 10, 1.0, gen(9)))
 
 
 def test_ddim_sampling_contract():
-    model = make_ddpm(timesteps=20)
-    model.configure_sampling(make_cfg(sample={"steps": 4, "eta": 0.5, "steps_grid": [2, 20]}).sample)
-    assert model.ddim_sample(model.prior(3, gen(0)), 4, 0.0, None, return_trajectory=True)[1].shape == (5, 3, 1, 8, 8)
+    model = make_ddpm(timesteps=20, sampler_steps=4, eta=0.5, steps_grid=[2, 20])
+    states = model.process.ddim_sample(model.ema, model.prior(3, gen(0)), 4, 0.0, None, return_trajectory=True)[1]
+    assert states.shape == (5, 3, 1, 8, 8)
     z = model.prior(3, gen(0))
     torch.testing.assert_close(model.generate(z), model.generate(z), rtol=0, atol=0)  # η = 0: deterministic
     a, b, c = model.sample(3, gen(1)), model.sample(3, gen(1)), model.sample(3, gen(2))
@@ -242,14 +240,13 @@ def test_ddim_sampling_contract():
     assert model.snapshot(None, gen(4))["samples"].shape == (64, 1, 8, 8)
 
 
-def test_configure_sampling_rejects_more_steps_than_timesteps():
-    model = make_ddpm(timesteps=20)
-    with pytest.raises(ConfigError, match=r"sample\.steps"):
-        model.configure_sampling(make_cfg(sample={"steps": 21}).sample)
-    with pytest.raises(ConfigError, match=r"sample\.steps_grid.*\[50, 1000\]"):
-        model.configure_sampling(make_cfg(sample={"steps": 5, "steps_grid": [10, 50, 1000]}).sample)
-    with pytest.raises(ConfigError, match=r"ddpm\.snapshot_steps"):
-        make_ddpm(timesteps=5)  # snapshot_steps defaults to 10
+def test_config_rejects_more_sampler_steps_than_timesteps():
+    with pytest.raises(ConfigError, match=r"ddpm\.sampler_steps = 21 exceeds ddpm\.timesteps = 20"):
+        family_config("ddpm", sampler_steps=21)
+    with pytest.raises(ConfigError, match=r"ddpm\.steps_grid.*\[50, 1000\]"):
+        family_config("ddpm", steps_grid=[10, 50, 1000])
+    with pytest.raises(ConfigError, match=r"ddpm\.snapshot_steps = 4 exceeds ddpm\.timesteps = 3"):
+        family_config("ddpm", timesteps=3, sampler_steps=3, steps_grid=[3])
 
 
 # --- network and training --------------------------------------------------------------------
@@ -264,41 +261,16 @@ def test_unet_keeps_the_input_shape_without_padding(shape, mults, lowest):
     assert out.shape == (2, *shape) and seen == [lowest]
 
 
-def test_train_step_changes_weights_and_ema_and_eval_changes_nothing(digits):
-    model = make_ddpm()
-    before = {k: [p.clone() for p in m.parameters()] for k, m in model.modules.items()}
-    out = model.train_step(digits[:16], 0, gen(10))
-    assert set(out) == set(model.metric_names) and math.isfinite(out["loss"].item())
-    for key, module in model.modules.items():
-        assert any(not torch.equal(a, b) for a, b in zip(before[key], module.parameters())), f"{key} did not move"
-    after = {k: [p.clone() for p in m.parameters()] for k, m in model.modules.items()}
-    model.eval_step(digits[:16], 0, gen(11))
-    for key, module in model.modules.items():
-        assert all(torch.equal(a, b) for a, b in zip(after[key], module.parameters())), f"eval moved {key}"
-
-
-def test_two_fresh_models_with_the_same_seeds_are_identical(digits):
-    def run():
-        model = make_ddpm(seed=3)
-        g = gen(12)
-        losses = [model.train_step(digits[:16], 0, g)["loss"].item() for _ in range(3)]
-        return losses, model.sample(4, gen(13)), model.test_metrics([digits[:4]], gen(14), make_cfg())
-
-    (l1, s1, m1), (l2, s2, m2) = run(), run()
-    assert l1 == l2 and torch.equal(s1, s2) and m1 == m2
-
-
 def test_v_prediction_trains(digits):
-    model = make_ddpm(prediction="v", schedule="cosine")
-    g, x = gen(15), digits[:64]
-    losses = [model.train_step(x, 0, g)["loss"].item() for _ in range(40)]
+    g, x, step = gen(15), digits[:64], Stepper(make_ddpm(prediction="v", schedule="cosine"))
+    losses = [step(x, g)["loss"].item() for _ in range(40)]
     assert all(map(math.isfinite, losses))
     assert sum(losses[-10:]) < 0.8 * sum(losses[:10])
 
 
-def test_registry_builds_ddpm():
-    model = build_family(make_cfg(), (1, 8, 8), 17, CPU)
-    assert isinstance(model, DDPM) and "17-level" in model.data_convention("none")
+def test_data_convention_names_the_grid():
+    model = make_ddpm()
+    assert "17-level" in model.data_convention("none")
     assert model.data_convention("dynamic").startswith("test images binarised")
 
 
@@ -309,16 +281,13 @@ def test_trained_tiny_model_bound_lies_between_zero_and_the_uniform_code(digits)
     on digits teach it the mostly-black background and coarse strokes, and its bound falls to ≈ 3.6
     ± 0.04, below the uniform code by > 10 standard errors and below the untrained bound (the cosine
     schedule ends in pure noise at T = 50, so the prior term is negligible)."""
-    cfg = make_cfg(timesteps=50, schedule="cosine", attention=False, ema_decay=0.99,
-                   evaluate={"bound_strata": 0}, train={"lr": 3e-3})
-    torch.manual_seed(0)
-    model = DDPM(cfg, (1, 8, 8), 17, CPU)
+    model = make_ddpm(timesteps=50, schedule="cosine", attention=False, ema_decay=0.99, bound_strata=0, lr=3e-3)
     test = [digits[:128]]
-    untrained = model.test_metrics(test, gen(16), cfg)
-    g = gen(17)
+    untrained = model.test_metrics(test, gen(16))
+    g, step = gen(17), Stepper(model)
     for _ in range(150):
-        model.train_step(digits[128:][torch.randint(0, len(digits) - 128, (64,), generator=g)], 0, g)
-    trained = model.test_metrics(test, gen(16), cfg)
+        step(digits[128:][torch.randint(0, len(digits) - 128, (64,), generator=g)], g)
+    trained = model.test_metrics(test, gen(16))
     assert 0 < trained["bpd"] < math.log2(17) - 3 * trained["bpd_stderr"]
     assert trained["bpd"] < untrained["bpd"]
     assert trained["prior_bpd"] < 1e-3

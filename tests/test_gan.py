@@ -7,15 +7,13 @@ import math
 import pytest
 import torch
 
+from families import Stepper, make_family, train_run
+
 from genlab import checkpoint
 from genlab.config import config_from_dict
-from genlab.data import load_prepared, prepare
-from genlab.models import build_family
 from genlab.models.gan_losses import discriminator_loss, generator_loss, gradient_penalty, mean_output
 from genlab.models.gan_nets import Discriminator, Generator
-from genlab.training import NullTracker, fit
 
-CPU = torch.device("cpu")
 REAL = torch.tensor([2.0, -1.0, 0.5])
 FAKE = torch.tensor([-3.0, 0.0, 1.0])
 
@@ -87,9 +85,7 @@ def test_networks_adapt_to_the_dataset_shape(shape, spectral):
 
 
 def _gan(**gan):
-    torch.manual_seed(0)
-    cfg = config_from_dict({"model": {"family": "gan"}, "gan": {"latent_dim": 8, "width": 8, **gan}})
-    return build_family(cfg, (1, 8, 8), 17, CPU)
+    return make_family("gan", **gan)
 
 
 def _weights(module: torch.nn.Module) -> list[torch.Tensor]:
@@ -103,7 +99,7 @@ def _changed(before, module) -> bool:
 def test_a_step_updates_both_networks_and_the_ema():
     gan = _gan(loss="bce")
     g, d, ema = _weights(gan.generator), _weights(gan.discriminator), _weights(gan.ema)
-    metrics = gan.train_step(torch.rand(16, 1, 8, 8), 0, torch.Generator().manual_seed(0))
+    metrics = Stepper(gan)(torch.rand(16, 1, 8, 8), torch.Generator().manual_seed(0))
     assert _changed(g, gan.generator) and _changed(d, gan.discriminator) and _changed(ema, gan.ema)
     assert set(metrics) == {"d_loss", "g_loss", "d_real", "d_fake"} and 0 < metrics["d_real"] < 1
 
@@ -111,15 +107,15 @@ def test_a_step_updates_both_networks_and_the_ema():
 def test_critic_only_steps_update_only_the_critic():
     gan = _gan(loss="wgan-gp")  # n_critic defaults to 5 for wgan-gp
     assert gan.n_critic == 5
-    gen = torch.Generator().manual_seed(0)
+    gen, step = torch.Generator().manual_seed(0), Stepper(gan)
     x = torch.rand(16, 1, 8, 8)
     g, ema = _weights(gan.generator), _weights(gan.ema)
     for _ in range(4):
         d = _weights(gan.discriminator)
-        metrics = gan.train_step(x, 0, gen)
+        metrics = step(x, gen)
         assert _changed(d, gan.discriminator) and not _changed(g, gan.generator) and not _changed(ema, gan.ema)
         assert metrics["gp"] >= 0
-    gan.train_step(x, 0, gen)  # the fifth critic step is followed by a generator step
+    step(x, gen)  # the fifth critic step is followed by a generator step
     assert _changed(g, gan.generator) and _changed(ema, gan.ema)
 
 
@@ -133,18 +129,8 @@ def test_samples_come_from_the_ema_generator_in_unit_range():
         torch.testing.assert_close(images, ((gan.ema.module(z) + 1) / 2).clamp(0, 1))
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    out = tmp_path_factory.mktemp("prepared")
-    prepare(config_from_dict({}), out)
-    return load_prepared(out)
-
-
 def _fit(raw, data, ckpt=None, state=None):
-    cfg = config_from_dict(raw)
-    torch.manual_seed(cfg.seed)
-    family = build_family(cfg, data.image_shape, data.levels, CPU)
-    return fit(family, data, cfg, checkpoint_path=ckpt, tracker=NullTracker(), resume_state=state)
+    return train_run(config_from_dict(raw), data, ckpt, state)
 
 
 # A constant lr, so that raising train.epochs on resume continues the same trajectory.
@@ -160,21 +146,19 @@ def test_gan_training_is_deterministic_and_resumes_bit_for_bit(digits, tmp_path)
     _fit({**GAN_RUN, "train": {**GAN_RUN["train"], "epochs": 2}}, digits, ckpt)
     state = checkpoint.load(ckpt)
     assert set(state["model"]["modules"]) == {"generator", "discriminator", "ema"}
-    assert set(state["model"]["optimizers"]) == {"generator", "discriminator"} and state["model"]["steps"] > 0
+    assert set(state["optimizers"]) == {"generator", "discriminator"} and state["model"]["steps"] > 0
     resumed = _fit({**GAN_RUN, "train": {**GAN_RUN["train"], "resume": True}}, digits, ckpt, state)
     assert resumed == full
 
 
 def test_fid_scorer_runs_every_eval_every_epochs_and_after_the_last(digits):
     cfg = config_from_dict({**GAN_RUN, "gan": {**GAN_RUN["gan"], "eval_every": 2}})
-    torch.manual_seed(0)
-    family = build_family(cfg, digits.image_shape, digits.levels, CPU)
     calls = []
 
     def scorer(fam):
         calls.append(fam.modules["generator"].training)
         return {"domain_fid": 1.0}
 
-    history = fit(family, digits, cfg, checkpoint_path=None, tracker=NullTracker(), scorer=scorer)
+    history = train_run(cfg, digits, scorer=scorer)
     assert [("val_domain_fid" in row) for row in history] == [False, True, True]
     assert calls == [False, False]  # scored in eval mode

@@ -10,9 +10,11 @@ import time
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
+STEPS = list(range(1, EPOCHS + 1))  # epochs count from 1: console, CSV, MLflow steps and DVC plots agree
 
 
 def _image_steps(client, run_id: str) -> dict[str, set[int]]:
@@ -38,7 +40,7 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
         assert (root / rel).is_file(), rel
 
     history = pd.read_csv(root / "metrics/train_history.csv")
-    assert list(history["epoch"]) == list(range(EPOCHS))
+    assert list(history["epoch"]) == STEPS
     elbo = pd.read_csv(root / "metrics/curves/elbo.csv")
     assert list(elbo.columns) == ["epoch", "train", "val"] and elbo["val"].tolist() == history["val_elbo"].tolist()
     test = json.loads((root / "metrics/eval.json").read_text())["test"]
@@ -57,11 +59,11 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
     for split in ("train", "val"):
         for name in ("loss", "elbo", "recon", "kl", "bpd"):
             metric = client.get_metric_history(run_id, f"{split}/{name}")
-            assert sorted(m.step for m in metric) == list(range(EPOCHS)), f"{split}/{name}"
+            assert sorted(m.step for m in metric) == STEPS, f"{split}/{name}"
             assert metric[-1].value == pytest.approx(history[f"{split}_{name}"].iloc[-1])
     for name, value in test.items():
         assert run.data.metrics[f"test/{name}"] == pytest.approx(value)
-    assert _image_steps(client, run_id) == {"samples": set(range(EPOCHS)), "reconstructions": set(range(EPOCHS))}
+    assert _image_steps(client, run_id) == {"samples": set(STEPS), "reconstructions": set(STEPS)}
 
     head = project.run("git", "rev-parse", "HEAD").stdout.strip()
     manifest = json.loads((root / "data/prepared/manifest.json").read_text())
@@ -72,7 +74,10 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
     assert (tags["genlab.family"], tags["genlab.dataset"]) == ("vae", "digits")
     machine = json.loads((root / "metrics/machine.json").read_text())  # which machine kind made these numbers
     assert tags["machine.aten_capability"] == machine["aten_capability"] and tags["machine.threads"] == str(machine["threads"])
-    assert run.data.params["vae.latent_dim"] == "4" and run.data.params["train.epochs"] == str(EPOCHS)
+    assert run.data.params["vae.latent_dim"] == "3" and run.data.params["train.epochs"] == str(EPOCHS)
+    # Only the params the run read: the active family's training keys, no gan.*, ddpm.* or evaluation knobs.
+    assert not any(k.startswith(("gan.", "ddpm.", "evaluate.", "sample.", "classifier.")) for k in run.data.params)
+    assert "vae.iw_samples" not in run.data.params
     artifacts = {a.path for a in client.list_artifacts(run_id)} | {
         a.path for d in ("model", "samples", "environment") for a in client.list_artifacts(run_id, d)
     }
@@ -81,12 +86,19 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
     assert "torch==" in open(freeze).read()
     assert run.info.status == "FINISHED"
 
-    # Nothing changed: a second repro runs no stage. Editing sample.* reruns only `sample`.
+    # Nothing changed: a second repro runs no stage. A stage reruns only when a key it reads changes.
     again = project.run("dvc", "repro").stdout
     assert "Running stage" not in again, again
-    project.set_params({"sample": {"n": 9}})
-    partial = project.run("dvc", "repro").stdout
-    assert "Running stage 'sample'" in partial and "Running stage 'train'" not in partial, partial
+    for change, reruns in [
+        ({"sample": {"n": 9}}, {"sample"}),
+        ({"gan": {"width": 16}, "ddpm": {"sampler_steps": 3}}, set()),  # other families' keys: nothing
+        ({"vae": {"iw_samples": 8}}, {"evaluate"}),  # the VAE's evaluation knob: no retraining
+        ({"classifier": {"epochs": 1}}, {"classifier", "train", "evaluate", "sample"}),
+    ]:
+        project.set_params(change)
+        out = project.run("dvc", "repro").stdout
+        ran = set(re.findall(r"Running stage '(\w+)'", out)) - {"validate"}
+        assert ran == reruns, (change, out)
 
 
 def test_exp_run_is_listed_by_exp_show_and_logged_to_the_main_store(project):
@@ -172,7 +184,7 @@ def _assert_one_point_per_step(client, run, epochs: int) -> None:
     for key in run.data.metrics:
         if not key.startswith("test/"):
             steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
-            assert steps == list(range(epochs)), key
+            assert steps == list(range(1, epochs + 1)), key
 
 
 def _kill_when(proc, ready, what: str, timeout: float = 120) -> None:
@@ -247,7 +259,7 @@ def test_bad_params_fail_with_the_key_named_and_overwrite_nothing(project):
         ({"vae": {"latent_dim": "big"}}, ["vae.latent_dim", "an integer"]),
         ({"train": {"epoch": 3}}, ["train.epoch", "epochs"]),
         ({"data": {"name": "imagenet"}}, ["data.name", "mnist", "cifar10"]),
-        ({"train": {"lr": -1}}, ["train.lr", "> 0"]),
+        ({"vae": {"lr": -1}}, ["vae.lr", "> 0"]),
     ]:
         backup = (project.root / "params.yaml").read_text()
         project.set_params(override)
@@ -266,13 +278,13 @@ def test_gan_experiment_runs_end_to_end_through_dvc(project):
     project.run("dvc", "exp", "run", "-S", "model.family=gan", "-S", "gan.loss=hinge")
     root = project.root
     history = pd.read_csv(root / "metrics/train_history.csv")
-    assert list(history["epoch"]) == list(range(EPOCHS))
+    assert list(history["epoch"]) == STEPS
     for name in ("d_loss", "g_loss", "d_real", "d_fake"):
         assert history[f"train_{name}"].notna().all() and history[f"val_{name}"].notna().all(), name
     # gan.eval_every = 2 in the tiny config: domain FID after epochs 2 and 3 (the last).
     assert history["val_domain_fid"].notna().tolist() == [False, True, True]
     fid_curve = pd.read_csv(root / "metrics/curves/domain_fid.csv")
-    assert list(fid_curve.columns) == ["epoch", "val"] and list(fid_curve["epoch"]) == [1, 2]
+    assert list(fid_curve.columns) == ["epoch", "val"] and list(fid_curve["epoch"]) == [2, 3]
     assert {p.stem for p in (root / "metrics/curves").glob("*.csv")} == {"d_loss", "g_loss", "d_real", "d_fake", "domain_fid"}
     test = json.loads((root / "metrics/eval.json").read_text())["test"]
     assert {"d_loss", "g_loss", "domain_fid", "domain_is", "precision", "recall"} <= set(test)
@@ -286,8 +298,8 @@ def test_gan_experiment_runs_end_to_end_through_dvc(project):
     assert len(runs) == 1
     run = runs[0]
     assert run.data.params["gan.loss"] == "hinge" and run.data.tags.get("dvc.exp_name")
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/domain_fid")) == [1, 2]
-    assert _image_steps(client, run.info.run_id) == {"samples": set(range(EPOCHS))}
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/domain_fid")) == [2, 3]
+    assert _image_steps(client, run.info.run_id) == {"samples": set(STEPS)}
     assert run.data.metrics["test/domain_fid"] == pytest.approx(test["domain_fid"])
     project.run("dvc", "plots", "show", "-o", "plots_out")
 
@@ -298,7 +310,7 @@ def test_ddpm_experiment_runs_end_to_end_through_dvc(project):
     project.run("dvc", "exp", "run", "-S", "model.family=ddpm")
     root = project.root
     history = pd.read_csv(root / "metrics/train_history.csv")
-    assert list(history["epoch"]) == list(range(EPOCHS)) and history["train_loss"].notna().all()
+    assert list(history["epoch"]) == STEPS and history["train_loss"].notna().all()
     test = json.loads((root / "metrics/eval.json").read_text())["test"]
     parts = test["prior_bpd"] + test["diffusion_bpd"] + test["decoder_bpd"]
     assert test["bpd"] == pytest.approx(parts, rel=1e-6) and test["bpd_stderr"] > 0
@@ -310,7 +322,7 @@ def test_ddpm_experiment_runs_end_to_end_through_dvc(project):
     runs = client.search_runs([client.get_experiment_by_name("genlab").experiment_id], "tags.`genlab.family` = 'ddpm'")
     assert len(runs) == 1
     run = runs[0]
-    assert _image_steps(client, run.info.run_id) == {"samples": set(range(EPOCHS))}
+    assert _image_steps(client, run.info.run_id) == {"samples": set(STEPS)}
     assert run.data.metrics["test/bpd"] == pytest.approx(test["bpd"])
     assert "17-level" in run.data.tags["genlab.data_convention"]
 
@@ -323,7 +335,7 @@ def test_bad_params_stop_dvc_before_it_deletes_any_output(project):
     files = sorted(p for rel in [*kept, "metrics/curves"] for p in [root / rel, *(root / rel).rglob("*")] if p.is_file())
     before = {p: p.read_bytes() for p in files}
     for setting, key in [
-        ("train.epochs=0", "train.epochs"), ("train.lr=nan", "train.lr"), ("train.lr=.inf", "train.lr"),
+        ("train.epochs=0", "train.epochs"), ("vae.lr=nan", "vae.lr"), ("vae.lr=.inf", "vae.lr"),
         ("data.val_fraction=0", "data.val_fraction"), ("model.family=foo", "model.family"),
     ]:
         proc = project.run("dvc", "exp", "run", "-S", setting, check=False)
@@ -332,3 +344,30 @@ def test_bad_params_stop_dvc_before_it_deletes_any_output(project):
         assert {p: p.read_bytes() for p in files if p.exists()} == before, setting
         assert all(p.exists() for p in files), setting
         project.run("git", "checkout", "params.yaml")  # dvc leaves the bad value in the workspace
+
+
+def test_two_trained_models_coexist_in_one_pipeline(project):
+    """A second train/evaluate/sample chain, named and with a fixed family, beside the default model."""
+    dvc = yaml.safe_load((project.root / "dvc.yaml").read_text())
+    for stage in ("train", "evaluate", "sample"):
+        second = json.loads(json.dumps(dvc["stages"][stage]).replace("models/model.pt", "models/gan.pt"))
+        second["cmd"] += " --name gan --family gan"
+        second["deps"] = [f"validated/gan/{stage}.yaml" if d == f"validated/{stage}.yaml" else d for d in second["deps"]]
+        second["deps"] = [d.replace("models/run.json", "models/gan.run.json").replace("metrics/train_history", "metrics/gan/train_history") for d in second["deps"]]
+        second.pop("outs", None), second.pop("metrics", None)
+        dvc["stages"][f"{stage}_gan"] = second
+    (project.root / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
+    project.run("dvc", "repro")
+    root = project.root
+    for rel in ("models/model.pt", "models/gan.pt", "metrics/eval.json", "metrics/gan/eval.json", "samples/gan/samples.png"):
+        assert (root / rel).is_file(), rel
+    assert "elbo" in json.loads((root / "metrics/eval.json").read_text())["test"]
+    assert "d_loss" in json.loads((root / "metrics/gan/eval.json").read_text())["test"]
+    client = project.mlflow()
+    runs = client.search_runs([client.get_experiment_by_name("genlab").experiment_id])
+    assert sorted((r.data.tags["genlab.model_name"], r.data.tags["genlab.family"]) for r in runs) == [("gan", "gan"), ("model", "vae")]
+    # The second model's stages read gan.*, the first's vae.*: an edit of one reruns only its chain.
+    project.set_params({"gan": {"width": 16}})
+    out = project.run("dvc", "repro").stdout
+    ran = set(re.findall(r"Running stage '(\w+)'", out)) - {"validate"}
+    assert ran == {"train_gan", "evaluate_gan", "sample_gan"}, out

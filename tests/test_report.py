@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from genlab.errors import GenlabError
-from genlab.quality.report import build_report, format_number, to_markdown
+from genlab.report import build_report, format_number, to_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -125,7 +125,7 @@ def test_format_number():
 
 def test_experiment_default_matches_tracking():
     from genlab import tracking
-    from genlab.quality import report
+    from genlab import report
 
     assert report.EXPERIMENT == tracking.EXPERIMENT
 

@@ -15,11 +15,12 @@ from genlab import paths
 from genlab.machine import describe, fingerprint, tags
 from genlab.reproduce import band_failures, checked_numbers, history_epochs, make_bands
 
-HISTORY = "epoch,train_elbo,val_elbo,val_domain_fid\n0,-30.5,-31.0,\n1,-25.0,-26.0,12.5\n2,-24.0,-25.5,\n"
+HISTORY = "epoch,train_elbo,val_elbo,val_domain_fid\n1,-30.5,-31.0,\n2,-25.0,-26.0,12.5\n3,-24.0,-25.5,\n"
+FILES = paths.MODEL_FILES
 
 
 def _expected(bands, k=4.0, seeds=5):
-    return {"how": {"k": k, "seeds": list(range(seeds)), "history_epochs": [0, 2]}, "bands": bands}
+    return {"how": {"k": k, "seeds": list(range(seeds)), "history_epochs": [1, 3]}, "bands": bands}
 
 
 def test_bands_are_mean_plus_minus_k_sample_sd_over_the_seeds():
@@ -56,14 +57,14 @@ def test_numbers_without_a_band_are_listed_unchecked_never_failed():
 
 
 def test_history_is_compared_at_a_few_epochs_and_empty_cells_are_skipped():
-    assert history_epochs(100) == [0, 9, 24, 49, 99]
-    assert history_epochs(3) == [0, 1, 2]
-    texts = {paths.TRAIN_HISTORY: HISTORY, paths.TRAIN_METRICS: json.dumps({"epochs": 3, "val": {"elbo": -25.5}})}
-    got = checked_numbers(texts, [0, 1])
+    assert history_epochs(100) == [1, 10, 25, 50, 100]
+    assert history_epochs(3) == [1, 2, 3]
+    texts = {FILES.history: HISTORY, FILES.train_metrics: json.dumps({"epochs": 3, "val": {"elbo": -25.5}})}
+    got = checked_numbers(texts, [1, 2])
     assert got == {
-        "metrics/train_history.csv:epoch0.train_elbo": -30.5, "metrics/train_history.csv:epoch0.val_elbo": -31.0,
-        "metrics/train_history.csv:epoch1.train_elbo": -25.0, "metrics/train_history.csv:epoch1.val_elbo": -26.0,
-        "metrics/train_history.csv:epoch1.val_domain_fid": 12.5,
+        "metrics/train_history.csv:epoch1.train_elbo": -30.5, "metrics/train_history.csv:epoch1.val_elbo": -31.0,
+        "metrics/train_history.csv:epoch2.train_elbo": -25.0, "metrics/train_history.csv:epoch2.val_elbo": -26.0,
+        "metrics/train_history.csv:epoch2.val_domain_fid": 12.5,
         "metrics/train.json:epochs": 3.0, "metrics/train.json:val.elbo": -25.5,
     }
 
@@ -97,8 +98,8 @@ def _reproduce(project, *args, env=None):
 def test_bands_pass_another_kernel_path_and_fail_a_doubled_lr(project):
     project.set_params(DRIFTING)
     project.run("dvc", "repro")
-    committed = {p: (project.root / p).read_text() for p in (paths.TRAIN_HISTORY, paths.EVAL_METRICS)}
-    machine = json.loads((project.root / paths.MACHINE).read_text())
+    committed = {p: (project.root / p).read_text() for p in (FILES.history, FILES.eval_metrics)}
+    machine = json.loads((project.root / FILES.machine).read_text())
     project.commit("the committed experiment")
     built = _reproduce(project, "expected", "--seeds", "5")
     assert built.returncode == 0, built.stdout + built.stderr
@@ -122,7 +123,7 @@ def test_bands_pass_another_kernel_path_and_fail_a_doubled_lr(project):
 
     # A real change (lr x 2) on the same machine must leave its bands, and say by how much.
     subprocess.run(["git", "checkout", "-q", "--", "metrics"], cwd=project.root, check=True)
-    project.set_params({"train": {"lr": 0.002}})
+    project.set_params({"vae": {"lr": 0.002}})
     project.commit("lr x 2 without refreshing metrics")
     doubled = _reproduce(project)
     assert doubled.returncode == 1, doubled.stdout + doubled.stderr

@@ -8,30 +8,20 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from families import TINY_FAMILIES, build_from, train_run
 
 from genlab import checkpoint
 from genlab.config import config_from_dict, load_config
-from genlab.data import prepare, load_prepared
 from genlab.errors import CheckpointError, ConfigError, DivergenceError
-from genlab.models import build_family
+from genlab.runtime import stream, stream_seed
 from genlab.tracking import repo_root
-from genlab.training import NullTracker, fit, input_levels, lr_factor
+from genlab.training import NullTracker, lr_factor
 
-CPU = torch.device("cpu")
-SMALL = {"vae": {"hidden": [32, 16], "latent_dim": 4}, "train": {"epochs": 4, "batch_size": 128}}
-
-
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory):
-    out = tmp_path_factory.mktemp("prepared")
-    prepare(config_from_dict({}), out)
-    return load_prepared(out)
+SMALL = {"vae": TINY_FAMILIES["vae"], "train": {"epochs": 4, "batch_size": 128}}
 
 
 def _run(cfg, data, ckpt: Path | None, resume_state=None):
-    torch.manual_seed(cfg.seed)
-    family = build_family(cfg, data.image_shape, input_levels(data, cfg), CPU)
-    return fit(family, data, cfg, checkpoint_path=ckpt, tracker=NullTracker(), resume_state=resume_state)
+    return train_run(cfg, data, ckpt, resume_state)
 
 
 def test_same_params_give_identical_history(digits):
@@ -71,10 +61,8 @@ def test_killed_cosine_run_resumes_on_the_same_schedule(digits, tmp_path):
     cfg = config_from_dict({**SMALL, "train": {**SMALL["train"], "lr_schedule": "cosine"}})
     full = _run(cfg, digits, None)
     ckpt = tmp_path / "train.pt"
-    torch.manual_seed(cfg.seed)
-    family = build_family(cfg, digits.image_shape, input_levels(digits, cfg), CPU)
     with pytest.raises(_Killed):
-        fit(family, digits, cfg, checkpoint_path=ckpt, tracker=_KillAtEpoch(2))
+        train_run(cfg, digits, ckpt, tracker=_KillAtEpoch(3))
     state = checkpoint.load(ckpt)
     assert state["epoch"] == 3
     assert _run(cfg, digits, ckpt, state) == full
@@ -86,11 +74,19 @@ def test_lr_factor_at_start_middle_and_end(schedule, expected):
 
 
 def test_cosine_schedule_sets_every_optimisers_lr(digits):
-    cfg = config_from_dict({**SMALL, "train": {**SMALL["train"], "lr_schedule": "cosine", "lr": 0.01}})
-    family = build_family(cfg, digits.image_shape, input_levels(digits, cfg), CPU)
-    fit(family, digits, cfg, checkpoint_path=None, tracker=NullTracker())
+    cfg = config_from_dict({**SMALL, "vae": {**SMALL["vae"], "lr": 0.01}, "train": {**SMALL["train"], "lr_schedule": "cosine"}})
+    seen = []
+    real_adam = torch.optim.Adam
+
+    def adam(*args, **kwargs):
+        seen.append(real_adam(*args, **kwargs))
+        return seen[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim, "Adam", adam)
+        train_run(cfg, digits)
     steps = cfg.train.epochs * math.ceil(len(digits.train.images) / cfg.train.batch_size)
-    (group,) = family.optimizers["adam"].param_groups
+    ((group,),) = [opt.param_groups for opt in seen]
     assert group["initial_lr"] == 0.01
     assert group["lr"] == pytest.approx(0.01 * lr_factor("cosine", steps - 1, steps))  # the last step's lr
 
@@ -134,17 +130,15 @@ class Recorder:
 
 @pytest.mark.parametrize("killed", ["after logging, before the checkpoint", "after the checkpoint, before logging"])
 def test_a_killed_and_resumed_run_logs_each_step_exactly_once(digits, tmp_path, monkeypatch, killed):
-    cfg = config_from_dict(SMALL)  # 4 epochs; the kill comes in the third (step 2)
+    cfg = config_from_dict(SMALL)  # 4 epochs; the kill comes in the third
 
     def fit_with(tracker, ckpt, resume_state=None):
-        torch.manual_seed(cfg.seed)
-        family = build_family(cfg, digits.image_shape, input_levels(digits, cfg), CPU)
-        return fit(family, digits, cfg, checkpoint_path=ckpt, tracker=tracker, resume_state=resume_state)
+        return train_run(cfg, digits, ckpt, resume_state, tracker=tracker)
 
     uninterrupted = Recorder()
     fit_with(uninterrupted, tmp_path / "full.pt")
     ckpt = tmp_path / "train.pt"
-    recorder = Recorder(die_at=2 if killed.startswith("after the checkpoint") else None)
+    recorder = Recorder(die_at=3 if killed.startswith("after the checkpoint") else None)
     if killed.startswith("after logging"):
         real_save = checkpoint.save
 
@@ -163,24 +157,24 @@ def test_a_killed_and_resumed_run_logs_each_step_exactly_once(digits, tmp_path, 
         return sorted((k, s, v) for k, s, v in r.metrics if k != "time/epoch_seconds")
 
     assert points(recorder) == points(uninterrupted)
-    assert sorted(s for k, s, _ in recorder.metrics if k == "time/epoch_seconds") == [0, 1, 2, 3]
+    assert sorted(s for k, s, _ in recorder.metrics if k == "time/epoch_seconds") == [1, 2, 3, 4]
     assert sorted(recorder.images) == sorted(uninterrupted.images)
 
 
 @pytest.mark.parametrize("family", ["vae", "gan"])
 def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(digits, tmp_path, monkeypatch, family):
-    cfg = config_from_dict({**SMALL, "model": {"family": family}, "gan": {"latent_dim": 8, "width": 8}})
-    family = build_family(cfg, digits.image_shape, digits.levels, CPU)
+    cfg = config_from_dict({**SMALL, "model": {"family": family}, "gan": TINY_FAMILIES["gan"]})
+    family = build_from(cfg, digits)
     real_step = family.train_step
 
-    def step(x, epoch, gen):
-        out = real_step(x, epoch, gen)
-        return {k: v * math.nan for k, v in out.items()} if epoch == 2 else out
+    def step(x, epoch, gen, update):
+        out = real_step(x, epoch, gen, update)
+        return {k: v * math.nan for k, v in out.items()} if epoch == 3 else out
 
     monkeypatch.setattr(family, "train_step", step)
     ckpt = tmp_path / "train.pt"
     with pytest.raises(DivergenceError, match="epoch 3.*last good checkpoint"):
-        fit(family, digits, cfg, checkpoint_path=ckpt, tracker=NullTracker())
+        train_run(cfg, digits, ckpt, family=family)
     state = checkpoint.load(ckpt)
     assert state["epoch"] == 2
     assert all(math.isfinite(v) for row in state["history"] for v in row.values())
@@ -232,10 +226,11 @@ def test_unreadable_model_file_advises_retraining_never_an_unsafe_load(tmp_path,
         ({"data": {"name": "image_folder"}}, ["data.path"]),
         ({"device": "tpu"}, ["device", "cuda"]),
         ({"train": {"resume": "yes"}}, ["train.resume", "true or false"]),
-        ({"train": {"lr": "nan"}}, ["train.lr", "a finite number"]),
-        ({"train": {"lr": math.inf}}, ["train.lr", "a finite number"]),
+        ({"vae": {"lr": "nan"}}, ["vae.lr", "a finite number"]),
+        ({"gan": {"lr": math.inf}}, ["gan.lr", "a finite number"]),
         ({"vae": {"beta": ".inf"}}, ["vae.beta", "a finite number"]),
-        ({"sample": {"eta": -math.inf}}, ["sample.eta", "a finite number"]),
+        ({"ddpm": {"eta": -math.inf}}, ["ddpm.eta", "a finite number"]),
+        ({"train": {"grad_clip": 0}}, ["train.grad_clip", "> 0"]),
     ],
 )
 def test_bad_params_raise_config_error_naming_the_key(raw, words):
@@ -247,20 +242,29 @@ def test_bad_params_raise_config_error_naming_the_key(raw, words):
 def test_committed_params_yaml_is_valid_and_numbers_in_strings_are_read(tmp_path):
     cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
     assert cfg.model.family == "vae"
-    assert config_from_dict({"train": {"lr": "1e-3"}}).train.lr == 1e-3
+    assert config_from_dict({"vae": {"lr": "1e-3"}}).vae.lr == 1e-3
 
 
 def test_params_yaml_must_set_every_key(tmp_path):
     raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
-    del raw["train"]["lr"], raw["gan"]
+    del raw["vae"]["lr"], raw["gan"]
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ConfigError, match=r"missing: gan, train\.lr: every key must be set"):
+    with pytest.raises(ConfigError, match=r"missing: vae\.lr, gan: every key must be set"):
         load_config(params)
     params.write_text("")
     with pytest.raises(ConfigError, match=r"missing: seed, device, data, model, "):
         load_config(params)
-    assert config_from_dict({"train": {"epochs": 2}}).train.lr == 1e-3  # code and saved models may be partial
+    assert config_from_dict({"train": {"epochs": 2}}).vae.lr == 1e-3  # code and saved models may be partial
+
+
+def test_named_streams_are_distinct_across_names_and_seeds():
+    assert stream_seed(0, "batch_order") == stream_seed(0, "batch_order")
+    # Offsets (seed + 1) would make seed 0's noise seed 1's batch order; hashed names never do.
+    seeds = {stream_seed(s, n) for s in range(4) for n in ("batch_order", "train_noise", "snapshot")}
+    assert len(seeds) == 12 and all(0 <= v < 2**63 for v in seeds)
+    a, b = stream(0, "x").initial_seed(), stream(1, "x").initial_seed()
+    assert a != b and torch.randn(3, generator=stream(5, "y")).equal(torch.randn(3, generator=stream(5, "y")))
 
 
 def test_repo_root_strips_dvc_temp_workspace(tmp_path, monkeypatch):

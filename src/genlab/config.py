@@ -1,307 +1,153 @@
 """Typed, validated view of params.yaml.
 
-Every key is declared here with its type and allowed values, so a typo or a wrong type fails
-before any stage writes an output, with a message naming the key and what it accepts.
+Every key is declared with its type, default, range and the stages that read it (`genlab.schema.key`),
+so a typo or a wrong value fails before any stage writes an output, with a message naming the key and
+what it accepts. The shared sections live here; each model family declares its own section beside its
+code (`Family.config_class`), and the family registry adds it to `Config`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
 import yaml
 
+from genlab.data import DATASETS
 from genlab.errors import ConfigError
+from genlab.models import FAMILIES
+from genlab.schema import at_least, build, in_unit, key, positive, positive_list, view
 
-DATASETS = ("digits", "mnist", "fashion_mnist", "kmnist", "cifar10", "image_folder")
-FAMILIES = ("vae", "gan", "ddpm")
-GAN_LOSSES = ("bce", "minimax", "wgan-gp", "lsgan", "hinge")
+MODEL_STAGES = ("classifier", "train", "evaluate", "sample")  # the stages that run networks (and need a device)
+FAMILY_STAGES = ("train", "evaluate", "sample")  # the stages that read the active family's section
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    name: Literal[DATASETS] = "digits"
-    root: str = "data/raw"  # download cache for the torchvision datasets
-    mirror: Optional[str] = None  # directory or URL that replaces the official download location
-    path: Optional[str] = None  # image_folder: the folder of images
-    image_size: int = 28  # image_folder: images are resized to image_size x image_size
-    channels: Literal[1, 3] = 1  # image_folder: 1 = grayscale, 3 = RGB
-    val_fraction: float = 0.1  # carved from the train split with a seeded permutation
-    test_fraction: float = 0.2  # datasets without an official test split (digits, image_folder)
-    binarize: Literal["none", "dynamic"] = "none"
+    STAGES: ClassVar = ("download",)
+    name: Literal[DATASETS] = key("digits")
+    root: str = key("data/raw", doc="download cache for the torchvision datasets")
+    mirror: Optional[str] = key(None, doc="directory or URL that replaces the official download location")
+    path: Optional[str] = key(None, doc="image_folder: the folder of images (subfolders = classes)")
+    image_size: int = key(28, at_least(4), doc="image_folder: images are resized to image_size x image_size")
+    channels: Literal[1, 3] = key(1, doc="image_folder: 1 = grayscale, 3 = RGB")
+    val_fraction: float = key(0.1, in_unit(), doc="carved from the train split with a seeded permutation")
+    test_fraction: float = key(0.2, in_unit(), doc="datasets without an official test split (digits, image_folder)")
+    binarize: Literal["none", "dynamic"] = key(
+        "none", stages=("train",), doc="dynamic: a fresh Bernoulli draw each time an image is seen"
+    )
+
+    def check(self, prefix: str) -> None:
+        if self.name == "image_folder" and not self.path:
+            raise ConfigError(f"{prefix}name is image_folder but '{prefix}path' is empty: set it to a folder of images")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    family: Literal[FAMILIES] = "vae"
-
-
-@dataclass(frozen=True)
-class VAEConfig:
-    arch: Literal["mlp", "conv"] = "mlp"
-    hidden: list[int] = field(default_factory=lambda: [512, 256])  # mlp widths, encoder order
-    channels: list[int] = field(default_factory=lambda: [32, 64])  # conv widths, encoder order
-    latent_dim: int = 20
-    likelihood: Literal["bernoulli", "gaussian"] = "gaussian"
-    beta: float = 1.0
-    kl_warmup_epochs: int = 0  # KL weight ramps linearly from 1/n to beta over n epochs
-
-
-@dataclass(frozen=True)
-class GANConfig:
-    """DCGAN (seed 001); its optimiser settings are its own, train.lr does not apply."""
-
-    loss: Literal[GAN_LOSSES] = "bce"  # bce = non-saturating G loss; minimax = the original log(1 - D(G(z)))
-    latent_dim: int = 100
-    width: int = 64  # channels of D's first conv layer and G's last; doubled per resolution halving
-    n_critic: Optional[int] = None  # D steps per G step; null = 5 for wgan-gp, 1 otherwise
-    gp_weight: float = 10.0  # wgan-gp: lambda of the gradient penalty
-    spectral_norm: bool = False  # spectral normalisation on D's layers (then D has no BatchNorm)
-    lr: float = 2e-4  # Adam, both networks
-    beta1: float = 0.5
-    beta2: float = 0.999
-    ema_decay: float = 0.999  # EMA copy of G, used for every sample
-    eval_every: int = 5  # epochs between domain-FID checks during training (0 = never; the last epoch always)
-    fid_samples: int = 1000  # samples for that check, scored against as many validation images
-
-
-@dataclass(frozen=True)
-class DDPMConfig:
-    """Denoising diffusion (seed 003); trained with train.lr."""
-
-    schedule: Literal["linear", "cosine"] = "linear"  # linear: beta 1e-4 -> 0.02 (Ho et al.); cosine: Nichol & Dhariwal
-    timesteps: int = 1000
-    prediction: Literal["eps", "v"] = "eps"
-    channels: int = 32  # U-Net base width
-    channel_mults: list[int] = field(default_factory=lambda: [1, 2])  # width multiplier per resolution
-    res_blocks: int = 1  # residual blocks per resolution
-    attention: bool = True  # self-attention at the lowest resolution
-    ema_decay: float = 0.999  # EMA weights used for evaluation and sampling
-    snapshot_steps: int = 10  # DDIM steps for the per-epoch sample grid
+    STAGES: ClassVar = ("train",)
+    family: Literal[tuple(FAMILIES)] = key("vae", doc="the model family (its section holds its keys)")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 100
-    batch_size: int = 64
-    lr: float = 1e-3
-    lr_schedule: Literal["constant", "cosine"] = "cosine"  # every optimiser's lr; cosine decays to 0 per step
-    resume: bool = False
+    """The shared loop's settings; each family's optimiser settings (lr, betas) are in its own section."""
+
+    STAGES: ClassVar = ("train",)
+    epochs: int = key(100, at_least(1))
+    batch_size: int = key(64, at_least(1))
+    lr_schedule: Literal["constant", "cosine"] = key("cosine", doc="every optimiser's lr; cosine decays to 0 per step")
+    grad_clip: Optional[float] = key(None, doc="clip each optimiser's gradient norm to this (null = off)")
+    resume: bool = key(False, doc="continue from checkpoints/train.pt into the same MLflow run")
+
+    def check(self, prefix: str) -> None:
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"params key '{prefix}grad_clip' = {self.grad_clip!r} is out of range: expected a number > 0 or null")
 
 
 @dataclass(frozen=True)
 class ClassifierConfig:
     """The domain classifier whose features and class probabilities score generated samples."""
 
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 2e-3  # Adam, cosine-decayed to 0 over the run
-    channels: list[int] = field(default_factory=lambda: [32, 64])  # conv widths
-    features: int = 128  # penultimate width: the feature space of FID, precision/recall, density/coverage
+    STAGES: ClassVar = ("classifier",)
+    epochs: int = key(10, at_least(1))
+    batch_size: int = key(64, at_least(1))
+    lr: float = key(2e-3, positive(), doc="Adam, cosine-decayed to 0 over the run")
+    channels: list[int] = key([32, 64], positive_list(), doc="conv widths")
+    features: int = key(128, at_least(2), doc="penultimate width: the feature space of FID, precision/recall")
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    iw_samples: int = 1000  # importance samples per test image (5000 = literature protocol)
-    batch_size: int = 256
-    num_samples: int = 2000  # generated images scored against as many test images (capped at the test size)
-    inception_fid: bool = False  # also the standard Inception-v3 FID (slow on CPU)
-    inception_weights: Optional[str] = None  # local pt_inception-2015-12-05 weights file, if no package ships them
-    bound_strata: int = 100  # ddpm: timesteps per test image for the stratified bound estimate (0 = all, exact)
+    STAGES: ClassVar = ("evaluate",)
+    batch_size: int = key(256, at_least(1))
+    num_samples: int = key(2000, at_least(10), doc="generated images scored against as many test images")
+    inception_fid: bool = key(False, doc="also the standard Inception-v3 FID (slow on CPU)")
+    inception_weights: Optional[str] = key(None, doc="local pt_inception-2015-12-05 weights file")
 
 
 @dataclass(frozen=True)
 class SampleConfig:
-    n: int = 64
-    interpolation_steps: int = 10
-    interpolation_pairs: int = 8
-    latent_map: Literal["pca", "tsne"] = "pca"
-    class_samples: int = 1000  # generated images classified for samples/class_histogram.png
-    steps: int = 50  # ddpm: sampler steps for samples and evaluation (timesteps = ancestral DDPM)
-    eta: float = 0.0  # ddpm: DDIM noise (0 = deterministic DDIM, 1 = DDPM-like variance)
-    steps_grid: list[int] = field(default_factory=lambda: [10, 50, 1000])  # ddpm: quality-vs-steps grid
+    STAGES: ClassVar = ("sample",)
+    n: int = key(64, at_least(1), doc="images in samples/samples.png")
+    interpolation_steps: int = key(10, at_least(2))
+    interpolation_pairs: int = key(8, at_least(1))
+    latent_map: Literal["pca", "tsne"] = key("pca", doc="families with an encoder")
+    class_samples: int = key(1000, at_least(1), doc="generated images classified for class_histogram.png")
 
 
-@dataclass(frozen=True)
-class Config:
-    seed: int = 0
-    device: str = "auto"
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    vae: VAEConfig = field(default_factory=VAEConfig)
-    gan: GANConfig = field(default_factory=GANConfig)
-    ddpm: DDPMConfig = field(default_factory=DDPMConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
+def _config_class() -> type:
+    """Config: the shared sections plus one section per registered family (cfg.vae, cfg.gan, ...)."""
+    fields: list[tuple[str, Any, Any]] = [
+        ("seed", int, key(0, stages=("download", *MODEL_STAGES), doc="drives every random stream")),
+        ("device", str, key("auto", stages=MODEL_STAGES, doc="auto (CUDA when present) | cpu | cuda | cuda:N")),
+        ("data", DataConfig, field(default_factory=DataConfig)),
+        ("model", ModelConfig, field(default_factory=ModelConfig)),
+        *((name, cls.config_class, field(default_factory=cls.config_class)) for name, cls in FAMILIES.items()),
+        ("train", TrainConfig, field(default_factory=TrainConfig)),
+        ("classifier", ClassifierConfig, field(default_factory=ClassifierConfig)),
+        ("evaluate", EvaluateConfig, field(default_factory=EvaluateConfig)),
+        ("sample", SampleConfig, field(default_factory=SampleConfig)),
+    ]
+
+    def family(self) -> Any:
+        """The active family's section."""
+        return getattr(self, self.model.family)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def check(self, prefix: str) -> None:
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"params key 'device' = {self.device!r} is invalid: expected auto, cpu, cuda or cuda:N")
 
-# Ranges checked after types: (key, predicate, what is allowed).
-_RANGES = [
-    ("data.image_size", lambda v: v >= 4, "an integer >= 4"),
-    ("data.val_fraction", lambda v: 0 < v < 1, "a number in (0, 1)"),
-    ("data.test_fraction", lambda v: 0 < v < 1, "a number in (0, 1)"),
-    ("vae.hidden", lambda v: len(v) >= 1 and min(v) >= 1, "a non-empty list of positive integers"),
-    ("vae.channels", lambda v: len(v) >= 1 and min(v) >= 1, "a non-empty list of positive integers"),
-    ("vae.latent_dim", lambda v: v >= 1, "an integer >= 1"),
-    ("vae.beta", lambda v: v >= 0, "a number >= 0"),
-    ("vae.kl_warmup_epochs", lambda v: v >= 0, "an integer >= 0"),
-    ("gan.latent_dim", lambda v: v >= 1, "an integer >= 1"),
-    ("gan.width", lambda v: v >= 1, "an integer >= 1"),
-    ("gan.n_critic", lambda v: v is None or v >= 1, "an integer >= 1 or null"),
-    ("gan.gp_weight", lambda v: v >= 0, "a number >= 0"),
-    ("gan.lr", lambda v: v > 0, "a number > 0"),
-    ("gan.beta1", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("gan.beta2", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("gan.ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("gan.eval_every", lambda v: v >= 0, "an integer >= 0"),
-    ("gan.fid_samples", lambda v: v >= 10, "an integer >= 10"),
-    ("ddpm.timesteps", lambda v: v >= 2, "an integer >= 2"),
-    ("ddpm.channels", lambda v: v >= 1, "an integer >= 1"),
-    ("ddpm.channel_mults", lambda v: len(v) >= 1 and min(v) >= 1, "a non-empty list of positive integers"),
-    ("ddpm.res_blocks", lambda v: v >= 1, "an integer >= 1"),
-    ("ddpm.ema_decay", lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    ("ddpm.snapshot_steps", lambda v: v >= 1, "an integer >= 1"),
-    ("train.epochs", lambda v: v >= 1, "an integer >= 1"),
-    ("train.batch_size", lambda v: v >= 1, "an integer >= 1"),
-    ("train.lr", lambda v: v > 0, "a number > 0"),
-    ("classifier.epochs", lambda v: v >= 1, "an integer >= 1"),
-    ("classifier.batch_size", lambda v: v >= 1, "an integer >= 1"),
-    ("classifier.lr", lambda v: v > 0, "a number > 0"),
-    ("classifier.channels", lambda v: len(v) >= 1 and min(v) >= 1, "a non-empty list of positive integers"),
-    ("classifier.features", lambda v: v >= 2, "an integer >= 2"),
-    ("evaluate.iw_samples", lambda v: v >= 1, "an integer >= 1"),
-    ("evaluate.num_samples", lambda v: v >= 10, "an integer >= 10"),
-    ("evaluate.batch_size", lambda v: v >= 1, "an integer >= 1"),
-    ("sample.n", lambda v: v >= 1, "an integer >= 1"),
-    ("sample.interpolation_steps", lambda v: v >= 2, "an integer >= 2"),
-    ("sample.interpolation_pairs", lambda v: v >= 1, "an integer >= 1"),
-    ("evaluate.bound_strata", lambda v: v >= 0, "an integer >= 0"),
-    ("sample.class_samples", lambda v: v >= 1, "an integer >= 1"),
-    ("sample.steps", lambda v: v >= 1, "an integer >= 1"),
-    ("sample.eta", lambda v: v >= 0, "a number >= 0"),
-    ("sample.steps_grid", lambda v: len(v) >= 1 and min(v) >= 1, "a non-empty list of positive integers"),
-]
+    namespace = {"family": property(family), "to_dict": to_dict, "check": check}
+    cls = dataclasses.make_dataclass("Config", fields, namespace=namespace, frozen=True)
+    cls.__module__ = __name__
+    return cls
 
 
-def _describe(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin is typing.Union:
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _describe(inner[0]) + " or null"
-    if origin is list:
-        return f"a list of {typing.get_args(tp)[0].__name__}"
-    return {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}[tp]
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    origin = typing.get_origin(tp)
-    bad = ConfigError(f"params key '{key}' = {value!r} is invalid: expected {_describe(tp)}")
-    if origin is Literal:
-        if value in typing.get_args(tp) and type(value) is type(typing.get_args(tp)[0]):
-            return value
-        raise bad
-    if origin is typing.Union:
-        return None if value is None else _coerce(key, value, typing.get_args(tp)[0])
-    if origin is list:
-        if not isinstance(value, list):
-            raise bad
-        return [_coerce(f"{key}[{i}]", v, typing.get_args(tp)[0]) for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise bad
-    if tp is float:
-        # YAML reads '1e-3' as a string; accept numeric strings, since that is what users write.
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise bad
-        try:
-            number = float(value)
-        except ValueError:
-            raise bad from None
-        # inf would pass open-ended ranges (lr > 0) and NaN fails them only by accident of how it compares.
-        if not math.isfinite(number):
-            raise bad
-        return number
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise bad
-    raise TypeError(f"unsupported config type {tp!r}")  # a bug in this module, not user input
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"params key '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        raise ConfigError(
-            f"unknown params key(s) {', '.join(prefix + k for k in unknown)}; "
-            f"allowed under '{prefix.rstrip('.') or '<root>'}': {', '.join(sorted(names))}"
-        )
-    values = {}
-    for name in names & set(raw):
-        tp = hints[name]
-        if dataclasses.is_dataclass(tp):
-            values[name] = _build(tp, raw[name], f"{prefix}{name}.")
-        else:
-            values[name] = _coerce(prefix + name, raw[name], tp)
-    return cls(**values)
-
-
-def _lookup(cfg: Config, dotted: str) -> Any:
-    value: Any = cfg
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return value
-
-
-def _missing(cls: type, raw: dict[str, Any], prefix: str = "") -> list[str]:
-    """Declared keys absent from `raw` (a whole absent section is named once)."""
-    hints = typing.get_type_hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        if f.name not in raw:
-            out.append(prefix + f.name)
-        elif dataclasses.is_dataclass(hints[f.name]) and isinstance(raw[f.name], dict):
-            out += _missing(hints[f.name], raw[f.name], f"{prefix}{f.name}.")
-    return out
+Config = _config_class()
 
 
 def config_from_dict(raw: dict[str, Any], require_all: bool = False) -> Config:
-    """Validate `raw`; absent keys take the dataclass defaults unless `require_all` (params.yaml)."""
-    cfg = _build(Config, raw or {}, "")
-    missing = _missing(Config, raw or {}) if require_all else []
-    if missing:
-        raise ConfigError(
-            f"params key(s) missing: {', '.join(missing)}: every key must be set in params.yaml "
-            "(see the committed one for each key's meaning and default)"
-        )
-    for key, ok, allowed in _RANGES:
-        value = _lookup(cfg, key)
-        if not ok(value):
-            raise ConfigError(f"params key '{key}' = {value!r} is out of range: expected {allowed}")
-    if cfg.device != "auto" and not (cfg.device == "cpu" or cfg.device.startswith("cuda")):
-        raise ConfigError(f"params key 'device' = {cfg.device!r} is invalid: expected auto, cpu, cuda or cuda:N")
-    if cfg.data.name == "image_folder" and not cfg.data.path:
-        raise ConfigError("data.name is image_folder but 'data.path' is empty: set it to a folder of images")
-    return cfg
+    """Validate `raw`; absent keys take the declared defaults unless `require_all` (params.yaml)."""
+    return build(Config, raw or {}, "", require_all)
+
+
+def stage_view(cfg: Config, stage: str, family: str | None = None) -> dict[str, Any]:
+    """Exactly the params `stage` reads, as a nested dict: of the family sections, only `family`'s
+    (default: the active one). The validate stage writes these views for DVC, so a stage reruns
+    when, and only when, a value it reads changes; the train stage logs its view as the run's params."""
+    family = family or cfg.model.family
+    out = view(cfg, stage)
+    for name in FAMILIES:
+        if name != family:
+            out.pop(name, None)
+    if stage in FAMILY_STAGES and family != cfg.model.family:
+        out.setdefault("model", {})["family"] = family
+    return out
 
 
 def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Config:

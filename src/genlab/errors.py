@@ -19,3 +19,14 @@ class CheckpointError(GenlabError):
 
 class DivergenceError(GenlabError):
     """Training produced a non-finite loss; the last good checkpoint is kept."""
+
+
+def exit_on_error(stage) -> None:
+    """Run a stage's entry point; a GenlabError is the user's to fix, so print it plainly and exit 2."""
+    import sys
+
+    try:
+        stage()
+    except GenlabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,21 +1,58 @@
-"""Fixed output paths, shared by the stages and dvc.yaml (DVC outs need fixed paths)."""
+"""Fixed output paths, shared by the stages, dvc.yaml and the tests (DVC outs need fixed paths)."""
 
+from __future__ import annotations
+
+from dataclasses import dataclass
 from pathlib import Path
 
 PARAMS = Path("params.yaml")
-PARAMS_STAMP = Path("validated/params.ok")  # written by the validate stage; every other stage depends on it
+VALIDATED_DIR = Path("validated")  # the validate stage's per-stage views of params.yaml
 PREPARED_DIR = Path("data/prepared")
-MODEL = Path("models/model.pt")
-RUN_INFO = Path("models/run.json")
 CLASSIFIER = Path("models/classifier.pt")
 CLASSIFIER_METRICS = Path("metrics/classifier.json")
-CHECKPOINT = Path("checkpoints/train.pt")
-TRAINING_RUN = Path("checkpoints/run.json")  # the MLflow run the checkpoint belongs to, until it finishes
-TRAIN_METRICS = Path("metrics/train.json")
-CURVES_DIR = Path("metrics/curves")
-TRAIN_HISTORY = Path("metrics/train_history.csv")
-EVAL_METRICS = Path("metrics/eval.json")
-MACHINE = Path("metrics/machine.json")  # fingerprint of the machine that trained the model
 EXPECTED = Path("metrics/expected.json")  # seed bands for the CI reproduction check
-SAMPLES_DIR = Path("samples")
 REPORTS_DIR = Path("reports")
+DEFAULT_MODEL = "model"
+
+
+def stage_view(stage: str, family: str | None = None) -> Path:
+    """validated/<stage>.yaml (the active family) or validated/<family>/<stage>.yaml (a fixed family)."""
+    return VALIDATED_DIR / (f"{family}/{stage}.yaml" if family else f"{stage}.yaml")
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    """Every file of one trained model. The default model keeps the top-level layout; a named one
+    (`--name tokenizer` on the train/evaluate/sample stages) gets its own files beside it, so two
+    trained models coexist in one pipeline."""
+
+    name: str
+    model: Path
+    run_info: Path  # the MLflow run the model belongs to
+    checkpoint: Path
+    training_run: Path  # the unfinished run the checkpoint belongs to, until it finishes
+    train_metrics: Path
+    history: Path
+    curves: Path
+    machine: Path  # fingerprint of the machine that trained the model
+    eval_metrics: Path
+    samples: Path
+
+
+def model_paths(name: str = DEFAULT_MODEL) -> ModelPaths:
+    if name == DEFAULT_MODEL:
+        return ModelPaths(
+            name, Path("models/model.pt"), Path("models/run.json"), Path("checkpoints/train.pt"), Path("checkpoints/run.json"),
+            Path("metrics/train.json"), Path("metrics/train_history.csv"), Path("metrics/curves"), Path("metrics/machine.json"),
+            Path("metrics/eval.json"), Path("samples"),
+        )
+    return ModelPaths(
+        name, Path(f"models/{name}.pt"), Path(f"models/{name}.run.json"), Path(f"checkpoints/{name}/train.pt"),
+        Path(f"checkpoints/{name}/run.json"), Path(f"metrics/{name}/train.json"), Path(f"metrics/{name}/train_history.csv"),
+        Path(f"metrics/{name}/curves"), Path(f"metrics/{name}/machine.json"), Path(f"metrics/{name}/eval.json"),
+        Path(f"samples/{name}"),
+    )
+
+
+# The default model's files, for the code that handles only it (the CI rerun, the report).
+MODEL_FILES = model_paths()

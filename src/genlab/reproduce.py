@@ -36,7 +36,8 @@ import yaml
 
 from genlab import atomic, machine, paths
 
-COMPARED = [paths.TRAIN_METRICS, paths.EVAL_METRICS, paths.TRAIN_HISTORY]
+FILES = paths.MODEL_FILES
+COMPARED = [FILES.train_metrics, FILES.eval_metrics, FILES.history]
 SEEDS = 8  # runs behind each band
 K = 4.0  # band half-width in seed standard deviations
 _SOURCES = ("params.yaml", "dvc.yaml", "src", "stages")
@@ -68,19 +69,19 @@ def numbers(path: Path, text: str) -> dict[str, float]:
 
 
 def checked_numbers(texts: dict[Path, str], epochs: list[int]) -> dict[str, float]:
-    """The numbers the reproduction check compares: the summary files whole, history at `epochs` (0-based)."""
+    """The numbers the reproduction check compares: the summary files whole, history at `epochs`."""
     out = {}
     for path, text in texts.items():
         for key, value in numbers(path, text).items():
-            if path == paths.TRAIN_HISTORY and int(key.split(".")[0][len("epoch") :]) not in epochs:
+            if path == FILES.history and int(key.split(".")[0][len("epoch") :]) not in epochs:
                 continue
             out[f"{path.as_posix()}:{key}"] = value
     return out
 
 
 def history_epochs(total: int) -> list[int]:
-    """A few epochs to compare (0-based): the first, 10 %, 25 %, 50 % and the last."""
-    return sorted({max(round(total * f) - 1, 0) for f in (0.0, 0.1, 0.25, 0.5, 1.0)})
+    """A few epochs to compare (epochs count from 1): the first, 10 %, 25 %, 50 % and the last."""
+    return sorted({max(round(total * f), 1) for f in (0.0, 0.1, 0.25, 0.5, 1.0)})
 
 
 def make_bands(runs: list[dict[str, float]], k: float) -> dict[str, dict[str, float]]:
@@ -159,14 +160,14 @@ def check(rerun: bool) -> int:
     if _refuse_if_changed():
         return 2
     committed = {p: _committed(p) for p in COMPARED}
-    expected_text, machine_text = _committed(paths.EXPECTED), _committed(paths.MACHINE)
+    expected_text, machine_text = _committed(paths.EXPECTED), _committed(FILES.machine)
     if None in committed.values() or machine_text is None:
-        print(f"no committed metrics to check: run `dvc repro` and commit metrics/ ({paths.MACHINE} included)", file=sys.stderr)
+        print(f"no committed metrics to check: run `dvc repro` and commit metrics/ ({FILES.machine} included)", file=sys.stderr)
         return 2
     if rerun:
         _repro()
     here = _read()
-    committed_fp, rerun_fp = json.loads(machine_text), json.loads(paths.MACHINE.read_text())
+    committed_fp, rerun_fp = json.loads(machine_text), json.loads(FILES.machine.read_text())
     same_kind = committed_fp == rerun_fp
     print(f"committed on {machine.describe(committed_fp)}")
     print(f"rerun on     {machine.describe(rerun_fp)}")
@@ -236,20 +237,20 @@ def _seed_run(seed: int, root: Path) -> dict[Path, str]:
         if paths.PREPARED_DIR.as_posix() in outs:
             params = yaml.safe_load((clone / paths.PARAMS).read_text())
             (clone / paths.PARAMS).write_text(yaml.safe_dump({**params, "seed": seed}, sort_keys=False))
-        if paths.EVAL_METRICS.as_posix() in outs:
+        if FILES.eval_metrics.as_posix() in outs:
             return _read(clone)
-    raise RuntimeError(f"no stage in dvc.yaml writes {paths.EVAL_METRICS}")
+    raise RuntimeError(f"no stage in dvc.yaml writes {FILES.eval_metrics}")
 
 
 def build_expected(seeds: int, k: float) -> int:
     if _refuse_if_changed():
         return 2
     committed = {p: _committed(p) for p in COMPARED}
-    machine_text = _committed(paths.MACHINE)
+    machine_text = _committed(FILES.machine)
     if None in committed.values() or machine_text is None:
         print("commit the default experiment's metrics first (`dvc repro`, then git add metrics/)", file=sys.stderr)
         return 2
-    epochs = history_epochs(int(json.loads(committed[paths.TRAIN_METRICS])["epochs"]))
+    epochs = history_epochs(int(json.loads(committed[FILES.train_metrics])["epochs"]))
     base = yaml.safe_load(_committed(paths.PARAMS))["seed"]
     runs = []
     with tempfile.TemporaryDirectory(prefix="genlab-expected-") as tmp:
@@ -257,7 +258,7 @@ def build_expected(seeds: int, k: float) -> int:
             began = time.perf_counter()
             texts = _seed_run(seed, Path(tmp))
             print(f"seed {seed}: done in {time.perf_counter() - began:.0f}s", flush=True)
-            if seed == base and json.loads((Path(tmp) / f"seed{seed}" / paths.MACHINE).read_text()) == json.loads(machine_text):
+            if seed == base and json.loads((Path(tmp) / f"seed{seed}" / FILES.machine).read_text()) == json.loads(machine_text):
                 problems = byte_differences(committed, texts)
                 if problems:  # the committed numbers must be what the committed code gives here
                     print("the committed metrics differ from a rerun on their own machine kind:", *problems, sep="\n  ")
@@ -279,7 +280,7 @@ def build_expected(seeds: int, k: float) -> int:
         "k": k,
         "history_epochs": epochs,
         "note": "band = mean ± k·sd (sd over the seeds, N - 1) of runs that keep the committed data split and "
-        "change `seed` for everything after it; history rows by 0-based epoch",
+        "change `seed` for everything after it; history rows by epoch (from 1)",
     }
     atomic.write_json(paths.EXPECTED, {"how": how, "bands": bands})
     print(f"wrote {paths.EXPECTED}: {len(bands)} bands from {seeds} seeds (k = {k:g})")

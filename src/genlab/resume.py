@@ -12,16 +12,17 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from genlab import atomic, checkpoint, paths, tracking
-from genlab.config import Config
+from genlab import atomic, checkpoint, tracking
+from genlab.config import TrainConfig
+from genlab.paths import ModelPaths
 from genlab.training import check_resumable
 
 RESUMABLE = ("RUNNING", "KILLED", "FAILED")  # killed -9, Ctrl-C, diverged: all continue from the checkpoint
 
 
-def _unfinished_run() -> str | None:
+def _unfinished_run(where: ModelPaths) -> str | None:
     try:
-        marker = json.loads(paths.TRAINING_RUN.read_text())
+        marker = json.loads(where.training_run.read_text())
     except (OSError, ValueError):
         return None
     return None if marker.get("finished") else marker.get("run_id")
@@ -37,53 +38,54 @@ def _status(run_id: str) -> str | None:
         return None
 
 
-def resumable_state(cfg: Config, family_name: str) -> dict[str, Any] | None:
-    """The checkpoint to resume, or None (saying why when train.resume is true) for a new run."""
-    if not cfg.train.resume:
+def resumable_state(where: ModelPaths, train: TrainConfig, key: str, family_name: str) -> dict[str, Any] | None:
+    """The checkpoint to resume, or None (saying why when train.resume is true) for a new run.
+    `key` is the resume key of today's params (genlab.training.resume_key)."""
+    if not train.resume:
         return None
-    if not paths.CHECKPOINT.exists():
-        print(f"train.resume is true but {paths.CHECKPOINT} does not exist: starting a new run")
+    if not where.checkpoint.exists():
+        print(f"train.resume is true but {where.checkpoint} does not exist: starting a new run")
         return None
-    state = checkpoint.load(paths.CHECKPOINT, fix="set train.resume=false to start a new run")
-    run_id = _unfinished_run()
+    state = checkpoint.load(where.checkpoint, fix="set train.resume=false to start a new run")
+    run_id = _unfinished_run(where)
     if run_id is None or state.get("run_id") != run_id:
-        print(f"{paths.CHECKPOINT} belongs to run {state.get('run_id')}, not to an unfinished run: starting a new run")
+        print(f"{where.checkpoint} belongs to run {state.get('run_id')}, not to an unfinished run: starting a new run")
         return None
     status = _status(run_id)
     if status not in RESUMABLE:
-        print(f"run {run_id} of {paths.CHECKPOINT} is {status or 'not in the MLflow store'}: starting a new run")
+        print(f"run {run_id} of {where.checkpoint} is {status or 'not in the MLflow store'}: starting a new run")
         return None
-    check_resumable(state, cfg, family_name)
-    print(f"resuming from {paths.CHECKPOINT} after epoch {state['epoch']}")
+    check_resumable(state, key, train.epochs, family_name)
+    print(f"resuming from {where.checkpoint} after epoch {state['epoch']}")
     return state
 
 
-def reopen(state: dict[str, Any], cfg: Config) -> tracking.MlflowTracker:
+def reopen(state: dict[str, Any], train: TrainConfig) -> tracking.MlflowTracker:
     """The checkpoint's run, RUNNING again, tagged with what the resume changed."""
     tracker = tracking.attach(state["run_id"])
     tracker.reopen()
     tags = {"genlab.resumed_from_epoch": state["epoch"]}
     # MLflow params cannot change once logged; the tag says how many epochs the run now trains.
-    if tracker.client.get_run(tracker.run_id).data.params.get("train.epochs") != str(cfg.train.epochs):
-        tags["genlab.epochs_after_resume"] = cfg.train.epochs
+    if tracker.client.get_run(tracker.run_id).data.params.get("train.epochs") != str(train.epochs):
+        tags["genlab.epochs_after_resume"] = train.epochs
     tracker.set_tags(tags)
     return tracker
 
 
-def started(run_id: str) -> None:
+def started(where: ModelPaths, run_id: str) -> None:
     """Record `run_id` as the unfinished run, after closing the one it replaces and dropping its checkpoint."""
-    previous = _unfinished_run()
+    previous = _unfinished_run(where)
     if previous and previous != run_id and _status(previous) == "RUNNING":
         why = f"its training stopped without closing it (killed?); run {run_id} started in its place"
         old = tracking.attach(previous)
         old.set_tags({"genlab.closed_reason": why})
         old.finish("KILLED")
         print(f"MLflow run {previous} closed as KILLED: {why}")
-    paths.CHECKPOINT.unlink(missing_ok=True)
-    atomic.write_json(paths.TRAINING_RUN, {"run_id": run_id})
+    where.checkpoint.unlink(missing_ok=True)
+    atomic.write_json(where.training_run, {"run_id": run_id})
 
 
-def finished(run_id: str) -> None:
-    """Nothing is left to resume: the model is in models/model.pt and the run is closed."""
-    paths.CHECKPOINT.unlink(missing_ok=True)
-    atomic.write_json(paths.TRAINING_RUN, {"run_id": run_id, "finished": True})
+def finished(where: ModelPaths, run_id: str) -> None:
+    """Nothing is left to resume: the model is in its model file and the run is closed."""
+    where.checkpoint.unlink(missing_ok=True)
+    atomic.write_json(where.training_run, {"run_id": run_id, "finished": True})

@@ -1,7 +1,13 @@
-"""Device choice, seeding and random-generator state: everything random flows from `seed`."""
+"""Device choice, seeding and random streams: everything random flows from `seed`.
+
+Each purpose draws from its own named stream, seeded by a hash of (seed, name). Offsets (seed + 1,
+seed + 2, ...) would make one run's noise stream another seed's batch-order stream, so the runs of a
+seed sweep would share randomness; hashed names never collide, and a new stream moves no other.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 
@@ -20,11 +26,23 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed the global generators, for any library code that draws from them."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def stream_seed(seed: int, name: str) -> int:
+    """The seed of stream `name` for run seed `seed`: a non-negative 63-bit integer."""
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def stream(seed: int, name: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator for one purpose (e.g. 'batch_order', 'eval_samples') on `device`."""
+    return torch.Generator(device=device).manual_seed(stream_seed(seed, name))
+
+
+def seed_everything(seed: int, purpose: str) -> None:
+    """Seed the global generators (weight initialisation, library code) from the stream `purpose`."""
+    derived = stream_seed(seed, purpose)
+    random.seed(derived)
+    np.random.seed(derived % 2**32)
+    torch.manual_seed(derived)
     # Deterministic kernels make the same params on the same machine kind give identical metrics;
     # cuBLAS needs this workspace setting (read at CUDA start-up) to be deterministic.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -32,16 +50,12 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def generator(device: torch.device, seed: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
-
-
 class Rngs:
     """The training run's own generators: `order` (CPU: batch order) and `noise` (on the model's device)."""
 
     def __init__(self, seed: int, device: torch.device):
-        self.order = generator(torch.device("cpu"), seed)
-        self.noise = generator(device, seed + 1)
+        self.order = stream(seed, "batch_order")
+        self.noise = stream(seed, "train_noise", device)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"order": self.order.get_state(), "noise": self.noise.get_state(), "torch": torch.get_rng_state()}

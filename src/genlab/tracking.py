@@ -22,6 +22,7 @@ from filelock import FileLock
 
 from genlab import machine
 from genlab.config import Config
+from genlab.paths import ModelPaths
 from genlab.visualise import to_grid
 
 EXPERIMENT = "genlab"
@@ -89,7 +90,8 @@ class MlflowTracker:
         self._lock = _store_lock(uri, root)
 
     @classmethod
-    def create(cls, cfg: Config, tags: dict[str, str], run_name: str | None = None) -> "MlflowTracker":
+    def create(cls, params: dict[str, Any], tags: dict[str, str], run_name: str | None = None) -> "MlflowTracker":
+        """A new run of experiment 'genlab' with `params` (flat: the params the run reads) and `tags`."""
         from mlflow import MlflowClient
         from mlflow.entities import Param
 
@@ -103,9 +105,9 @@ class MlflowTracker:
             else:
                 experiment_id = experiment.experiment_id
             run = client.create_run(experiment_id, tags=tags, run_name=run_name)
-            params = [Param(k, str(v)) for k, v in flatten(cfg.to_dict()).items()]
-            for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-                client.log_batch(run.info.run_id, params=params[start : start + 100])
+            batch = [Param(k, str(v)) for k, v in params.items()]
+            for start in range(0, len(batch), 100):  # MLflow takes at most 100 params per batch
+                client.log_batch(run.info.run_id, params=batch[start : start + 100])
         return cls(run.info.run_id, uri, root)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
@@ -160,9 +162,12 @@ class MlflowTracker:
         self.finish("FINISHED")
 
 
-def run_tags(cfg: Config, data_checksum: str, device: torch.device, fingerprint: dict[str, Any]) -> dict[str, str]:
+def run_tags(
+    cfg: Config, data_checksum: str, device: torch.device, fingerprint: dict[str, Any], where: ModelPaths
+) -> dict[str, str]:
     commit, dirty = git_state()
     tags = {
+        "genlab.model_name": where.name,
         "mlflow.source.git.commit": commit,
         "mlflow.source.name": "stages/train.py",
         "genlab.git_commit": commit,

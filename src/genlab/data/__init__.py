@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from genlab.config import DATASETS, Config
 from genlab.data.prepared import DATA_FILE, FORMAT_VERSION, MANIFEST_FILE, PreparedData, load_prepared, write_prepared
 from genlab.data.raw import RawData
 from genlab.data.splits import Split, carve
 from genlab.errors import DataError
 
-__all__ = ["prepare", "load_prepared", "PreparedData", "Split", "DATA_FILE", "MANIFEST_FILE"]
+if TYPE_CHECKING:
+    from genlab.config import Config
+
+__all__ = ["DATASETS", "prepare", "load_prepared", "PreparedData", "Split", "DATA_FILE", "MANIFEST_FILE"]
 
 # data.name -> (module, loader). Imported on demand: torchvision, scikit-learn and PIL cost seconds
 # on every `import genlab.data`, and the training stages only need load_prepared.
@@ -24,10 +26,11 @@ LOADERS: dict[str, tuple[str, str]] = {
     "cifar10": ("genlab.data.torchvision_sets", "load_cifar10"),
     "image_folder": ("genlab.data.image_folder", "load"),
 }
+DATASETS = tuple(LOADERS)  # the values data.name accepts
 
 
 def _loader(name: str) -> Callable[[Config], RawData]:
-    if name not in DATASETS or name not in LOADERS:
+    if name not in LOADERS:
         raise DataError(f"unknown dataset data.name={name!r}: set it to one of {', '.join(DATASETS)}")
     module, attr = LOADERS[name]
     return getattr(importlib.import_module(module), attr)

@@ -1,5 +1,9 @@
 """scikit-learn's 8x8 digits: offline, bundled with scikit-learn, pixel values 0..16."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from importlib import resources
 
 import numpy as np
@@ -7,10 +11,12 @@ import sklearn
 import torch
 from sklearn.datasets import load_digits
 
-from genlab.config import Config
 from genlab.data.checksums import md5_file
 from genlab.data.raw import RawData
 from genlab.data.splits import Split
+
+if TYPE_CHECKING:
+    from genlab.config import Config
 
 MAX_VALUE = 16
 _BUNDLED_FILE = "digits.csv.gz"

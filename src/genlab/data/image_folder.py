@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import io
 from pathlib import Path
 
@@ -9,11 +11,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from genlab.config import Config
 from genlab.data.checksums import md5_bytes
 from genlab.data.raw import RawData
 from genlab.data.splits import Split
 from genlab.errors import DataError
+
+if TYPE_CHECKING:
+    from genlab.config import Config
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 BACKGROUND = (255, 255, 255, 255)  # opaque white under transparent pixels

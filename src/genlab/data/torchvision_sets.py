@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TYPE_CHECKING
 from urllib.error import URLError
 
 import torch
 from torchvision.datasets import CIFAR10, KMNIST, MNIST, FashionMNIST
 from torchvision.datasets.utils import calculate_md5, check_integrity
 
-from genlab.config import Config
 from genlab.data.mirror import Files, copy_from_directory, md5_mismatch, resolve
 from genlab.data.raw import RawData
 from genlab.data.splits import Split
 from genlab.errors import DataError
+
+if TYPE_CHECKING:
+    from genlab.config import Config
 
 MNIST_STYLE = {"mnist": MNIST, "fashion_mnist": FashionMNIST, "kmnist": KMNIST}
 

@@ -1,15 +1,23 @@
-"""The contract every model family implements so that one training loop serves them all."""
+"""The contract every model family implements so that one training loop and the stages serve them all.
+
+A family builds its networks and says what to minimise; the loop (genlab.training) owns the optimisers,
+their steps, gradient clipping, the learning-rate schedule and EMA updates. Optional abilities are
+declared by inheriting a capability class below (Encoder, Reconstructor, ExtraFigures), never probed.
+"""
 
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING, Any, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from genlab.config import Config
+from genlab.models.ema import EMA
+
+Update = Callable[[str, torch.Tensor], None]  # update(optimiser name, loss): backward + step, done by the loop
 
 
 def weighted_means(batches: Iterable[tuple[dict[str, torch.Tensor], int]]) -> dict[str, float]:
@@ -19,46 +27,96 @@ def weighted_means(batches: Iterable[tuple[dict[str, torch.Tensor], int]]) -> di
     return {k: (sum(m[k] * n for m, n in batches) / total).item() for k in batches[0][0]}
 
 
-class Family(abc.ABC):
-    """A trainable generative model plus its optimiser(s).
+@dataclass(frozen=True)
+class FamilyConfig:
+    """Base of a family's params section. Its keys are read by the train stage unless a key declares
+    other stages (`key(..., stages=("evaluate",))` for an evaluation knob), so editing an evaluation
+    knob re-evaluates without retraining."""
 
-    All images crossing this interface are float tensors in [0, 1], shape (N, C, H, W).
-    Metric tensors returned by the step methods are per-image means over the batch, detached.
+    STAGES: ClassVar = ("train",)
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a family knows of its data: image shape (C, H, W) and how many values a pixel takes."""
+
+    image_shape: tuple[int, int, int]
+    levels: int
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One Adam optimiser the loop builds for the family: its parameters (or param groups) and settings."""
+
+    params: list
+    lr: float
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class Family(abc.ABC):
+    """A trainable generative model. Register it in genlab.models.FAMILIES with its `config_class`.
+
+    All images crossing this interface are float tensors in [0, 1], shape (N, C, H, W). Metric tensors
+    returned by the step methods are per-image means over the batch, detached. Everything random takes
+    the caller's generator, so a checkpoint captures it and a resumed run continues bit for bit.
     """
 
-    name: str
+    name: ClassVar[str]
+    config_class: ClassVar[type[FamilyConfig]]
     #: metric names reported by train_step, in display order (eval_step may report a subset)
     metric_names: tuple[str, ...]
-    #: metrics drawn as train/val curves by the sample stage: name -> unit
-    curves: dict[str, str]
+    #: metrics drawn as train/val curves (curves.png, DVC plots): name -> unit
+    curves: ClassVar[dict[str, str]]
     #: epochs between domain-FID checks of the samples during training (0 = never)
     fid_every: int = 0
     #: samples per check, scored against as many validation images
     fid_samples: int = 0
 
-    def __init__(self, image_shape: tuple[int, int, int], device: torch.device):
-        self.image_shape = image_shape
+    def __init__(self, cfg: FamilyConfig, data: DataSpec, device: torch.device):
+        self.cfg = cfg
+        self.image_shape = data.image_shape
+        self.levels = data.levels
         self.device = device
+        #: every network whose weights make up the model (saved, loaded, put in train/eval mode)
         self.modules: dict[str, nn.Module] = {}
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        #: optimiser name -> (EMA, its source network): the loop updates the EMA after that optimiser steps
+        self.ema_of: dict[str, tuple[EMA, nn.Module]] = {}
 
     @property
     def dims(self) -> int:
         c, h, w = self.image_shape
         return c * h * w
 
+    # --- training -----------------------------------------------------------------------------
     @abc.abstractmethod
-    def train_step(self, x: torch.Tensor, epoch: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        """One optimisation step on batch x."""
+    def optimizers(self) -> dict[str, OptimizerSpec]:
+        """The optimisers the loop builds, by name (the names `losses` and `update` use)."""
+
+    def losses(self, x: torch.Tensor, epoch: int, gen: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(loss per optimiser, metrics) for batch x. Each loss must own its graph (one backward each)."""
+        raise NotImplementedError(f"{type(self).__name__} implements neither losses() nor train_step()")
+
+    def train_step(self, x: torch.Tensor, epoch: int, gen: torch.Generator, update: Update) -> dict[str, torch.Tensor]:
+        """One training step on batch x; returns its metrics. The one hook for manual control.
+
+        By default the losses of `losses` are handed to `update(optimiser, loss)` in order; the loop's
+        update backpropagates, clips, steps and updates EMAs. Override to decide which optimisers step
+        and when (the GAN's critic steps, a phase that freezes an encoder): call `update` for each.
+        """
+        losses, metrics = self.losses(x, epoch, gen)
+        for name, loss in losses.items():
+            update(name, loss)
+        return metrics
 
     @abc.abstractmethod
     def eval_step(self, x: torch.Tensor, epoch: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        """The same metrics as train_step on batch x, without updating anything."""
+        """The same metrics as train_step (or a subset) on batch x, without updating anything."""
 
     @abc.abstractmethod
-    def test_metrics(self, batches: Iterable[torch.Tensor], gen: torch.Generator, cfg: Config) -> dict[str, float]:
+    def test_metrics(self, batches: Iterable[torch.Tensor], gen: torch.Generator) -> dict[str, float]:
         """The family's headline numbers on the test split (batches of model inputs in [0, 1])."""
 
+    # --- generation -----------------------------------------------------------------------------
     @abc.abstractmethod
     def prior(self, n: int, gen: torch.Generator) -> torch.Tensor:
         """n latent codes drawn from the model's prior (what `generate` turns into images)."""
@@ -72,30 +130,54 @@ class Family(abc.ABC):
         """n new images in [0, 1]."""
         return self.generate(self.prior(n, gen))
 
-    def configure_sampling(self, sample_cfg: Any) -> None:
-        """Adopt today's `sample.*` params (e.g. a sampler's step count); most families have none."""
+    @abc.abstractmethod
+    def snapshot(self, fixed_batch: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """Named image batches to log each epoch, from a fixed batch and a freshly seeded generator."""
 
     def data_convention(self, binarize: str) -> str | None:
         """How the family's test likelihoods read under the data convention, for the run's tags."""
         return None
 
-    @abc.abstractmethod
-    def snapshot(self, fixed_batch: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        """Named image batches to log each epoch, from a fixed batch and a freshly seeded generator."""
-
+    # --- state ------------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> None:
         for module in self.modules.values():
             module.train(mode)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "modules": {k: m.state_dict() for k, m in self.modules.items()},
-            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-        }
+        return {"modules": {k: m.state_dict() for k, m in self.modules.items()}}
 
-    def load_state_dict(self, state: dict[str, Any], with_optimizers: bool = True) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, module in self.modules.items():
             module.load_state_dict(state["modules"][key])
-        if with_optimizers:
-            for key, opt in self.optimizers.items():
-                opt.load_state_dict(state["optimizers"][key])
+
+
+# --- capabilities: inherit one to declare it; the stages check isinstance, never hasattr -----------
+
+
+class Encoder(abc.ABC):
+    """Maps images to continuous latents (latent walks between real images, latent maps)."""
+
+    @abc.abstractmethod
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Latent means (N, D) of images x in [0, 1]: codes `generate` accepts."""
+
+
+class Reconstructor(abc.ABC):
+    """Reconstructs its input (PSNR/SSIM in evaluate, reconstruction grids in sample)."""
+
+    @abc.abstractmethod
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstructions in [0, 1] of images x in [0, 1]."""
+
+    @torch.no_grad()
+    def paired_reconstructions(self, x: torch.Tensor) -> torch.Tensor:
+        """Each image followed by its reconstruction, for side-by-side grids."""
+        return torch.stack([x, self.reconstruct(x)], dim=1).flatten(0, 1)
+
+
+class ExtraFigures(abc.ABC):
+    """Draws figures of its own in the sample stage (e.g. a sampler's trajectory)."""
+
+    @abc.abstractmethod
+    def figures(self, out_dir: Path, seed: int) -> list[Path]:
+        """Write the family's own figures into out_dir (random draws from streams of `seed`); their paths."""

@@ -7,47 +7,66 @@ networks work in [-1, 1] (tanh output), the DCGAN convention.
 
 from __future__ import annotations
 
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Literal, Optional
 
 import torch
 
-from genlab.config import Config
-from genlab.models.base import Family, weighted_means
+from genlab.models.base import DataSpec, Family, FamilyConfig, OptimizerSpec, weighted_means
 from genlab.models.ema import EMA
-from genlab.models.gan_losses import discriminator_loss, generator_loss, gradient_penalty, mean_output
+from genlab.models.gan_losses import LOSSES, discriminator_loss, generator_loss, gradient_penalty, mean_output
 from genlab.models.gan_nets import Discriminator, Generator
+from genlab.schema import at_least, in_unit, key, optional, positive
+
+
+@dataclass(frozen=True)
+class GANConfig(FamilyConfig):
+    """DCGAN (seed 001) with its own optimiser settings."""
+
+    loss: Literal[LOSSES] = key("bce", doc="bce = non-saturating G loss; minimax = the original log(1 - D(G(z)))")
+    latent_dim: int = key(100, at_least(1))
+    width: int = key(64, at_least(1), doc="channels of D's first conv layer and G's last, doubled per halving")
+    n_critic: Optional[int] = key(None, optional(at_least(1)), doc="D steps per G step; null = 5 for wgan-gp, else 1")
+    gp_weight: float = key(10.0, at_least(0.0), doc="wgan-gp: lambda of the gradient penalty")
+    spectral_norm: bool = key(False, doc="spectral normalisation on D's layers (then D has no BatchNorm)")
+    lr: float = key(2e-4, positive(), doc="Adam, both networks, as in DCGAN")
+    beta1: float = key(0.5, in_unit(closed_low=True))
+    beta2: float = key(0.999, in_unit(closed_low=True))
+    ema_decay: float = key(0.999, in_unit(closed_low=True), doc="EMA copy of G, used for every sample")
+    eval_every: int = key(5, at_least(0), doc="epochs between domain-FID checks in training (0 = never; the last always)")
+    fid_samples: int = key(1000, at_least(10), doc="samples per check, against as many validation images")
 
 
 class GAN(Family):
     name = "gan"
+    config_class = GANConfig
     curves = {
         "d_loss": "loss", "g_loss": "loss", "d_real": "mean D output", "d_fake": "mean D output",
         "domain_fid": "lower is better",
     }
 
-    def __init__(self, cfg: Config, image_shape: tuple[int, int, int], levels: int, device: torch.device):
-        super().__init__(image_shape, device)
-        g = cfg.gan
-        self.loss = g.loss
-        self.latent_dim = g.latent_dim
-        self.gp_weight = g.gp_weight
-        self.n_critic = g.n_critic if g.n_critic is not None else (5 if g.loss == "wgan-gp" else 1)
-        self.fid_every, self.fid_samples = g.eval_every, g.fid_samples
-        self.metric_names = ("d_loss", "g_loss", "d_real", "d_fake") + (("gp",) if g.loss == "wgan-gp" else ())
-        batch_norm = g.loss != "wgan-gp" and not g.spectral_norm
-        self.generator = Generator(g.latent_dim, g.width, image_shape).to(device)
-        self.discriminator = Discriminator(g.width, image_shape, batch_norm, g.spectral_norm).to(device)
-        self.ema = EMA(self.generator, g.ema_decay)
+    def __init__(self, cfg: GANConfig, data: DataSpec, device: torch.device):
+        super().__init__(cfg, data, device)
+        self.n_critic = cfg.n_critic if cfg.n_critic is not None else (5 if cfg.loss == "wgan-gp" else 1)
+        self.fid_every, self.fid_samples = cfg.eval_every, cfg.fid_samples
+        self.metric_names = ("d_loss", "g_loss", "d_real", "d_fake") + (("gp",) if cfg.loss == "wgan-gp" else ())
+        batch_norm = cfg.loss != "wgan-gp" and not cfg.spectral_norm
+        self.generator = Generator(cfg.latent_dim, cfg.width, self.image_shape).to(device)
+        self.discriminator = Discriminator(cfg.width, self.image_shape, batch_norm, cfg.spectral_norm).to(device)
+        self.ema = EMA(self.generator, cfg.ema_decay)
         self.modules = {"generator": self.generator, "discriminator": self.discriminator, "ema": self.ema}
-        adam = dict(lr=g.lr, betas=(g.beta1, g.beta2), fused=True)
-        self.optimizers = {
-            "generator": torch.optim.Adam(self.generator.parameters(), **adam),
-            "discriminator": torch.optim.Adam(self.discriminator.parameters(), **adam),
-        }
+        self.ema_of = {"generator": (self.ema, self.generator)}
         self.steps = 0  # discriminator steps so far: decides when G updates, so it is checkpointed
 
+    def optimizers(self):
+        betas = (self.cfg.beta1, self.cfg.beta2)
+        return {
+            "generator": OptimizerSpec(list(self.generator.parameters()), self.cfg.lr, betas),
+            "discriminator": OptimizerSpec(list(self.discriminator.parameters()), self.cfg.lr, betas),
+        }
+
     def prior(self, n, gen):
-        return torch.randn(n, self.latent_dim, generator=gen, device=self.device)
+        return torch.randn(n, self.cfg.latent_dim, generator=gen, device=self.device)
 
     @torch.no_grad()
     def generate(self, z):
@@ -56,42 +75,33 @@ class GAN(Family):
     def _game(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """D's loss on (real, fake) and the game's metrics; g_loss is G's loss against this same D."""
         d_real, d_fake = self.discriminator(real), self.discriminator(fake)
-        d_loss = discriminator_loss(self.loss, d_real, d_fake)
+        loss = self.cfg.loss
+        d_loss = discriminator_loss(loss, d_real, d_fake)
         metrics = {
-            "g_loss": generator_loss(self.loss, d_fake.detach()),
-            "d_real": mean_output(self.loss, d_real.detach()),
-            "d_fake": mean_output(self.loss, d_fake.detach()),
+            "g_loss": generator_loss(loss, d_fake.detach()),
+            "d_real": mean_output(loss, d_real.detach()),
+            "d_fake": mean_output(loss, d_fake.detach()),
         }
         return d_loss, metrics
 
-    def train_step(self, x, epoch, gen):
+    def train_step(self, x, epoch, gen, update):
+        """One critic update; every n_critic-th step also one generator update on fresh noise."""
         real = x * 2 - 1
         with torch.no_grad():
             fake = self.generator(self.prior(len(x), gen))
         d_loss, metrics = self._game(real, fake)
         objective = d_loss
-        if self.loss == "wgan-gp":  # d_loss is reported without the penalty, comparable with val
+        if self.cfg.loss == "wgan-gp":  # d_loss is reported without the penalty, comparable with val
             gp = gradient_penalty(self.discriminator, real, fake, gen)
-            objective = d_loss + self.gp_weight * gp
+            objective = d_loss + self.cfg.gp_weight * gp
             metrics["gp"] = gp.detach()
-        d_opt = self.optimizers["discriminator"]
-        d_opt.zero_grad(set_to_none=True)
-        objective.backward()
-        d_opt.step()
+        update("discriminator", objective)
         self.steps += 1
         if self.steps % self.n_critic == 0:
-            self._generator_step(len(x), gen)
+            self.discriminator.requires_grad_(False)  # only G's gradients are needed
+            update("generator", generator_loss(self.cfg.loss, self.discriminator(self.generator(self.prior(len(x), gen)))))
+            self.discriminator.requires_grad_(True)
         return {"d_loss": d_loss.detach(), **metrics}
-
-    def _generator_step(self, n: int, gen: torch.Generator) -> None:
-        self.discriminator.requires_grad_(False)  # only G's gradients are needed
-        g_loss = generator_loss(self.loss, self.discriminator(self.generator(self.prior(n, gen))))
-        g_opt = self.optimizers["generator"]
-        g_opt.zero_grad(set_to_none=True)
-        g_loss.backward()
-        g_opt.step()
-        self.discriminator.requires_grad_(True)
-        self.ema.update(self.generator)
 
     @torch.no_grad()
     def eval_step(self, x, epoch, gen):
@@ -100,7 +110,7 @@ class GAN(Family):
         return {"d_loss": d_loss, **metrics}
 
     @torch.no_grad()
-    def test_metrics(self, batches: Iterable[torch.Tensor], gen, cfg):
+    def test_metrics(self, batches, gen):
         self.train(False)
         return weighted_means((self.eval_step(x, 0, gen), len(x)) for x in batches)
 
@@ -111,6 +121,6 @@ class GAN(Family):
     def state_dict(self):
         return {**super().state_dict(), "steps": self.steps}
 
-    def load_state_dict(self, state, with_optimizers=True):
-        super().load_state_dict(state, with_optimizers)
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
         self.steps = state.get("steps", 0)

@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+LOSSES = ("bce", "minimax", "wgan-gp", "lsgan", "hinge")
+
 
 def discriminator_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     if kind in ("bce", "minimax"):

@@ -26,7 +26,7 @@ from genlab import checkpoint
 from genlab.config import ClassifierConfig, Config, config_from_dict
 from genlab.data import PreparedData
 from genlab.errors import CheckpointError, ConfigError, DataError
-from genlab.runtime import generator, seed_everything
+from genlab.runtime import seed_everything, stream
 
 KIND = "domain_classifier"
 EVAL_BATCH = 1000
@@ -149,7 +149,7 @@ def train_classifier(cfg: Config, data: PreparedData, device: torch.device) -> t
     the metrics file reproduces exactly.
     """
     ccfg = cfg.classifier
-    seed_everything(cfg.seed)  # weight init draws from the global generator
+    seed_everything(cfg.seed, "classifier_init")  # weight init draws from the global generator
     model = build_classifier(ccfg, data.image_shape, num_classes(data), data.max_value).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=ccfg.lr, fused=True)
     n, bs = len(data.train), ccfg.batch_size
@@ -157,7 +157,7 @@ def train_classifier(cfg: Config, data: PreparedData, device: torch.device) -> t
     # Cosine decay of the learning rate to 0 over the run: the last epochs settle instead of
     # ending wherever the last noisy Adam step left the weights (a few % of test accuracy on digits).
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
-    order_gen = generator(torch.device("cpu"), cfg.seed + 10)  # batch order; its own stream
+    order_gen = stream(cfg.seed, "classifier_order")
     train_u8, labels = data.train.images.to(device), data.train.labels.to(device)
     began = time.perf_counter()
     for epoch in range(ccfg.epochs):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 
 from genlab.data import PreparedData
@@ -18,7 +19,7 @@ from genlab.quality.inception import inception_features
 from genlab.quality.inception_score import inception_score
 from genlab.quality.prdc import prdc
 from genlab.quality.reconstruction import psnr, ssim
-from genlab.runtime import generator
+from genlab.runtime import stream
 
 
 def sample_in_batches(sample: Callable[[int, torch.Generator], torch.Tensor], n: int, gen, batch_size: int) -> torch.Tensor:
@@ -37,15 +38,16 @@ def fid_monitor(
     f_ref, _ = embed(classifier, reference[:n])
 
     def score(family) -> dict[str, float]:
-        generated = sample_in_batches(family.sample, n, generator(device, seed), batch_size)
+        generated = sample_in_batches(family.sample, n, stream(seed, "fid_monitor", device), batch_size)
         return {"domain_fid": fid(embed(classifier, generated)[0], f_ref)}
 
     return score
 
 
-def real_pair(data: PreparedData, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(first n test images, n train images drawn without replacement), both in [0, 1] on the CPU."""
-    pick = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))[:n]
+def real_pair(data: PreparedData, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first n test images, n train images drawn without replacement by `gen`, a CPU generator),
+    both in [0, 1] on the CPU."""
+    pick = torch.randperm(len(data.train), generator=gen)[:n]
     return data.to_unit(data.test.images[:n]), data.to_unit(data.train.images[pick])
 
 
@@ -79,3 +81,10 @@ def reconstruction_scores(reconstruct: Callable[[torch.Tensor], torch.Tensor], t
         p.append(psnr(y, x).cpu())
         s.append(ssim(y, x).cpu())
     return {"psnr": torch.cat(p).mean().item(), "ssim": torch.cat(s).mean().item()}
+
+
+def class_frequencies(classifier: DomainClassifier, images: torch.Tensor) -> np.ndarray:
+    """Fraction of images the domain classifier assigns to each class (a mode-collapse indicator)."""
+    probs = embed(classifier, images)[1]
+    counts = torch.bincount(probs.argmax(1), minlength=probs.shape[1])
+    return (counts.double() / len(images)).numpy()

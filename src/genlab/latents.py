@@ -1,4 +1,4 @@
-"""Figures the sample stage draws from a trained model: latent walks, latent maps, class balance."""
+"""Latent walks (straight and spherical) and 2-D maps of latent codes, for the sample stage's figures."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from genlab.models import Family
-from genlab.quality.classifier import DomainClassifier, embed
+from genlab.models.base import Encoder
 
 
 def lerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -40,9 +40,9 @@ def interpolate(family: Family, z_a: torch.Tensor, z_b: torch.Tensor, steps: int
     return family.generate(z.flatten(0, 1).view(-1, *shape))
 
 
-def latent_map(family: Family, x: torch.Tensor, method: str, seed: int) -> tuple[np.ndarray, str]:
-    """2-D coordinates of the posterior means of x (a family with an encoder), and how they were obtained."""
-    mu = family.encode(x)[0].cpu().double().numpy()
+def latent_map(family: Encoder, x: torch.Tensor, method: str, seed: int) -> tuple[np.ndarray, str]:
+    """2-D coordinates of the latent means of x, and how they were obtained (`seed`: the projection's)."""
+    mu = family.encode(x).cpu().double().numpy()
     if mu.shape[1] <= 2:
         return (mu if mu.shape[1] == 2 else np.hstack([mu, np.zeros_like(mu)])), "latent means"
     if method == "tsne":
@@ -56,9 +56,3 @@ def latent_map(family: Family, x: torch.Tensor, method: str, seed: int) -> tuple
     explained = pca.explained_variance_ratio_.sum()
     return pca.transform(mu), f"PCA of latent means ({explained:.0%} of variance)"
 
-
-def class_frequencies(classifier: DomainClassifier, images: torch.Tensor) -> np.ndarray:
-    """Fraction of images the domain classifier assigns to each class (a mode-collapse indicator)."""
-    probs = embed(classifier, images)[1]
-    counts = torch.bincount(probs.argmax(1), minlength=probs.shape[1])
-    return (counts.double() / len(images)).numpy()

@@ -1,4 +1,5 @@
-"""Gaussian diffusion math (seed 003; Ho et al. 2020, Nichol & Dhariwal 2021, Song et al. 2021).
+"""The Gaussian diffusion process (seed 003; Ho et al. 2020, Nichol & Dhariwal 2021, Song et al. 2021):
+its schedule, training loss, samplers and variational bound, for any network ε̂/v̂(x_t, t).
 
 Data x_0 live in [-1, 1]. The forward process adds noise in T steps,
 q(x_t | x_{t-1}) = N(sqrt(1 - β_t) x_{t-1}, β_t I), so that in closed form
@@ -12,8 +13,11 @@ and x_{t-1} = x_0 needs no special case. Likelihood terms are nats per image (su
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from genlab.models.likelihoods import discretized_gaussian_log_prob, kl_standard_normal
 
@@ -157,3 +161,116 @@ class Schedule:
         ab_t, ab_s = self.alpha_bar64[t].item(), self.alpha_bar64[s].item()
         var = eta**2 * (1 - ab_s) / (1 - ab_t) * (1 - ab_t / ab_s)
         return math.sqrt(ab_s), math.sqrt(max(1 - ab_s - var, 0.0)), math.sqrt(var)
+
+
+Prediction = Literal["eps", "v"]
+
+
+class GaussianDiffusion:
+    """Schedule + prediction type + loss + samplers + bound; the denoising network is an argument of
+    each method, so a U-Net, its EMA copy or a transformer denoiser use the same process.
+
+    Data x_0 are in [-1, 1]. Every random draw takes the caller's generator.
+    """
+
+    def __init__(self, kind: str, timesteps: int, prediction: Prediction, device: torch.device):
+        self.schedule = Schedule(kind, timesteps, device)
+        self.timesteps = timesteps
+        self.prediction = prediction
+
+    @staticmethod
+    def _full(n: int, t: int, device: torch.device) -> torch.Tensor:
+        return torch.full((n,), t, device=device, dtype=torch.long)
+
+    @staticmethod
+    def noise(like: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        return torch.randn(like.shape, generator=gen, device=like.device, dtype=like.dtype)
+
+    def predict_x0(self, net: nn.Module, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x̂_0 from the network's ε or v output, clipped to the data range [-1, 1].
+
+        Clipping only moves x̂_0 towards any x_0 in [-1, 1], so it cannot loosen the bound, and it keeps
+        few-step samplers from drifting out of range (Ho et al. clip the same way when sampling).
+        """
+        out = net(xt, t)
+        if self.prediction == "eps":
+            x0 = self.schedule.x0_from_eps(xt, t, out)
+        else:
+            x0 = self.schedule.x0_from_v(xt, t, out)
+        return x0.clamp(-1, 1)
+
+    def loss(self, net: nn.Module, x0: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """L_simple: MSE per pixel between the network output and its ε (or v) target, t ~ U{1..T}."""
+        t = torch.randint(1, self.timesteps + 1, (len(x0),), generator=gen, device=x0.device)
+        eps = self.noise(x0, gen)
+        xt = self.schedule.q_sample(x0, t, eps)
+        target = eps if self.prediction == "eps" else self.schedule.v_from_x0_eps(x0, t, eps)
+        return F.mse_loss(net(xt, t), target)
+
+    # --- samplers -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def ddpm_sample(self, net: nn.Module, x_T: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Ancestral sampling through all T steps: x_{t-1} ~ N(μ̃(x̂_0, x_t), β̃_t I)."""
+        x = x_T
+        for t in range(self.timesteps, 0, -1):
+            tt = self._full(len(x), t, x.device)
+            mean, var, _ = self.schedule.q_posterior(self.predict_x0(net, x, tt), x, tt)
+            if t > 1:  # β̃_1 = 0: the last step returns the mean
+                mean = mean + var.sqrt() * self.noise(x, gen)
+            x = mean
+        return x
+
+    @torch.no_grad()
+    def ddim_sample(
+        self,
+        net: nn.Module,
+        x_T: torch.Tensor,
+        steps: int,
+        eta: float,
+        gen: torch.Generator | None,
+        return_trajectory: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """DDIM (Song et al. 2021) on `steps` evenly spaced timesteps from T to 0.
+
+        η = 0 is deterministic (gen unused); steps = T with η = 1 is ancestral DDPM with variance β̃_t,
+        drawing the same noise from `gen` as `ddpm_sample`. With `return_trajectory`, also returns the
+        chain's states x_T, ..., x_0 stacked as (steps + 1, N, C, H, W).
+        """
+        x, states = x_T, [x_T]
+        times = self.schedule.ddim_times(steps)
+        for t, s in zip(times[:-1], times[1:]):
+            tt = self._full(len(x), t, x.device)
+            x0 = self.predict_x0(net, x, tt)
+            eps = self.schedule.eps_from_x0(x, tt, x0)  # consistent with the clipped x̂_0
+            a, b, sigma = self.schedule.ddim_coefficients(t, s, eta)
+            x = a * x0 + b * eps
+            if sigma > 0:
+                x = x + sigma * self.noise(x, gen)
+            if return_trajectory:
+                states.append(x)
+        return (x, torch.stack(states)) if return_trajectory else x
+
+    # --- the bound ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def bound_terms(
+        self, net: nn.Module, x0: torch.Tensor, strata: int, levels: int, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-image (prior, diffusion, decoder) terms of the negative variational bound, nats, float64.
+
+        The decoder term L_0 (t = 1) is always evaluated; the T - 1 denoising KLs t = 2..T are split
+        into `strata` contiguous strata of (nearly) equal size, one t drawn uniformly per stratum and
+        image, its KL weighted by the stratum's size: an unbiased estimate of their sum. With
+        strata = T - 1 every KL is evaluated once. Each term uses one draw of x_t ~ q(x_t | x_0).
+        `levels` is the number of values a pixel takes (the decoder's discretisation grid).
+        """
+        n, s = len(x0), self.schedule
+        t1 = self._full(n, 1, x0.device)
+        x1 = s.q_sample(x0, t1, self.noise(x0, gen))
+        decoder = s.decoder_nll(x0, self.predict_x0(net, x1, t1), levels)
+        diffusion = torch.zeros(n, device=x0.device, dtype=torch.float64)
+        edges = [2 + (j * (self.timesteps - 1)) // strata for j in range(strata + 1)]
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            t = torch.randint(lo, hi, (n,), generator=gen, device=x0.device)
+            x0_pred = self.predict_x0(net, s.q_sample(x0, t, self.noise(x0, gen)), t)
+            diffusion += (hi - lo) * s.denoising_kl(x0, x0_pred, t).double()
+        return s.prior_kl(x0).double(), diffusion, decoder.double()

@@ -1,0 +1,189 @@
+"""Declaring params.yaml keys: type (the annotation), default, allowed range and the stages that read it.
+
+    @dataclass(frozen=True)
+    class VAEConfig:
+        latent_dim: int = key(20, at_least(1))
+        iw_samples: int = key(1000, at_least(1), stages=("evaluate",))
+
+One declaration drives validation (`build`), the error messages, DVC's view of which stage reads which
+key (`view`) and the reference in docs/params.md (`reference`). A section class may set `STAGES`, the
+stages that read its keys unless a key says otherwise, and `check()`, for rules across its keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import field
+from typing import Any, Callable, Literal
+
+from genlab.errors import ConfigError
+
+STAGES = ("download", "classifier", "train", "evaluate", "sample")
+
+Check = tuple[Callable[[Any], bool], str]  # (predicate, what is allowed)
+
+
+def key(default: Any, check: Check | None = None, *, stages: tuple[str, ...] | None = None, doc: str = "") -> Any:
+    """A params key: its default, an optional range check and the stages that read it (None: the section's)."""
+    metadata = {"check": check, "stages": stages, "doc": doc}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def at_least(low: int | float) -> Check:
+    kind = "an integer" if isinstance(low, int) else "a number"
+    return (lambda v: v >= low), f"{kind} >= {low:g}"
+
+
+def positive() -> Check:
+    return (lambda v: v > 0), "a number > 0"
+
+
+def in_unit(closed_low: bool = False) -> Check:
+    if closed_low:
+        return (lambda v: 0 <= v < 1), "a number in [0, 1)"
+    return (lambda v: 0 < v < 1), "a number in (0, 1)"
+
+
+def optional(check: Check) -> Check:
+    pred, allowed = check
+    return (lambda v: v is None or pred(v)), f"{allowed} or null"
+
+
+def positive_list() -> Check:
+    return (lambda v: len(v) >= 1 and min(v) >= 1), "a non-empty list of positive integers"
+
+
+def describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin is typing.Union:
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return describe(inner[0]) + " or null"
+    if origin is list:
+        return f"a list of {typing.get_args(tp)[0].__name__}"
+    return {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}[tp]
+
+
+def coerce(name: str, value: Any, tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    bad = ConfigError(f"params key '{name}' = {value!r} is invalid: expected {describe(tp)}")
+    if origin is Literal:
+        if value in typing.get_args(tp) and type(value) is type(typing.get_args(tp)[0]):
+            return value
+        raise bad
+    if origin is typing.Union:
+        return None if value is None else coerce(name, value, typing.get_args(tp)[0])
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        return [coerce(f"{name}[{i}]", v, typing.get_args(tp)[0]) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        # YAML reads '1e-3' as a string; accept numeric strings, since that is what users write.
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise bad
+        try:
+            number = float(value)
+        except ValueError:
+            raise bad from None
+        # inf would pass open-ended ranges (lr > 0) and NaN fails them only by accident of how it compares.
+        if not math.isfinite(number):
+            raise bad
+        return number
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    raise TypeError(f"unsupported config type {tp!r}")  # a bug in a section declaration, not user input
+
+
+def missing(cls: type, raw: dict[str, Any], prefix: str = "") -> list[str]:
+    """Declared keys absent from `raw`, in declaration order (a whole absent section is named once)."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if f.name not in raw:
+            out.append(prefix + f.name)
+        elif dataclasses.is_dataclass(hints[f.name]) and isinstance(raw[f.name], dict):
+            out += missing(hints[f.name], raw[f.name], f"{prefix}{f.name}.")
+    return out
+
+
+def build(cls: type, raw: Any, prefix: str, require_all: bool) -> Any:
+    """A section instance from `raw`: unknown keys, wrong types, missing keys (if required), ranges are errors."""
+    where = prefix.rstrip(".") or "<root>"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params key '{where}' must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown params key(s) {', '.join(prefix + k for k in unknown)}; allowed under '{where}': {', '.join(fields)}"
+        )
+    absent = missing(cls, raw, prefix) if require_all else []
+    if absent:
+        raise ConfigError(
+            f"params key(s) missing: {', '.join(absent)}: every key must be set in params.yaml "
+            "(see the committed one for each key's meaning and default)"
+        )
+    values = {}
+    for name in (n for n in fields if n in raw):
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            values[name] = build(tp, raw[name], f"{prefix}{name}.", require_all=False)  # checked above
+        else:
+            values[name] = coerce(prefix + name, raw[name], tp)
+    section = cls(**values)
+    for name, f in fields.items():
+        check = f.metadata.get("check")
+        if check and not check[0](getattr(section, name)):
+            raise ConfigError(f"params key '{prefix}{name}' = {getattr(section, name)!r} is out of range: expected {check[1]}")
+    if hasattr(section, "check"):
+        section.check(prefix)
+    return section
+
+
+def view(section: Any, stage: str, default_stages: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The keys of `section` that `stage` reads, as a nested dict (sub-sections recurse; empty ones are dropped)."""
+    out: dict[str, Any] = {}
+    own = getattr(section, "STAGES", default_stages)
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if dataclasses.is_dataclass(value):
+            sub = view(value, stage, own)
+            if sub:
+                out[f.name] = sub
+        elif stage in (f.metadata.get("stages") or own):
+            out[f.name] = value
+    return out
+
+
+def reference(cls: type, prefix: str = "", default_stages: tuple[str, ...] = ()) -> list[tuple[str, str, str, str, str]]:
+    """(key, type, default, stages, doc) per key, for docs/params.md."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    own = getattr(cls, "STAGES", default_stages)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += reference(tp, f"{prefix}{f.name}.", own)
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        check = f.metadata.get("check")
+        allowed = check[1] if check else describe(tp)
+        stages = ", ".join(f.metadata.get("stages") or own)
+        rows.append((prefix + f.name, allowed, repr(default), stages, f.metadata.get("doc", "")))
+    return rows

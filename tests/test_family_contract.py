@@ -1,0 +1,135 @@
+"""One contract test over every registered family: what the loop and the stages rely on.
+
+Each family gets its tiny row from tests/families.py; registering a family without one fails here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from families import TINY_FAMILIES, Stepper, make_family
+
+from genlab.models import FAMILIES
+from genlab.models.base import Encoder, ExtraFigures, Reconstructor
+
+NAMES = sorted(FAMILIES)
+SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def weights(family) -> dict[str, list[torch.Tensor]]:
+    return {k: [p.detach().clone() for p in m.parameters()] for k, m in family.modules.items()}
+
+
+def moved(before, family) -> set[str]:
+    return {k for k, m in family.modules.items() if any(not torch.equal(a, b) for a, b in zip(before[k], m.parameters()))}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny networks: a busy CPU's thread pool would cost more than their compute."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_every_registered_family_has_a_tiny_config_and_a_config_class():
+    assert set(TINY_FAMILIES) == set(FAMILIES)
+    for name, cls in FAMILIES.items():
+        assert cls.name == name and cls.config_class.STAGES == ("train",)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_train_step_moves_every_network_and_eval_step_moves_none(name):
+    family = make_family(name)
+    x, step = torch.rand(16, 1, 8, 8), Stepper(family)
+    before = weights(family)
+    family.train(False)
+    out = family.eval_step(x, 1, gen(0))
+    assert moved(before, family) == set(), "eval_step changed weights"
+    assert set(out) <= set(family.metric_names)
+    for i in range(6):  # enough steps for families that update some networks only every few steps
+        metrics = step(x, gen(i))
+    assert moved(before, family) == set(family.modules), f"not every network trained: {moved(before, family)}"
+    assert list(metrics) == list(family.metric_names)
+    assert all(v.dim() == 0 and not v.requires_grad and math.isfinite(v.item()) for v in metrics.values())
+    assert set(family.curves) - {"domain_fid"} <= set(family.metric_names)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_optimizers_cover_every_trainable_parameter_once(name):
+    family = make_family(name)
+    specs = family.optimizers()
+    owned = [id(p) for spec in specs.values() for p in spec.params]
+    trainable = {id(p) for m in family.modules.values() for p in m.parameters() if p.requires_grad}
+    assert len(owned) == len(set(owned)) and set(owned) == trainable
+    assert set(family.ema_of) <= set(specs)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_samples_generate_and_snapshots_are_images_in_unit_range(name, shape):
+    family = make_family(name, shape=shape, levels=256)
+    family.train(False)
+    z = family.prior(3, gen(1))
+    images = family.generate(z)
+    assert images.shape == (3, *shape) and images.min() >= 0 and images.max() <= 1
+    torch.testing.assert_close(family.generate(z), images, rtol=0, atol=0)  # deterministic in z
+    a, b = family.sample(3, gen(2)), family.sample(3, gen(2))
+    assert torch.equal(a, b) and not torch.equal(a, family.sample(3, gen(3)))
+    for key, batch in family.snapshot(torch.rand(4, *shape), gen(4)).items():
+        assert batch.shape[1:] == shape and batch.min() >= 0 and batch.max() <= 1, key
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declared_capabilities_work(name):
+    family = make_family(name)
+    family.train(False)
+    x = torch.rand(5, 1, 8, 8)
+    if isinstance(family, Encoder):
+        z = family.encode(x)
+        assert z.dim() == 2 and len(z) == 5 and family.generate(z).shape == x.shape
+    if isinstance(family, Reconstructor):
+        assert family.reconstruct(x).shape == x.shape
+        pairs = family.paired_reconstructions(x)
+        assert pairs.shape == (10, 1, 8, 8) and torch.equal(pairs[0::2], x)
+    if isinstance(family, ExtraFigures):
+        assert callable(family.figures)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_test_metrics_are_finite_numbers(name):
+    family = make_family(name)
+    family.train(False)
+    metrics = family.test_metrics([torch.rand(6, 1, 8, 8), torch.rand(4, 1, 8, 8)], gen(5))
+    assert metrics and all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_state_round_trip_gives_identical_outputs(name):
+    a, b = make_family(name, seed=1), make_family(name, seed=2)
+    step = Stepper(a)
+    for i in range(3):
+        step(torch.rand(8, 1, 8, 8, generator=gen(10 + i)), gen(i))
+    b.load_state_dict(a.state_dict())
+    a.train(False), b.train(False)
+    torch.testing.assert_close(a.sample(4, gen(6)), b.sample(4, gen(6)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_seeds_give_identical_training(name):
+    def run():
+        family = make_family(name, seed=3)
+        step, g = Stepper(family), gen(7)
+        losses = [{k: v.item() for k, v in step(torch.rand(8, 1, 8, 8, generator=gen(i)), g).items()} for i in range(3)]
+        family.train(False)
+        return losses, family.sample(2, gen(8))
+
+    (l1, s1), (l2, s2) = run(), run()
+    assert l1 == l2 and torch.equal(s1, s2)
