@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | md5sum | cut -c1-12)
 ACTIVATE := source $(VENV)/bin/activate
 
-.PHONY: setup run test repro-check expected lock ui
+.PHONY: setup run test lint repro-check expected lock ui
 
 setup: $(STAMP)
 
@@ -23,10 +23,15 @@ $(STAMP): requirements.lock pyproject.toml
 run: setup
 	$(ACTIVATE) && dvc repro
 
-# The test suite. pytest's exit code 5 (nothing collected) is reported as a failure, never as a pass.
-test: setup
+# Lint and format checks, then the test suite. pytest's exit code 5 (nothing collected) is reported as
+# a failure, never as a pass.
+test: setup lint
 	@$(ACTIVATE) && { python -m pytest $(PYTEST_ARGS); rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating this as a failure"; exit 1; fi; exit $$rc; }
+
+# ruff: lint and format check (`ruff check --fix . && ruff format .` mends most of what it reports).
+lint: setup
+	$(ACTIVATE) && ruff check . && ruff format --check .
 
 # Rerun the committed default experiment: bit-exact against the committed metrics/ on the same machine kind
 # (else two reruns here), and inside the seed bands of metrics/expected.json on any machine.

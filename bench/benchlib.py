@@ -7,10 +7,13 @@ from pathlib import Path
 
 import torch
 
-from genlab.config import Config
+from genlab.config import Config, stage_view
 from genlab.data import PreparedData, load_prepared, prepare
 from genlab.errors import CheckpointError
+from genlab.models import DataSpec, Family, build_family
 from genlab.quality.classifier import DomainClassifier, load_classifier, save_classifier, train_classifier
+from genlab.runtime import seed_everything, stream
+from genlab.training import NullTracker, fit, image_source, input_levels, resume_key
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -30,7 +33,41 @@ def classifier_for(data: PreparedData, cfg: Config, device: torch.device) -> Dom
     except CheckpointError:
         began = time.perf_counter()
         model, metrics = train_classifier(cfg, data, device)
-        save_classifier(model, path, cfg.to_dict(), data.checksum, metrics)
-        print(f"domain classifier: test accuracy {metrics['test']['accuracy']:.4f} "
-              f"({time.perf_counter() - began:.0f} s, cached in {path})")
+        save_classifier(model, path, stage_view(cfg, "classifier"), data.checksum, metrics)
+        print(
+            f"domain classifier: test accuracy {metrics['test']['accuracy']:.4f} "
+            f"({time.perf_counter() - began:.0f} s, cached in {path})"
+        )
         return load_classifier(path, device, data_md5=data.checksum)
+
+
+def build(cfg: Config, data: PreparedData, device: torch.device) -> Family:
+    """cfg's family for `data`, initialised as the train stage does."""
+    seed_everything(cfg.seed, "model_init")
+    spec = DataSpec(data.image_shape, input_levels(data, cfg.data.binarize))
+    return build_family(cfg.model.family, cfg.family, spec, device)
+
+
+def train(cfg: Config, data: PreparedData, family: Family) -> list[dict]:
+    """What `dvc repro train` does, minus MLflow and checkpoints; returns the history."""
+    key = resume_key(stage_view(cfg, "train"))
+    return fit(
+        family,
+        image_source(data, cfg.data.binarize),
+        cfg.train,
+        cfg.seed,
+        key=key,
+        checkpoint_path=None,
+        tracker=NullTracker(),
+    )
+
+
+def test_metrics(cfg: Config, data: PreparedData, family: Family, n: int | None = None, batch_size: int = 256) -> dict:
+    """The family's test numbers on the first n test images, as stages/evaluate.py computes them."""
+    family.train(False)
+    source, gen = image_source(data, cfg.data.binarize), stream(cfg.seed, "test_noise", family.device)
+    test = data.test.images[: n or len(data.test)]
+    batches = (
+        source.to_input(test[i : i + batch_size].to(family.device), gen) for i in range(0, len(test), batch_size)
+    )
+    return family.test_metrics(batches, gen)

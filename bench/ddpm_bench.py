@@ -22,27 +22,28 @@ import sys
 import time
 
 import torch
+from benchlib import build, classifier_for, prepared, test_metrics, train
 
-from benchlib import classifier_for, prepared
 from genlab.config import config_from_dict
-from genlab.models import build_family
+from genlab.models import DataSpec, build_family
 from genlab.quality.scoring import domain_scores, real_pair, sample_in_batches
-from genlab.runtime import generator, resolve_device, seed_everything
-from genlab.training import NullTracker, fit
+from genlab.runtime import resolve_device, seed_everything, stream
+from genlab.training import Optimisation
 
 SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28)}
 
 
 def make_config(args, dataset: str, epochs: int):
-    return config_from_dict({
-        "seed": 0,
-        "device": args.device,
-        "data": {"name": dataset, "root": "bench/out/data", "mirror": args.mirror if dataset == "mnist" else None},
-        "model": {"family": "ddpm"},
-        "train": {"epochs": max(epochs, 1), "batch_size": 64, "lr": args.lr, "lr_schedule": "constant"},
-        "evaluate": {"bound_strata": args.bound_strata},
-        "sample": {"steps": args.sample_steps},
-    })
+    return config_from_dict(
+        {
+            "seed": 0,
+            "device": args.device,
+            "data": {"name": dataset, "root": "bench/out/data", "mirror": args.mirror if dataset == "mnist" else None},
+            "model": {"family": "ddpm"},
+            "ddpm": {"lr": args.lr, "bound_strata": args.bound_strata, "sampler_steps": args.sample_steps},
+            "train": {"epochs": max(epochs, 1), "batch_size": 64, "lr_schedule": "constant"},
+        }
+    )
 
 
 def timed(fn, repeats: int) -> float:
@@ -59,53 +60,59 @@ def timed(fn, repeats: int) -> float:
 def speed(args, device) -> None:
     for dataset, shape in SHAPES.items():
         cfg = make_config(args, dataset, 1)
-        seed_everything(cfg.seed)
-        family = build_family(cfg, shape, 256, device)
-        gen = generator(device, 0)
+        seed_everything(cfg.seed, "model_init")
+        family = build_family("ddpm", cfg.ddpm, DataSpec(shape, 256), device)
+        update = Optimisation(family, cfg.train).update
+        gen = stream(cfg.seed, "bench", device)
         x = torch.rand(64, *shape, device=device)
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-        train = timed(lambda: (family.train_step(x, 0, gen), sync()), 10)
+        seconds = timed(lambda: (family.train_step(x, 1, gen, update), sync()), 10)  # noqa: B023 (called at once)
         params = sum(p.numel() for p in family.unet.parameters())
-        print(f"speed {dataset} {shape}: U-Net {params / 1e6:.2f}M params; training {64 / train:.0f} images/s")
+        print(f"speed {dataset} {shape}: U-Net {params / 1e6:.2f}M params; training {64 / seconds:.0f} images/s")
         family.train(False)
         for steps in (10, 50, 1000):
             n = 64 if steps <= 50 or device.type == "cuda" else 8  # 1000 CPU steps: a smaller batch
             z = family.prior(n, gen)
-            seconds = timed(lambda: (family.ddim_sample(z, steps, 0.0, None), sync()), 1 if steps == 1000 else 3)
+
+            def sample(z=z, steps=steps):
+                family.process.ddim_sample(family.ema, z, steps, 0.0, None)  # noqa: B023 (called at once)
+                sync()  # noqa: B023
+
+            seconds = timed(sample, 1 if steps == 1000 else 3)
             print(f"speed {dataset}: sampling {steps:>4} steps: {n / seconds:.2f} images/s (batch {n})")
 
 
 def quality(args, device, dataset: str, epochs: int) -> None:
     cfg = make_config(args, dataset, epochs)
     data = prepared(cfg)
-    seed_everything(cfg.seed)
     classifier = classifier_for(data, cfg, device)
-    family = build_family(cfg, data.image_shape, data.levels, device)
+    family = build(cfg, data, device)
     began = time.perf_counter()
-    fit(family, data, cfg, checkpoint_path=None, tracker=NullTracker())
+    train(cfg, data, family)
     train_s = time.perf_counter() - began
-    family.train(False)
-    family.configure_sampling(cfg.sample)
 
     n_test = min(args.mnist_test if dataset == "mnist" else len(data.test), len(data.test))
-    test_u8, bs, gen = data.test.images[:n_test], 256, generator(device, cfg.seed + 3)
-    batches = (data.to_unit(test_u8[i : i + bs].to(device)) for i in range(0, n_test, bs))
-    bound = family.test_metrics(batches, gen, cfg)
+    bound = test_metrics(cfg, data, family, n_test)
     n = min(args.num_samples, len(data.test))
     began = time.perf_counter()
-    generated = sample_in_batches(family.sample, n, generator(device, cfg.seed + 5), 250)
+    generated = sample_in_batches(family.sample, n, stream(cfg.seed, "eval_samples", device), 250)
     sample_s = time.perf_counter() - began
-    test, train = real_pair(data, n, cfg.seed + 6)
-    scores = domain_scores(classifier, generated, test, train)
+    test, train_images = real_pair(data, n, stream(cfg.seed, "real_train_pick"))
+    scores = domain_scores(classifier, generated, test, train_images)
     steps = epochs * math.ceil(len(data.train) / 64)
-    print(f"quality {dataset}: {epochs} epochs = {steps} steps ({train_s:.0f} s); bound on {n_test} test images, "
-          f"{bound['bound_strata']} strata: {bound['bpd']:.3f} ± {bound['bpd_stderr']:.3f} bits/dim "
-          f"(prior {bound['prior_bpd']:.4f} + diffusion {bound['diffusion_bpd']:.3f} + decoder {bound['decoder_bpd']:.4f}; "
-          f"uniform {math.log2(data.levels):.2f})")
-    print(f"quality {dataset}: {n} DDIM samples, {args.sample_steps} steps ({sample_s:.0f} s): domain FID "
-          f"{scores['domain_fid']:.2f} (floor {scores['domain_fid_floor']:.2f}), IS {scores['domain_is']:.2f} "
-          f"(real {scores['domain_is_real']:.2f}), precision {scores['precision']:.3f}, recall {scores['recall']:.3f}, "
-          f"density {scores['density']:.3f}, coverage {scores['coverage']:.3f}")
+    print(
+        f"quality {dataset}: {epochs} epochs = {steps} steps ({train_s:.0f} s); bound on {n_test} test images, "
+        f"{bound['bound_strata']} strata: {bound['bpd']:.3f} ± {bound['bpd_stderr']:.3f} bits/dim "
+        f"(prior {bound['prior_bpd']:.4f} + diffusion {bound['diffusion_bpd']:.3f} "
+        f"+ decoder {bound['decoder_bpd']:.4f}; "
+        f"uniform {math.log2(data.levels):.2f})"
+    )
+    print(
+        f"quality {dataset}: {n} DDIM samples, {args.sample_steps} steps ({sample_s:.0f} s): domain FID "
+        f"{scores['domain_fid']:.2f} (floor {scores['domain_fid_floor']:.2f}), IS {scores['domain_is']:.2f} "
+        f"(real {scores['domain_is_real']:.2f}), precision {scores['precision']:.3f}, recall {scores['recall']:.3f}, "
+        f"density {scores['density']:.3f}, coverage {scores['coverage']:.3f}"
+    )
 
 
 def main() -> None:
@@ -119,7 +126,9 @@ def main() -> None:
     parser.add_argument("--sample-steps", type=int, default=50)
     parser.add_argument("--num-samples", type=int, default=2000)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--mirror", default="../shared/datasets/mnist", help="directory holding the four MNIST .gz files")
+    parser.add_argument(
+        "--mirror", default="../shared/datasets/mnist", help="directory holding the four MNIST .gz files"
+    )
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # the log is read while the run is under way
     device = resolve_device(args.device)

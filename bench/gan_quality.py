@@ -22,65 +22,73 @@ import sys
 import time
 
 import torch
+from benchlib import build, classifier_for, prepared, train
 
-from benchlib import classifier_for, prepared
-from genlab.config import GAN_LOSSES, config_from_dict
-from genlab.models import build_family
+from genlab.config import config_from_dict
+from genlab.models.gan_losses import LOSSES
 from genlab.quality.scoring import domain_scores, inception_fid, real_pair, sample_in_batches
-from genlab.runtime import generator, resolve_device, seed_everything
-from genlab.training import NullTracker, fit
+from genlab.runtime import resolve_device, stream
 
 ANCHORS = {"bce": 6.8, "lsgan": 7.8, "wgan-gp": 20.3}  # Lucic et al. 2018, Inception FID, best of a large search
 
 
 def make_config(args, loss: str):
-    return config_from_dict({
-        "seed": 0,
-        "device": args.device,
-        "data": {"name": "mnist", "root": "bench/out/data", "mirror": args.mirror},
-        "model": {"family": "gan"},
-        "gan": {"loss": loss, "width": args.width, "eval_every": 0},
-        "train": {"epochs": args.epochs, "batch_size": 64, "lr_schedule": "constant"},
-    })
+    return config_from_dict(
+        {
+            "seed": 0,
+            "device": args.device,
+            "data": {"name": "mnist", "root": "bench/out/data", "mirror": args.mirror},
+            "model": {"family": "gan"},
+            "gan": {"loss": loss, "width": args.width, "eval_every": 0},
+            "train": {"epochs": args.epochs, "batch_size": 64, "lr_schedule": "constant"},
+        }
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--width", type=int, default=32, help="gan.width (64 = DCGAN; 32 keeps CPU epochs in minutes)")
-    parser.add_argument("--losses", nargs="+", default=["bce", "wgan-gp", "lsgan", "hinge"], choices=GAN_LOSSES)
+    parser.add_argument("--losses", nargs="+", default=["bce", "wgan-gp", "lsgan", "hinge"], choices=LOSSES)
     parser.add_argument("--num-samples", type=int, default=10000)
     parser.add_argument("--inception", action="store_true", help="also the Inception-v3 FID (slow on CPU)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--mirror", default="../shared/datasets/mnist", help="directory holding the four MNIST .gz files")
+    parser.add_argument(
+        "--mirror", default="../shared/datasets/mnist", help="directory holding the four MNIST .gz files"
+    )
     args = parser.parse_args()
     sys.stdout.reconfigure(line_buffering=True)  # the log is read while the run is under way
 
     base = make_config(args, "bce")
     data = prepared(base)
-    seed_everything(base.seed)
     device = resolve_device(args.device)
-    print(f"torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, device {device}; "
-          f"MNIST train {len(data.train)}, {args.epochs} epochs, batch 64, width {args.width}")
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, device {device}; "
+        f"MNIST train {len(data.train)}, {args.epochs} epochs, batch 64, width {args.width}"
+    )
     classifier = classifier_for(data, base, device)
     n = min(args.num_samples, len(data.test))
-    test, train = real_pair(data, n, base.seed + 6)
+    test, train_images = real_pair(data, n, stream(base.seed, "real_train_pick"))
 
     rows = []
     for loss in args.losses:
         cfg = make_config(args, loss)
-        seed_everything(cfg.seed)
-        family = build_family(cfg, data.image_shape, data.levels, device)
+        family = build(cfg, data, device)
         began = time.perf_counter()
-        history = fit(family, data, cfg, checkpoint_path=None, tracker=NullTracker())
+        history = train(cfg, data, family)
         seconds = time.perf_counter() - began
         family.train(False)
-        generated = sample_in_batches(family.sample, n, generator(device, cfg.seed + 5), 500)
-        scores = domain_scores(classifier, generated, test, train)
+        generated = sample_in_batches(family.sample, n, stream(cfg.seed, "eval_samples", device), 500)
+        scores = domain_scores(classifier, generated, test, train_images)
         if args.inception:
-            scores.update(inception_fid(generated, test, train, None, device))
-        scores.update(loss=loss, g_steps=family.ema.num_updates.item(), seconds=seconds,
-                      d_loss=history[-1]["train_d_loss"], g_loss=history[-1]["train_g_loss"])
+            scores.update(inception_fid(generated, test, train_images, None, device))
+        scores.update(
+            loss=loss,
+            g_steps=family.ema.num_updates.item(),
+            seconds=seconds,
+            d_loss=history[-1]["train_d_loss"],
+            g_loss=history[-1]["train_g_loss"],
+        )
         rows.append(scores)
         print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in scores.items()))
 
@@ -91,12 +99,19 @@ def main() -> None:
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for r in rows:
-        cells = [r["loss"], r["g_steps"], f"{r['domain_fid']:.2f}", f"{r['domain_fid_floor']:.2f}", f"{r['domain_is']:.2f}"]
+        cells = [
+            r["loss"],
+            r["g_steps"],
+            f"{r['domain_fid']:.2f}",
+            f"{r['domain_fid_floor']:.2f}",
+            f"{r['domain_is']:.2f}",
+        ]
         cells += [f"{r[k]:.3f}" for k in ("precision", "recall", "density", "coverage")]
         if args.inception:
             cells += [f"{r['inception_fid']:.1f}", ANCHORS.get(r["loss"], "-")]
         cells.append(f"{r['seconds']:.0f}")
         print("| " + " | ".join(map(str, cells)) + " |")
+
 
 if __name__ == "__main__":
     main()

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 import torch
-
 from benchlib import OUT, prepared
+
 from genlab.config import config_from_dict
 from genlab.quality.classifier import build_classifier, num_classes
 from genlab.quality.reconstruction import psnr, ssim
@@ -38,15 +38,17 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     device = torch.device(args.device)
-    print(f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, device {device}")
+    print(
+        f"machine: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, device {device}"
+    )
 
     cfg = config_from_dict({"data": {"name": "mnist", "mirror": str(args.mirror), "root": str(OUT / "data")}})
     data = prepared(cfg)
     n = min(args.n, len(data.test))
     torch.manual_seed(0)
     classifier = build_classifier(cfg.classifier, data.image_shape, num_classes(data), data.max_value).to(device).eval()
-    test, train = real_pair(data, n, seed=1)
+    test, train = real_pair(data, n, torch.Generator().manual_seed(1))
     generated = (test + 0.1 * torch.randn(test.shape, generator=torch.Generator().manual_seed(2))).clamp(0, 1)
 
     began = time.perf_counter()

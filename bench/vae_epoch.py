@@ -27,14 +27,14 @@ import torch
 import torch.nn.functional as F
 import torchvision
 import torchvision.transforms as transforms
+from benchlib import build, train
 from torch import nn
 from torch.utils.data import DataLoader
 
 from genlab.config import config_from_dict
 from genlab.data import load_prepared, prepare
-from genlab.models import build_family
-from genlab.runtime import resolve_device, seed_everything
-from genlab.training import NullTracker, batch_transform, fit, input_levels
+from genlab.runtime import resolve_device
+from genlab.training import Optimisation, image_source
 
 WARMUP_BATCHES = 20
 
@@ -81,7 +81,12 @@ class SeedVAE(nn.Module):
         self.fc_mu = nn.Linear(256, latent_dim)
         self.fc_logvar = nn.Linear(256, latent_dim)
         self.decoder = nn.Sequential(
-            nn.Linear(latent_dim, 256), nn.ReLU(), nn.Linear(256, 512), nn.ReLU(), nn.Linear(512, input_dim), nn.Sigmoid()
+            nn.Linear(latent_dim, 256),
+            nn.ReLU(),
+            nn.Linear(256, 512),
+            nn.ReLU(),
+            nn.Linear(512, input_dim),
+            nn.Sigmoid(),
         )
 
     def forward(self, x):
@@ -130,17 +135,17 @@ def reference_epoch(root: str, device: torch.device) -> tuple[float, int]:
 # --- genlab ---------------------------------------------------------------------------------
 def genlab_epoch(cfg, data, device: torch.device) -> tuple[float, list, object]:
     # Warm-up on a throwaway model so that the timed model starts exactly as `dvc repro train` would.
-    warm = build_family(cfg, data.image_shape, input_levels(data, cfg), device)
-    transform, gen = batch_transform(data, cfg), torch.Generator(device=device).manual_seed(0)
+    warm = build(cfg, data, device)
+    update, gen = Optimisation(warm, cfg.train).update, torch.Generator(device=device).manual_seed(0)
+    to_input = image_source(data, cfg.data.binarize).to_input
     for i in range(WARMUP_BATCHES):
         u8 = data.train.images[i * 64 : (i + 1) * 64].to(device)
-        warm.train_step(transform(u8, gen), 0, gen)
+        warm.train_step(to_input(u8, gen), 1, gen, update)
 
-    seed_everything(cfg.seed)
-    family = build_family(cfg, data.image_shape, input_levels(data, cfg), device)
+    family = build(cfg, data, device)
     sync(device)
     began = time.perf_counter()
-    history = fit(family, data, cfg, checkpoint_path=None, tracker=NullTracker())
+    history = train(cfg, data, family)
     sync(device)
     return time.perf_counter() - began, history, family
 
@@ -148,26 +153,46 @@ def genlab_epoch(cfg, data, device: torch.device) -> tuple[float, list, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--mirror", default="../shared/datasets/mnist", help="directory holding the four MNIST .gz files")
+    parser.add_argument(
+        "--mirror", default="../shared/datasets/mnist", help="directory holding the four MNIST .gz files"
+    )
     parser.add_argument("--root", default="bench/out/data", help="download cache (torchvision layout)")
     parser.add_argument("--val-fraction", type=float, default=0.001)
     args = parser.parse_args()
 
     device = resolve_device(args.device)
-    cfg = config_from_dict({
-        "seed": 0,
-        "device": str(device),
-        "data": {"name": "mnist", "root": args.root, "mirror": args.mirror, "val_fraction": args.val_fraction, "binarize": "none"},
-        "vae": {"arch": "mlp", "hidden": [512, 256], "latent_dim": 20, "likelihood": "bernoulli", "beta": 1.0, "kl_warmup_epochs": 0},
-        "train": {"epochs": 1, "batch_size": 64, "lr": 1e-3, "lr_schedule": "constant"},
-    })
+    cfg = config_from_dict(
+        {
+            "seed": 0,
+            "device": str(device),
+            "data": {
+                "name": "mnist",
+                "root": args.root,
+                "mirror": args.mirror,
+                "val_fraction": args.val_fraction,
+                "binarize": "none",
+            },
+            "vae": {
+                "arch": "mlp",
+                "hidden": [512, 256],
+                "latent_dim": 20,
+                "likelihood": "bernoulli",
+                "beta": 1.0,
+                "kl_warmup_epochs": 0,
+                "lr": 1e-3,
+            },
+            "train": {"epochs": 1, "batch_size": 64, "lr_schedule": "constant"},
+        }
+    )
     prepared_dir = os.path.join("bench/out", f"prepared_mnist_val{args.val_fraction:g}")
     prepare(cfg, prepared_dir)  # also leaves the verified raw files where torchvision's MNIST reads them
     data = load_prepared(prepared_dir)
 
-    print(f"machine: {os.cpu_count()} logical cores, {cpu_model()}, torch {torch.__version__}, "
-          f"torchvision {torchvision.__version__}, {torch.get_num_threads()} torch threads, device {device}"
-          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    print(
+        f"machine: {os.cpu_count()} logical cores, {cpu_model()}, torch {torch.__version__}, "
+        f"torchvision {torchvision.__version__}, {torch.get_num_threads()} torch threads, device {device}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+    )
     print(f"load average before timing: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     peak = matmul_gflops(device)
     print(f"matmul 2048x2048 @ 2048x2048 fp32: {peak:.1f} GFLOP/s (best of 7)")
@@ -183,10 +208,14 @@ def main() -> None:
         ("genlab", ours_s, ours_n, f"fit, + {val_n} val images evaluated inside the timed epoch"),
     ):
         gflops = flops * n / seconds / 1e9
-        print(f"{name}: {n} train images in {seconds:.2f} s = {n / seconds:,.0f} img/s, "
-              f"{gflops:.1f} GFLOP/s = {gflops / peak:.1%} of matmul ({extra})")
-    print(f"genlab epoch scaled to 60,000 images: {ours_s * 60000 / ours_n:.2f} s; "
-          f"train loss {history[-1]['train_loss']:.2f} nats/image after 1 epoch")
+        print(
+            f"{name}: {n} train images in {seconds:.2f} s = {n / seconds:,.0f} img/s, "
+            f"{gflops:.1f} GFLOP/s = {gflops / peak:.1%} of matmul ({extra})"
+        )
+    print(
+        f"genlab epoch scaled to 60,000 images: {ours_s * 60000 / ours_n:.2f} s; "
+        f"train loss {history[-1]['train_loss']:.2f} nats/image after 1 epoch"
+    )
     print(f"speedup: {(ref_s / ref_n) / (ours_s / ours_n):.2f}")
 
 

@@ -9,8 +9,8 @@ import time
 
 from genlab import atomic, paths
 from genlab.config import load_config, stage_view
-from genlab.errors import exit_on_error
 from genlab.data import load_prepared
+from genlab.errors import exit_on_error
 from genlab.quality.classifier import save_classifier, train_classifier
 from genlab.runtime import resolve_device
 

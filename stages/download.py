@@ -2,8 +2,8 @@
 
 from genlab import paths
 from genlab.config import load_config
-from genlab.errors import exit_on_error
 from genlab.data import prepare
+from genlab.errors import exit_on_error
 
 
 def run() -> None:

@@ -16,20 +16,25 @@ from genlab.report import DEFAULT_METRICS, EXPERIMENT, build_report, to_markdown
 
 def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python stages/report.py", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n\n".join(__doc__.split("\n\n")[1:]),
+        prog="python stages/report.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]),
     )
     parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name (default: %(default)s)")
     parser.add_argument("--dataset", help="only runs with tag genlab.dataset = DATASET (digits, mnist, ...)")
     parser.add_argument("--family", help="only runs with tag genlab.family = FAMILY (vae, ...)")
     parser.add_argument("--dvc-exp", help="only runs with tag dvc.exp_name = DVC_EXP (%% is a wildcard)")
     parser.add_argument(
-        "--metrics", nargs="+", metavar="METRIC",
+        "--metrics",
+        nargs="+",
+        metavar="METRIC",
         help=f"metric names or patterns (default: {' '.join(DEFAULT_METRICS)})",
     )
     parser.add_argument("--out", default=str(paths.REPORTS_DIR), help="output folder (default: %(default)s)")
     parser.add_argument(
-        "--tracking-uri", default=None,
+        "--tracking-uri",
+        default=None,
         help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<main repo>/mlflow.db)",
     )
     return parser.parse_args(argv)
@@ -44,8 +49,13 @@ def run(argv=None) -> None:
 
         uri = tracking.tracking_uri()
     table = build_report(
-        uri, experiment=args.experiment, dataset=args.dataset, family=args.family,
-        dvc_exp=args.dvc_exp, metrics=args.metrics, out_dir=args.out,
+        uri,
+        experiment=args.experiment,
+        dataset=args.dataset,
+        family=args.family,
+        dvc_exp=args.dvc_exp,
+        metrics=args.metrics,
+        out_dir=args.out,
     )
     print(to_markdown(table), end="")
     print(f"{len(table)} run(s) from {uri} -> {args.out}/runs.csv, runs.md, runs.png")

@@ -2,11 +2,11 @@
 
     python stages/sample.py [--name NAME] [--family FAMILY]
 
-Every family: samples.png, interpolation_linear.png and interpolation_slerp.png (latent walks),
-class_histogram.png (classes of generated images by the domain classifier), curves.png. A family with
-an encoder adds latent_map.png, and its latent walks run between the codes of test images instead of
-prior draws; one that reconstructs adds reconstructions.png; one with figures of its own draws them
-(the DDPM: trajectory.png and steps_grid.png).
+Every family: curves.png. A family that generates: samples.png, interpolation_linear.png and
+interpolation_slerp.png (latent walks), class_histogram.png (classes of generated images by the domain
+classifier). One with an encoder adds latent_map.png, and its latent walks run between the codes of
+test images instead of prior draws; one that reconstructs adds reconstructions.png; one with figures
+of its own draws them (the DDPM: trajectory.png and steps_grid.png).
 """
 
 import numpy as np
@@ -16,7 +16,7 @@ import torch
 from genlab import paths, tracking
 from genlab.errors import exit_on_error
 from genlab.latents import interpolate, latent_map
-from genlab.models.base import Encoder, ExtraFigures, Reconstructor
+from genlab.models.base import Encoder, ExtraFigures, Generative, Reconstructor
 from genlab.quality.classifier import load_classifier
 from genlab.quality.scoring import class_frequencies, sample_in_batches
 from genlab.runtime import stream, stream_seed
@@ -34,6 +34,21 @@ def class_histogram(t: Trained, n: int, path) -> None:
     plot_class_histogram(gen_freq, real_freq, f"{n} samples: KL(generated || test) = {kl:.3f} nats", path)
 
 
+def generation_figures(t: Trained, test: torch.Tensor, out) -> None:
+    """samples.png, the latent walks and class_histogram.png of a family that generates."""
+    family, s, seed, device = t.family, t.cfg.sample, t.cfg.seed, t.device
+    save_grid(family.sample(s.n, stream(seed, "figure_samples", device)), out / "samples.png")
+    k = min(s.interpolation_pairs, len(test) // 2)
+    if isinstance(family, Encoder):
+        z_a, z_b = family.encode(test[:k]), family.encode(test[k : 2 * k])
+    else:
+        z_a, z_b = family.prior(2 * k, stream(seed, "walk_ends", device)).chunk(2)
+    for how in ("linear", "slerp"):
+        grid = interpolate(family, z_a, z_b, s.interpolation_steps, how)
+        save_grid(grid, out / f"interpolation_{how}.png", nrow=s.interpolation_steps)
+    class_histogram(t, s.class_samples, out / "class_histogram.png")
+
+
 @torch.no_grad()
 def run() -> None:
     args = stage_args(__doc__.splitlines()[0])
@@ -44,23 +59,16 @@ def run() -> None:
     out.mkdir(parents=True, exist_ok=True)
     test = data.to_unit(data.test.images.to(device))
 
-    save_grid(family.sample(s.n, stream(cfg.seed, "figure_samples", device)), out / "samples.png")
-    k = min(s.interpolation_pairs, len(test) // 2)
-    if isinstance(family, Encoder):
-        z_a, z_b = family.encode(test[:k]), family.encode(test[k : 2 * k])
-    else:
-        z_a, z_b = family.prior(2 * k, stream(cfg.seed, "walk_ends", device)).chunk(2)
-    for how in ("linear", "slerp"):
-        grid = interpolate(family, z_a, z_b, s.interpolation_steps, how)
-        save_grid(grid, out / f"interpolation_{how}.png", nrow=s.interpolation_steps)
+    if isinstance(family, Generative):
+        generation_figures(t, test, out)
     if isinstance(family, Reconstructor):
-        save_grid(family.paired_reconstructions(test[:32]), out / "reconstructions.png")
+        pairs = family.paired_reconstructions(test[:32], stream(cfg.seed, "figure_reconstructions", device))
+        save_grid(pairs, out / "reconstructions.png")
     if isinstance(family, Encoder):
         points, how = latent_map(family, test, s.latent_map, stream_seed(cfg.seed, "latent_map") % 2**32)
         plot_latent_map(points, data.test.labels.numpy(), f"test set: {how}", out / "latent_map.png")
     if isinstance(family, ExtraFigures):
         family.figures(out, cfg.seed)
-    class_histogram(t, s.class_samples, out / "class_histogram.png")
     history = pd.read_csv(t.paths.history).to_dict("records")
     plot_curves(history, family.curves, out / "curves.png")
     print(f"wrote {', '.join(sorted(p.name for p in out.glob('*.png')))} to {out}/")

@@ -1,16 +1,15 @@
 """DVC stage `train`: fit the model family on the prepared data, tracked in MLflow.
 
-    python stages/train.py [--name NAME] [--family FAMILY]   # see genlab.trained.stage_args
+python stages/train.py [--name NAME] [--family FAMILY]   # see genlab.trained.stage_args
 """
 
 import pandas as pd
 
-from genlab import atomic, machine, paths, resume, tracking
+from genlab import atomic, machine, paths, resume, tracking, upstream
 from genlab.config import stage_view
 from genlab.data import load_prepared
 from genlab.errors import exit_on_error
 from genlab.models import DataSpec, build_family
-from genlab.quality.classifier import load_classifier
 from genlab.quality.scoring import fid_monitor
 from genlab.runtime import resolve_device, seed_everything
 from genlab.trained import save_model, stage_args, stage_config
@@ -53,6 +52,7 @@ def run() -> None:
     family = build_family(cfg.model.family, cfg.family, spec, device)
     view = stage_view(cfg, "train")
     key = resume_key(view)
+    upstream_md5 = upstream.attach(family, device, data.checksum, cfg)
 
     state = resume.resumable_state(where, cfg.train, key, family.name)
     fingerprint = machine.fingerprint(device)
@@ -61,6 +61,7 @@ def run() -> None:
         tracker.set_tags({"genlab.resumed_on": machine.describe(fingerprint)})
     else:
         tags = tracking.run_tags(cfg, data.checksum, device, fingerprint, where)
+        tags.update({f"genlab.upstream.{name}_md5": md5 for name, md5 in upstream_md5.items()})
         tracker = tracking.MlflowTracker.create(tracking.flatten(view), tags, run_name=tracking.run_name(cfg, tags))
         resume.started(where, tracker.run_id)
         tracker.log_text(tracking.pip_freeze(), "environment/requirements.txt")
@@ -68,15 +69,23 @@ def run() -> None:
 
     scorer = None
     if family.fid_every:
-        classifier = load_classifier(paths.CLASSIFIER, device, data_md5=data.checksum)
+        classifier = family.upstreams["classifier"]
         scorer = fid_monitor(classifier, data.to_unit(data.val.images), family.fid_samples, device, cfg.seed)
 
     with tracker.active():
         history = fit(
-            family, image_source(data, cfg.data.binarize), cfg.train, cfg.seed, key=key,
-            checkpoint_path=where.checkpoint, tracker=tracker, run_id=tracker.run_id, resume_state=state, scorer=scorer,
+            family,
+            image_source(data, cfg.data.binarize),
+            cfg.train,
+            cfg.seed,
+            key=key,
+            checkpoint_path=where.checkpoint,
+            tracker=tracker,
+            run_id=tracker.run_id,
+            resume_state=state,
+            scorer=scorer,
         )
-        save_model(where, family, view, data.checksum)
+        save_model(where, family, view, data.checksum, upstream_md5)
         write_outputs(where, history, family.curves, fingerprint)
         atomic.write_json(where.run_info, {"run_id": tracker.run_id})
         tracker.log_artifact(where.model, "model")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from families import TINY_FAMILIES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,8 +44,10 @@ class Project:
             **os.environ,
             "PATH": venv_bin + os.pathsep + os.environ.get("PATH", ""),
             "PYTHONPATH": str(root / "src"),  # the copy's own code, not the checkout's editable install
-            "GIT_AUTHOR_NAME": "test", "GIT_AUTHOR_EMAIL": "test@example.com",
-            "GIT_COMMITTER_NAME": "test", "GIT_COMMITTER_EMAIL": "test@example.com",
+            "GIT_AUTHOR_NAME": "test",
+            "GIT_AUTHOR_EMAIL": "test@example.com",
+            "GIT_COMMITTER_NAME": "test",
+            "GIT_COMMITTER_EMAIL": "test@example.com",
         }
         for var in ("MLFLOW_TRACKING_URI", "GENLAB_ROOT", "DVC_EXP_NAME"):
             self.env.pop(var, None)
@@ -56,7 +59,9 @@ class Project:
         return proc
 
     def popen(self, *cmd: str) -> subprocess.Popen:
-        return subprocess.Popen(cmd, cwd=self.root, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        return subprocess.Popen(
+            cmd, cwd=self.root, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
 
     def stage(self, name: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.run(sys.executable, f"stages/{name}.py", check=check)
@@ -79,7 +84,11 @@ class Project:
 
 def _tracked_files() -> list[str]:
     out = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return [line for line in out.splitlines() if line and (REPO / line).is_file()]
 

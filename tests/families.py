@@ -19,7 +19,14 @@ CPU = torch.device("cpu")
 TINY_FAMILIES: dict[str, dict] = {
     "vae": {"hidden": [16, 8], "latent_dim": 3, "channels": [4, 8]},
     "gan": {"latent_dim": 8, "width": 8, "eval_every": 2, "fid_samples": 50},
-    "ddpm": {"timesteps": 20, "channels": 8, "snapshot_steps": 4, "sampler_steps": 5, "steps_grid": [2, 5, 20], "bound_strata": 4},
+    "ddpm": {
+        "timesteps": 20,
+        "channels": 8,
+        "snapshot_steps": 4,
+        "sampler_steps": 5,
+        "steps_grid": [2, 5, 20],
+        "bound_strata": 4,
+    },
 }
 
 
@@ -56,6 +63,13 @@ def train_run(cfg, data, ckpt=None, state=None, tracker=None, scorer=None, famil
     """fit() as the train stage calls it, for a full Config; returns the history."""
     family = family or build_from(cfg, data)
     return fit(
-        family, image_source(data, cfg.data.binarize), cfg.train, cfg.seed, key=resume_key(stage_view(cfg, "train")),
-        checkpoint_path=ckpt, tracker=tracker or NullTracker(), resume_state=state, scorer=scorer,
+        family,
+        image_source(data, cfg.data.binarize),
+        cfg.train,
+        cfg.seed,
+        key=resume_key(stage_view(cfg, "train")),
+        checkpoint_path=ckpt,
+        tracker=tracker or NullTracker(),
+        resume_state=state,
+        scorer=scorer,
     )

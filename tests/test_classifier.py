@@ -123,3 +123,24 @@ def test_stage_writes_the_model_and_metrics(project):
     model = load_classifier(project.root / "models/classifier.pt", CPU, data_md5=data.checksum)
     assert model.metrics == metrics and model.num_classes == 10
     assert not list((project.root / "models").glob(".*.tmp"))
+
+
+def test_an_upstream_classifier_is_attached_with_its_md5_and_a_changed_file_is_refused(digits, tmp_path, monkeypatch):
+    from genlab import paths, upstream
+
+    from families import make_family
+
+    path = tmp_path / "classifier.pt"
+    monkeypatch.setattr(paths, "CLASSIFIER", path)
+    params = _params(**{"classifier.channels": [4], "classifier.features": 6}).to_dict()
+    save_classifier(DomainClassifier(digits.image_shape, 10, [4], 6, digits.max_value), path, params, digits.checksum)
+    gan = make_family("gan")
+    assert gan.upstream == ("classifier",)
+    md5s = upstream.attach(gan, CPU, digits.checksum, _params())
+    assert set(md5s) == {"classifier"} and gan.upstreams["classifier"].num_features == 6
+    with pytest.raises(CheckpointError, match="trained on data"):
+        upstream.attach(make_family("gan"), CPU, "0" * 32, _params())
+    torch.manual_seed(1)  # other weights, the same params: another file
+    save_classifier(DomainClassifier(digits.image_shape, 10, [4], 6, digits.max_value), path, params, digits.checksum)
+    with pytest.raises(CheckpointError, match=r"changed since the gan model was trained .* retrain"):
+        upstream.attach(make_family("gan"), CPU, digits.checksum, _params(), recorded=md5s)

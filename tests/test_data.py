@@ -84,7 +84,7 @@ def test_digits_shapes_dtypes_values_and_split_sizes(tmp_path):
     for split in (data.train, data.val, data.test):
         assert split.images.dtype == torch.uint8 and split.labels.dtype == torch.int64
         assert split.images.shape[1:] == (1, 8, 8) and split.images.shape[0] == len(split)
-        assert int(split.images.max()) <= 16 and 0 <= int(split.labels.min()) and int(split.labels.max()) <= 9
+        assert int(split.images.max()) <= 16 and int(split.labels.min()) >= 0 and int(split.labels.max()) <= 9
     assert max(int(s.images.max()) for s in (data.train, data.val, data.test)) == 16  # not rescaled
     sizes = data.manifest["split_sizes"]
     assert sizes == {"train": 1294, "val": 144, "test": 359}  # test round(0.2 * 1797), val round(0.1 * 1438)
@@ -128,8 +128,18 @@ def test_prepared_files_are_plain_tensors_with_a_complete_manifest(tmp_path):
     tensors = torch.load(tmp_path / DATA_FILE, weights_only=True)
     assert all(isinstance(t, torch.Tensor) for t in tensors.values()) and len(tensors) == 6
     assert load_prepared(tmp_path).manifest == manifest
-    for key in ("dataset", "source", "source_md5", "max_value", "image_shape", "split_sizes", "seed",
-                "val_fraction", "test_fraction", "format_version"):
+    for key in (
+        "dataset",
+        "source",
+        "source_md5",
+        "max_value",
+        "image_shape",
+        "split_sizes",
+        "seed",
+        "val_fraction",
+        "test_fraction",
+        "format_version",
+    ):
         assert key in manifest, key
     assert manifest["image_shape"] == [1, 8, 8] and manifest["seed"] == 0 and manifest["test_fraction"] == 0.2
 
@@ -308,7 +318,12 @@ def test_image_folder_composites_transparency_onto_white(tmp_path):
         Image.new("RGBA", (6, 6), (0, 0, 0, 128)),  # half-transparent black over white: mid grey
         Image.new("LA", (6, 6), (0, 0)),  # transparent grey
     ]
-    assert _folder_means(tmp_path, images, channels=3) == [[127, 127, 127], [255, 0, 0], [255, 255, 255], [255, 255, 255]]
+    assert _folder_means(tmp_path, images, channels=3) == [
+        [127, 127, 127],
+        [255, 0, 0],
+        [255, 255, 255],
+        [255, 255, 255],
+    ]
 
 
 def test_image_folder_missing_or_without_images_raises(tmp_path):

@@ -8,11 +8,11 @@ import torch
 from sklearn.datasets import load_digits
 from torch.distributions import Normal, kl_divergence
 
-from families import CPU, Stepper, family_config, make_family
-
 from genlab.errors import ConfigError
 from genlab.models.unet import UNet
 from genlab.processes.gaussian_diffusion import Schedule
+
+from families import CPU, Stepper, family_config, make_family
 
 F64 = torch.float64
 
@@ -119,10 +119,9 @@ def test_posterior_equals_bayes_rule_on_a_grid(kind, t):
     """q(x_{t-1}|x_t,x_0) ∝ q(x_t|x_{t-1}) q(x_{t-1}|x_0), normalised numerically for a scalar."""
     s, x0, xt = Schedule(kind, 20, CPU, F64), torch.tensor(0.4, dtype=F64), torch.tensor(-0.3, dtype=F64)
     grid = torch.linspace(-3, 3, 600_001, dtype=F64)
-    log_post = (
-        Normal(s.alpha[t].sqrt() * grid, s.beta[t].sqrt()).log_prob(xt)
-        + Normal(s.sqrt_alpha_bar[t - 1] * x0, s.sqrt_one_minus_alpha_bar[t - 1]).log_prob(grid)
-    )
+    log_post = Normal(s.alpha[t].sqrt() * grid, s.beta[t].sqrt()).log_prob(xt) + Normal(
+        s.sqrt_alpha_bar[t - 1] * x0, s.sqrt_one_minus_alpha_bar[t - 1]
+    ).log_prob(grid)
     w = torch.softmax(log_post, 0)
     num_mean = (w * grid).sum()
     num_var = (w * (grid - num_mean) ** 2).sum()
@@ -209,7 +208,7 @@ def test_ddim_with_eta_one_and_all_steps_has_the_ddpm_variance(kind):
     s = Schedule(kind, 50, CPU, F64)
     assert s.ddim_times(50) == list(range(50, -1, -1))
     for t in range(1, 51):
-        a, b, sigma = s.ddim_coefficients(t, t - 1, 1.0)
+        _a, _b, sigma = s.ddim_coefficients(t, t - 1, 1.0)
         assert sigma**2 == pytest.approx(s.posterior_variance[t].item(), rel=1e-10, abs=1e-300)
         assert s.ddim_coefficients(t, t - 1, 0.0)[2] == 0
 

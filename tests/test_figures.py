@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from families import make_family
-
 from genlab.latents import interpolate, latent_map, slerp
 from genlab.quality.scoring import class_frequencies
 from genlab.visualise import save_grid, to_grid
+
+from families import make_family
 
 
 def _vae(latent_dim=4):

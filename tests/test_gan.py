@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from families import Stepper, make_family, train_run
-
 from genlab import checkpoint
 from genlab.config import config_from_dict
 from genlab.models.gan_losses import discriminator_loss, generator_loss, gradient_penalty, mean_output
 from genlab.models.gan_nets import Discriminator, Generator
+
+from families import Stepper, make_family, train_run
 
 REAL = torch.tensor([2.0, -1.0, 0.5])
 FAKE = torch.tensor([-3.0, 0.0, 1.0])
@@ -31,8 +31,12 @@ def test_logistic_losses_match_hand_computation():
     d = _mean(-math.log(_sig(r)) for r in REAL.tolist()) + _mean(-math.log(1 - _sig(f)) for f in FAKE.tolist())
     for kind in ("bce", "minimax"):
         assert discriminator_loss(kind, REAL, FAKE).item() == pytest.approx(d, rel=1e-6)
-    assert generator_loss("bce", FAKE).item() == pytest.approx(_mean(-math.log(_sig(f)) for f in FAKE.tolist()), rel=1e-6)
-    assert generator_loss("minimax", FAKE).item() == pytest.approx(_mean(math.log(1 - _sig(f)) for f in FAKE.tolist()), rel=1e-6)
+    assert generator_loss("bce", FAKE).item() == pytest.approx(
+        _mean(-math.log(_sig(f)) for f in FAKE.tolist()), rel=1e-6
+    )
+    assert generator_loss("minimax", FAKE).item() == pytest.approx(
+        _mean(math.log(1 - _sig(f)) for f in FAKE.tolist()), rel=1e-6
+    )
     assert mean_output("bce", REAL).item() == pytest.approx(_mean(_sig(r) for r in REAL.tolist()), rel=1e-6)
 
 
@@ -134,8 +138,11 @@ def _fit(raw, data, ckpt=None, state=None):
 
 
 # A constant lr, so that raising train.epochs on resume continues the same trajectory.
-GAN_RUN = {"model": {"family": "gan"}, "gan": {"loss": "wgan-gp", "n_critic": 2, "latent_dim": 8, "width": 8},
-           "train": {"epochs": 3, "batch_size": 128, "lr_schedule": "constant"}}
+GAN_RUN = {
+    "model": {"family": "gan"},
+    "gan": {"loss": "wgan-gp", "n_critic": 2, "latent_dim": 8, "width": 8},
+    "train": {"epochs": 3, "batch_size": 128, "lr_schedule": "constant"},
+}
 
 
 def test_gan_training_is_deterministic_and_resumes_bit_for_bit(digits, tmp_path):

@@ -6,11 +6,14 @@ import json
 import re
 import signal
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import yaml
+
+from genlab import paths
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
@@ -30,12 +33,27 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
     project.run("dvc", "repro")
     root = project.root
     for rel in [
-        "data/prepared/dataset.pt", "data/prepared/manifest.json", "models/model.pt", "models/run.json",
-        "models/classifier.pt", "metrics/classifier.json", "metrics/train.json", "metrics/train_history.csv", "metrics/eval.json",
-        *(f"samples/{n}.png" for n in (
-            "samples", "reconstructions", "interpolation_linear", "interpolation_slerp", "latent_map",
-            "class_histogram", "curves",
-        )),
+        "data/prepared/dataset.pt",
+        "data/prepared/manifest.json",
+        "models/model.pt",
+        "models/run.json",
+        "models/classifier.pt",
+        "metrics/classifier.json",
+        "metrics/train.json",
+        "metrics/train_history.csv",
+        "metrics/eval.json",
+        *(
+            f"samples/{n}.png"
+            for n in (
+                "samples",
+                "reconstructions",
+                "interpolation_linear",
+                "interpolation_slerp",
+                "latent_map",
+                "class_histogram",
+                "curves",
+            )
+        ),
     ]:
         assert (root / rel).is_file(), rel
 
@@ -46,9 +64,23 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
     test = json.loads((root / "metrics/eval.json").read_text())["test"]
     assert test["elbo"] == pytest.approx(-(test["recon"] + test["kl"]))
     assert test["iw_nll"] <= -test["elbo"]  # the importance-weighted bound is the tighter one
-    for name in ("domain_fid", "domain_fid_floor", "domain_is", "precision", "recall", "density", "coverage", "psnr", "ssim"):
+    for name in (
+        "domain_fid",
+        "domain_fid_floor",
+        "domain_is",
+        "precision",
+        "recall",
+        "density",
+        "coverage",
+        "psnr",
+        "ssim",
+        "domain_rfid",
+        "recon_accuracy",
+        "real_accuracy",
+    ):
         assert name in test and test[name] == test[name], name  # present and not NaN
     assert test["num_samples"] == 100 and 1 <= test["domain_is"] <= 10
+    assert 0 <= test["recon_accuracy"] <= 1 and test["real_accuracy"] > 0.5
 
     client = project.mlflow()
     runs = client.search_runs([client.get_experiment_by_name("genlab").experiment_id])
@@ -73,7 +105,9 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
     assert tags["genlab.data_md5"] == manifest["prepared_md5"]
     assert (tags["genlab.family"], tags["genlab.dataset"]) == ("vae", "digits")
     machine = json.loads((root / "metrics/machine.json").read_text())  # which machine kind made these numbers
-    assert tags["machine.aten_capability"] == machine["aten_capability"] and tags["machine.threads"] == str(machine["threads"])
+    assert tags["machine.aten_capability"] == machine["aten_capability"] and tags["machine.threads"] == str(
+        machine["threads"]
+    )
     assert run.data.params["vae.latent_dim"] == "3" and run.data.params["train.epochs"] == str(EPOCHS)
     # Only the params the run read: the active family's training keys, no gan.*, ddpm.* or evaluation knobs.
     assert not any(k.startswith(("gan.", "ddpm.", "evaluate.", "sample.", "classifier.")) for k in run.data.params)
@@ -83,7 +117,7 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
     }
     assert {"model/model.pt", "samples/latent_map.png", "environment/requirements.txt"} <= artifacts
     freeze = client.download_artifacts(run_id, "environment/requirements.txt", str(root / "freeze"))
-    assert "torch==" in open(freeze).read()
+    assert "torch==" in Path(freeze).read_text()
     assert run.info.status == "FINISHED"
 
     # Nothing changed: a second repro runs no stage. A stage reruns only when a key it reads changes.
@@ -285,10 +319,16 @@ def test_gan_experiment_runs_end_to_end_through_dvc(project):
     assert history["val_domain_fid"].notna().tolist() == [False, True, True]
     fid_curve = pd.read_csv(root / "metrics/curves/domain_fid.csv")
     assert list(fid_curve.columns) == ["epoch", "val"] and list(fid_curve["epoch"]) == [2, 3]
-    assert {p.stem for p in (root / "metrics/curves").glob("*.csv")} == {"d_loss", "g_loss", "d_real", "d_fake", "domain_fid"}
+    assert {p.stem for p in (root / "metrics/curves").glob("*.csv")} == {
+        "d_loss",
+        "g_loss",
+        "d_real",
+        "d_fake",
+        "domain_fid",
+    }
     test = json.loads((root / "metrics/eval.json").read_text())["test"]
     assert {"d_loss", "g_loss", "domain_fid", "domain_is", "precision", "recall"} <= set(test)
-    assert "elbo" not in test and "psnr" not in test  # no likelihood, no encoder
+    assert "elbo" not in test and "psnr" not in test and "domain_rfid" not in test  # no likelihood, no encoder
     for name in ("samples", "interpolation_linear", "interpolation_slerp", "class_histogram", "curves"):
         assert (root / f"samples/{name}.png").is_file(), name
     assert not (root / "samples/reconstructions.png").exists()
@@ -332,11 +372,16 @@ def test_bad_params_stop_dvc_before_it_deletes_any_output(project):
     project.commit("baseline results")
     root = project.root
     kept = ["models/model.pt", "models/run.json", "metrics/train.json", "metrics/train_history.csv", "data/prepared"]
-    files = sorted(p for rel in [*kept, "metrics/curves"] for p in [root / rel, *(root / rel).rglob("*")] if p.is_file())
+    files = sorted(
+        p for rel in [*kept, "metrics/curves"] for p in [root / rel, *(root / rel).rglob("*")] if p.is_file()
+    )
     before = {p: p.read_bytes() for p in files}
     for setting, key in [
-        ("train.epochs=0", "train.epochs"), ("vae.lr=nan", "vae.lr"), ("vae.lr=.inf", "vae.lr"),
-        ("data.val_fraction=0", "data.val_fraction"), ("model.family=foo", "model.family"),
+        ("train.epochs=0", "train.epochs"),
+        ("vae.lr=nan", "vae.lr"),
+        ("vae.lr=.inf", "vae.lr"),
+        ("data.val_fraction=0", "data.val_fraction"),
+        ("model.family=foo", "model.family"),
     ]:
         proc = project.run("dvc", "exp", "run", "-S", setting, check=False)
         assert proc.returncode != 0, setting
@@ -348,24 +393,48 @@ def test_bad_params_stop_dvc_before_it_deletes_any_output(project):
 
 def test_two_trained_models_coexist_in_one_pipeline(project):
     """A second train/evaluate/sample chain, named and with a fixed family, beside the default model."""
+    default, second = paths.model_paths(), paths.model_paths("gan")
+    renames = {
+        getattr(default, f).as_posix(): getattr(second, f).as_posix()
+        for f in ("model", "run_info", "train_metrics", "history", "curves", "machine", "eval_metrics", "samples")
+    }
+    renames[default.checkpoint.parent.as_posix()] = second.checkpoint.parent.as_posix()
+
+    def rename(entry):
+        if isinstance(entry, dict):
+            return {rename(k): v for k, v in entry.items()}
+        return renames.get(entry, entry)
+
     dvc = yaml.safe_load((project.root / "dvc.yaml").read_text())
     for stage in ("train", "evaluate", "sample"):
-        second = json.loads(json.dumps(dvc["stages"][stage]).replace("models/model.pt", "models/gan.pt"))
-        second["cmd"] += " --name gan --family gan"
-        second["deps"] = [f"validated/gan/{stage}.yaml" if d == f"validated/{stage}.yaml" else d for d in second["deps"]]
-        second["deps"] = [d.replace("models/run.json", "models/gan.run.json").replace("metrics/train_history", "metrics/gan/train_history") for d in second["deps"]]
-        second.pop("outs", None), second.pop("metrics", None)
-        dvc["stages"][f"{stage}_gan"] = second
+        chain = dict(dvc["stages"][stage])
+        chain["cmd"] += " --name gan --family gan"
+        chain["deps"] = [
+            paths.stage_view(stage, "gan").as_posix() if d == paths.stage_view(stage).as_posix() else rename(d)
+            for d in chain["deps"]
+        ]
+        for kind in ("outs", "metrics"):
+            if kind in chain:
+                chain[kind] = [rename(o) for o in chain[kind]]
+        dvc["stages"][f"{stage}_gan"] = chain
     (project.root / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
     project.run("dvc", "repro")
     root = project.root
-    for rel in ("models/model.pt", "models/gan.pt", "metrics/eval.json", "metrics/gan/eval.json", "samples/gan/samples.png"):
+    for rel in (
+        "models/model.pt",
+        "models/gan.pt",
+        "metrics/eval.json",
+        "metrics/gan/eval.json",
+        "samples-gan/samples.png",
+    ):
         assert (root / rel).is_file(), rel
     assert "elbo" in json.loads((root / "metrics/eval.json").read_text())["test"]
     assert "d_loss" in json.loads((root / "metrics/gan/eval.json").read_text())["test"]
     client = project.mlflow()
     runs = client.search_runs([client.get_experiment_by_name("genlab").experiment_id])
-    assert sorted((r.data.tags["genlab.model_name"], r.data.tags["genlab.family"]) for r in runs) == [("gan", "gan"), ("model", "vae")]
+    pairs = sorted((r.data.tags["genlab.model_name"], r.data.tags["genlab.family"]) for r in runs)
+    assert pairs == [("gan", "gan"), ("model", "vae")]
+    assert "Running stage" not in project.run("dvc", "repro").stdout
     # The second model's stages read gan.*, the first's vae.*: an edit of one reruns only its chain.
     project.set_params({"gan": {"width": 16}})
     out = project.run("dvc", "repro").stdout

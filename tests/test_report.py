@@ -17,12 +17,24 @@ REPO = Path(__file__).resolve().parents[1]
 
 # name -> (tags, params, test metrics, val/elbo per epoch)
 RUNS = {
-    "exp-a": ({"genlab.dataset": "digits", "genlab.family": "vae"}, {"vae.latent_dim": "4"},
-              {"test/elbo": -24.2783, "test/bpd": 0.5473}, [-30.0, -26.5, -25.125]),
-    "exp-b": ({"genlab.dataset": "digits", "genlab.family": "vae"}, {"vae.latent_dim": "8"},
-              {"test/elbo": -22.5, "test/bpd": 0.5071}, [-29.0, -23.75]),
-    "exp-c": ({"genlab.dataset": "mnist", "genlab.family": "gan"}, {"vae.latent_dim": "8"},
-              {"test/fid": 12.345678}, []),
+    "exp-a": (
+        {"genlab.dataset": "digits", "genlab.family": "vae"},
+        {"vae.latent_dim": "4"},
+        {"test/elbo": -24.2783, "test/bpd": 0.5473},
+        [-30.0, -26.5, -25.125],
+    ),
+    "exp-b": (
+        {"genlab.dataset": "digits", "genlab.family": "vae"},
+        {"vae.latent_dim": "8"},
+        {"test/elbo": -22.5, "test/bpd": 0.5071},
+        [-29.0, -23.75],
+    ),
+    "exp-c": (
+        {"genlab.dataset": "mnist", "genlab.family": "gan"},
+        {"vae.latent_dim": "8"},
+        {"test/fid": 12.345678},
+        [],
+    ),
 }
 
 
@@ -38,7 +50,9 @@ def store(tmp_path_factory) -> str:
     client.create_experiment("other", artifact_location=(root / "other").as_uri())
     for i, (name, (tags, params, test, val_elbo)) in enumerate(RUNS.items()):
         run = client.create_run(
-            experiment, run_name=name, start_time=1_700_000_000_000 + i * 60_000,
+            experiment,
+            run_name=name,
+            start_time=1_700_000_000_000 + i * 60_000,
             tags={**tags, "dvc.exp_name": name, "genlab.git_commit": f"{i}" * 40, "genlab.git_dirty": "false"},
         )
         run_id = run.info.run_id
@@ -118,14 +132,19 @@ def test_no_match_is_a_clear_error_and_writes_nothing(store, tmp_path):
 
 def test_format_number():
     assert [format_number(v) for v in (1000.0, -24.27835, 0.54729, 2.96601, 12345.678, float("nan"), 3)] == [
-        "1000", "-24.28", "0.5473", "2.966", "12345.7", "", "3"
+        "1000",
+        "-24.28",
+        "0.5473",
+        "2.966",
+        "12345.7",
+        "",
+        "3",
     ]
     assert to_markdown(pd.DataFrame({"a|b": ["x|y"], "m": [0.5]})).splitlines()[2] == "| x\\|y | 0.5 |"
 
 
 def test_experiment_default_matches_tracking():
-    from genlab import tracking
-    from genlab import report
+    from genlab import report, tracking
 
     assert report.EXPERIMENT == tracking.EXPERIMENT
 

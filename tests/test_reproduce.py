@@ -43,8 +43,12 @@ def test_a_number_outside_its_band_is_named_with_its_distance_band_and_sd():
 
 
 def test_constants_must_match_exactly_and_missing_numbers_fail():
-    expected = _expected({"eval:test.iw_samples": {"mean": 1000.0, "sd": 0.0, "low": 1000.0, "high": 1000.0},
-                          "eval:test.kl": {"mean": 9.0, "sd": 1.0, "low": 5.0, "high": 13.0}})
+    expected = _expected(
+        {
+            "eval:test.iw_samples": {"mean": 1000.0, "sd": 0.0, "low": 1000.0, "high": 1000.0},
+            "eval:test.kl": {"mean": 9.0, "sd": 1.0, "low": 5.0, "high": 13.0},
+        }
+    )
     failures, _ = band_failures(expected, {"eval:test.iw_samples": 999.0})
     assert any("expected exactly 1000.0 (the same in all 5 seed runs)" in f for f in failures)
     assert any("eval:test.kl: missing from the rerun" in f for f in failures)
@@ -62,10 +66,13 @@ def test_history_is_compared_at_a_few_epochs_and_empty_cells_are_skipped():
     texts = {FILES.history: HISTORY, FILES.train_metrics: json.dumps({"epochs": 3, "val": {"elbo": -25.5}})}
     got = checked_numbers(texts, [1, 2])
     assert got == {
-        "metrics/train_history.csv:epoch1.train_elbo": -30.5, "metrics/train_history.csv:epoch1.val_elbo": -31.0,
-        "metrics/train_history.csv:epoch2.train_elbo": -25.0, "metrics/train_history.csv:epoch2.val_elbo": -26.0,
+        "metrics/train_history.csv:epoch1.train_elbo": -30.5,
+        "metrics/train_history.csv:epoch1.val_elbo": -31.0,
+        "metrics/train_history.csv:epoch2.train_elbo": -25.0,
+        "metrics/train_history.csv:epoch2.val_elbo": -26.0,
         "metrics/train_history.csv:epoch2.val_domain_fid": 12.5,
-        "metrics/train.json:epochs": 3.0, "metrics/train.json:val.elbo": -25.5,
+        "metrics/train.json:epochs": 3.0,
+        "metrics/train.json:val.elbo": -25.5,
     }
 
 
@@ -127,6 +134,8 @@ def test_bands_pass_another_kernel_path_and_fail_a_doubled_lr(project):
     project.commit("lr x 2 without refreshing metrics")
     doubled = _reproduce(project)
     assert doubled.returncode == 1, doubled.stdout + doubled.stderr
-    assert re.search(r"outside its band \[.+\] by .+ sd\); band = mean .+ ± 4 × sd .+ over 5 seeds", doubled.stdout), doubled.stdout
+    assert re.search(r"outside its band \[.+\] by .+ sd\); band = mean .+ ± 4 × sd .+ over 5 seeds", doubled.stdout), (
+        doubled.stdout
+    )
     assert "reproduction (bands of 5 seeds" in doubled.stdout and "FAILED" in doubled.stdout
     assert "determinism (rerun vs the committed run (same machine kind)): FAILED" in doubled.stdout

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from families import TINY_FAMILIES, build_from, train_run
 
 from genlab import checkpoint
 from genlab.config import config_from_dict, load_config
@@ -16,6 +15,8 @@ from genlab.errors import CheckpointError, ConfigError, DivergenceError
 from genlab.runtime import stream, stream_seed
 from genlab.tracking import repo_root
 from genlab.training import NullTracker, lr_factor
+
+from families import TINY_FAMILIES, build_from, train_run
 
 SMALL = {"vae": TINY_FAMILIES["vae"], "train": {"epochs": 4, "batch_size": 128}}
 
@@ -74,7 +75,9 @@ def test_lr_factor_at_start_middle_and_end(schedule, expected):
 
 
 def test_cosine_schedule_sets_every_optimisers_lr(digits):
-    cfg = config_from_dict({**SMALL, "vae": {**SMALL["vae"], "lr": 0.01}, "train": {**SMALL["train"], "lr_schedule": "cosine"}})
+    cfg = config_from_dict(
+        {**SMALL, "vae": {**SMALL["vae"], "lr": 0.01}, "train": {**SMALL["train"], "lr_schedule": "cosine"}}
+    )
     seen = []
     real_adam = torch.optim.Adam
 

@@ -18,7 +18,7 @@ import yaml
 from genlab.data import DATASETS
 from genlab.errors import ConfigError
 from genlab.models import FAMILIES
-from genlab.schema import at_least, build, in_unit, key, positive, positive_list, view
+from genlab.schema import at_least, build, in_unit, key, positive, positive_list, reference, view
 
 MODEL_STAGES = ("classifier", "train", "evaluate", "sample")  # the stages that run networks (and need a device)
 FAMILY_STAGES = ("train", "evaluate", "sample")  # the stages that read the active family's section
@@ -63,7 +63,9 @@ class TrainConfig:
 
     def check(self, prefix: str) -> None:
         if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError(f"params key '{prefix}grad_clip' = {self.grad_clip!r} is out of range: expected a number > 0 or null")
+            raise ConfigError(
+                f"params key '{prefix}grad_clip' = {self.grad_clip!r} is out of range: expected a number > 0 or null"
+            )
 
 
 @dataclass(frozen=True)
@@ -167,3 +169,27 @@ def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | No
         node[leaf] = value
     # Built-in defaults would silently stand in for a key deleted from params.yaml and retrain with it.
     return config_from_dict(raw, require_all=True)
+
+
+def reference_markdown() -> str:
+    """docs/params.md: every params key with what it accepts, its default and the stages that read it,
+    made from the declarations themselves (`python -m genlab.config > docs/params.md`)."""
+    lines = [
+        "# params.yaml reference",
+        "",
+        "Made by `python -m genlab.config > docs/params.md` from the key declarations in the code (a test keeps",
+        "it current). *Stages* are the DVC stages that read a key: a change reruns those stages and what",
+        "depends on their outputs, nothing else. A family's section is read only while that family is active",
+        "(`model.family`), or by a stage that names the family (`--family`).",
+        "",
+        "| key | accepts | default | stages | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for name, allowed, default, stages, doc in reference(Config):
+        cells = [f"`{name}`", allowed, f"`{default}`", stages, doc]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from genlab.models import Family
-from genlab.models.base import Encoder
+from genlab.models.base import Encoder, Generative
 
 
 def lerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -31,7 +30,9 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return torch.where(straight, line, curved)
 
 
-def interpolate(family: Family, z_a: torch.Tensor, z_b: torch.Tensor, steps: int, how: str = "linear") -> torch.Tensor:
+def interpolate(
+    family: Generative, z_a: torch.Tensor, z_b: torch.Tensor, steps: int, how: str = "linear"
+) -> torch.Tensor:
     """Rows of generated images along the path from z_a[i] to z_b[i]: 'linear' or 'slerp'."""
     shape = z_a.shape[1:]
     a, b = z_a.flatten(1), z_b.flatten(1)
@@ -55,4 +56,3 @@ def latent_map(family: Encoder, x: torch.Tensor, method: str, seed: int) -> tupl
     pca = PCA(2, random_state=seed).fit(mu)
     explained = pca.explained_variance_ratio_.sum()
     return pca.transform(mu), f"PCA of latent means ({explained:.0%} of variance)"
-

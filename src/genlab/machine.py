@@ -66,7 +66,8 @@ def describe(fp: dict[str, Any]) -> str:
     """One line for reports: 'AMD EPYC (AVX2 kernels, 2 threads, torch 2.14.1)'."""
     where = fp.get("gpu") or fp.get("cpu", "?")
     env = "".join(f", {k}={v}" for k, v in sorted(fp.get("kernel_env", {}).items()))
-    return f"{where} ({fp.get('aten_capability', '?')} kernels, {fp.get('threads', '?')} threads, torch {fp.get('torch', '?')}{env})"
+    kernels, threads, torch_version = fp.get("aten_capability", "?"), fp.get("threads", "?"), fp.get("torch", "?")
+    return f"{where} ({kernels} kernels, {threads} threads, torch {torch_version}{env})"
 
 
 def tags(fp: dict[str, Any]) -> dict[str, str]:

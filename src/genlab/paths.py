@@ -23,8 +23,8 @@ def stage_view(stage: str, family: str | None = None) -> Path:
 @dataclass(frozen=True)
 class ModelPaths:
     """Every file of one trained model. The default model keeps the top-level layout; a named one
-    (`--name tokenizer` on the train/evaluate/sample stages) gets its own files beside it, so two
-    trained models coexist in one pipeline."""
+    (`--name tokenizer` on the train/evaluate/sample stages) gets models/<name>.pt, metrics/<name>/,
+    checkpoints-<name>/ and samples-<name>/, so two trained models coexist in one pipeline."""
 
     name: str
     model: Path
@@ -42,15 +42,32 @@ class ModelPaths:
 def model_paths(name: str = DEFAULT_MODEL) -> ModelPaths:
     if name == DEFAULT_MODEL:
         return ModelPaths(
-            name, Path("models/model.pt"), Path("models/run.json"), Path("checkpoints/train.pt"), Path("checkpoints/run.json"),
-            Path("metrics/train.json"), Path("metrics/train_history.csv"), Path("metrics/curves"), Path("metrics/machine.json"),
-            Path("metrics/eval.json"), Path("samples"),
+            name,
+            Path("models/model.pt"),
+            Path("models/run.json"),
+            Path("checkpoints/train.pt"),
+            Path("checkpoints/run.json"),
+            Path("metrics/train.json"),
+            Path("metrics/train_history.csv"),
+            Path("metrics/curves"),
+            Path("metrics/machine.json"),
+            Path("metrics/eval.json"),
+            Path("samples"),
         )
+    # Beside the default model's directories, never inside them: DVC tracks `checkpoints` and `samples`
+    # whole as the default chain's outputs, and another model's file there would rerun that chain.
     return ModelPaths(
-        name, Path(f"models/{name}.pt"), Path(f"models/{name}.run.json"), Path(f"checkpoints/{name}/train.pt"),
-        Path(f"checkpoints/{name}/run.json"), Path(f"metrics/{name}/train.json"), Path(f"metrics/{name}/train_history.csv"),
-        Path(f"metrics/{name}/curves"), Path(f"metrics/{name}/machine.json"), Path(f"metrics/{name}/eval.json"),
-        Path(f"samples/{name}"),
+        name,
+        Path(f"models/{name}.pt"),
+        Path(f"models/{name}.run.json"),
+        Path(f"checkpoints-{name}/train.pt"),
+        Path(f"checkpoints-{name}/run.json"),
+        Path(f"metrics/{name}/train.json"),
+        Path(f"metrics/{name}/train_history.csv"),
+        Path(f"metrics/{name}/curves"),
+        Path(f"metrics/{name}/machine.json"),
+        Path(f"metrics/{name}/eval.json"),
+        Path(f"samples-{name}"),
     )
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -61,7 +62,9 @@ def _search(tracking_uri: str, experiment: str, filters: str) -> pd.DataFrame:
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        return mlflow.search_runs(experiment_names=[experiment], filter_string=filters, order_by=["attributes.start_time ASC"])
+        return mlflow.search_runs(
+            experiment_names=[experiment], filter_string=filters, order_by=["attributes.start_time ASC"]
+        )
     finally:
         mlflow.set_tracking_uri(previous)
 
@@ -81,7 +84,8 @@ def _choose_metrics(runs: pd.DataFrame, patterns: Sequence[str] | None) -> list[
         matched = sorted(m for m in available if fnmatch.fnmatchcase(m, pattern))
         if not matched and patterns:
             raise ReportError(
-                f"no selected run has a metric matching {pattern!r}; available: {', '.join(sorted(available)) or 'none'}"
+                f"no selected run has a metric matching {pattern!r}; "
+                f"available: {', '.join(sorted(available)) or 'none'}"
             )
         chosen += [m for m in matched if m not in chosen]
     return chosen
@@ -136,7 +140,7 @@ def format_number(value: Any) -> str:
         return str(int(v))
     if abs(v) >= 1000:
         return f"{v:.1f}"
-    return f"{v:.4g}" if abs(v) < 1 else f"{v:.{max(0, 3 - int(math.floor(math.log10(abs(v)))))}f}"
+    return f"{v:.4g}" if abs(v) < 1 else f"{v:.{max(0, 3 - math.floor(math.log10(abs(v))))}f}"
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -183,8 +187,16 @@ def plot(table: pd.DataFrame, path: str | Path) -> None:
         ax.barh(positions, [0 if math.isnan(v) else v for v in values], color="C0", height=0.7)
         for y, v in zip(positions, values):
             if math.isnan(v):  # not logged by this run: say so at the panel's left edge
-                ax.text(0.01, y, "n/a", transform=blended_transform_factory(ax.transAxes, ax.transData),
-                        va="center", ha="left", fontsize=7, color="grey")
+                ax.text(
+                    0.01,
+                    y,
+                    "n/a",
+                    transform=blended_transform_factory(ax.transAxes, ax.transData),
+                    va="center",
+                    ha="left",
+                    fontsize=7,
+                    color="grey",
+                )
             else:
                 ax.text(0, y, f" {format_number(v)} ", va="center", ha="left" if v >= 0 else "right", fontsize=7)
         ax.set_title(name, fontsize=10)
@@ -219,7 +231,11 @@ def build_report(
         raise ReportError(
             f"no run in experiment {experiment!r} of {tracking_uri} matches "
             + (given if given else "(no filters): the experiment is empty — run `dvc repro` or `dvc exp run` first")
-            + ("; loosen the filters (a % in a value is a wildcard) or check the tag values in `mlflow ui`" if given else "")
+            + (
+                "; loosen the filters (a % in a value is a wildcard) or check the tag values in `mlflow ui`"
+                if given
+                else ""
+            )
         )
     table = runs_table(runs, metrics)
     out = Path(out_dir)

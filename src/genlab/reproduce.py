@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +124,11 @@ def byte_differences(a: dict[Path, str], b: dict[Path, str]) -> list[str]:
         if a[path] == b[path]:
             continue
         left, right = numbers(path, a[path]), numbers(path, b[path])
-        diffs = [f"{k} {left.get(k)!r} vs {right.get(k)!r}" for k in sorted(left.keys() | right.keys()) if left.get(k) != right.get(k)]
+        diffs = [
+            f"{k} {left.get(k)!r} vs {right.get(k)!r}"
+            for k in sorted(left.keys() | right.keys())
+            if left.get(k) != right.get(k)
+        ]
         out.append(f"{path}: {len(diffs)} number(s) differ, e.g. " + "; ".join(diffs[:3]))
     return out
 
@@ -141,7 +145,10 @@ def _committed(path: Path) -> str | None:
 def _refuse_if_changed() -> bool:
     changed = _git("status", "--porcelain", "--", *_SOURCES).strip()
     if changed:
-        print(f"refusing: params or code differ from the commit, so its metrics say nothing about them:\n{changed}", file=sys.stderr)
+        print(
+            f"refusing: params or code differ from the commit, so its metrics say nothing about them:\n{changed}",
+            file=sys.stderr,
+        )
     return bool(changed)
 
 
@@ -162,7 +169,10 @@ def check(rerun: bool) -> int:
     committed = {p: _committed(p) for p in COMPARED}
     expected_text, machine_text = _committed(paths.EXPECTED), _committed(FILES.machine)
     if None in committed.values() or machine_text is None:
-        print(f"no committed metrics to check: run `dvc repro` and commit metrics/ ({FILES.machine} included)", file=sys.stderr)
+        print(
+            f"no committed metrics to check: run `dvc repro` and commit metrics/ ({FILES.machine} included)",
+            file=sys.stderr,
+        )
         return 2
     if rerun:
         _repro()
@@ -171,10 +181,16 @@ def check(rerun: bool) -> int:
     same_kind = committed_fp == rerun_fp
     print(f"committed on {machine.describe(committed_fp)}")
     print(f"rerun on     {machine.describe(rerun_fp)}")
-    print("same machine kind: bit-exact check against the committed run" if same_kind else
-          "another machine kind: " + ", ".join(f"{k} {committed_fp.get(k)!r} -> {rerun_fp.get(k)!r}"
-                                               for k in sorted(committed_fp.keys() | rerun_fp.keys())
-                                               if committed_fp.get(k) != rerun_fp.get(k)))
+    print(
+        "same machine kind: bit-exact check against the committed run"
+        if same_kind
+        else "another machine kind: "
+        + ", ".join(
+            f"{k} {committed_fp.get(k)!r} -> {rerun_fp.get(k)!r}"
+            for k in sorted(committed_fp.keys() | rerun_fp.keys())
+            if committed_fp.get(k) != rerun_fp.get(k)
+        )
+    )
 
     ok = _determinism(committed, here, same_kind, rerun)
     return 0 if _reproduction(expected_text, here) and ok else 1
@@ -208,7 +224,11 @@ def _reproduction(expected_text: str | None, here: dict[Path, str]) -> bool:
     failures, unchecked = band_failures(expected, checked_numbers(here, how["history_epochs"]))
     print(
         f"reproduction (bands of {len(how['seeds'])} seeds, mean ± {how['k']:g} sd, built on {how['machine']}): "
-        + (f"passed, {len(expected['bands'])} numbers inside their bands" if not failures else f"FAILED, {len(failures)} outside")
+        + (
+            f"passed, {len(expected['bands'])} numbers inside their bands"
+            if not failures
+            else f"FAILED, {len(failures)} outside"
+        )
         + (f"; {len(unchecked)} without a band, unchecked" if unchecked else "")
     )
     for line in failures:
@@ -232,7 +252,9 @@ def _seed_run(seed: int, root: Path) -> dict[Path, str]:
     for name, stage in yaml.safe_load((clone / "dvc.yaml").read_text())["stages"].items():
         proc = subprocess.run(stage["cmd"], shell=True, cwd=clone, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise RuntimeError(f"seed {seed}: stage {name} failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
+            raise RuntimeError(
+                f"seed {seed}: stage {name} failed ({proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}"
+            )
         outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", []) + stage.get("metrics", [])]
         if paths.PREPARED_DIR.as_posix() in outs:
             params = yaml.safe_load((clone / paths.PARAMS).read_text())
@@ -258,7 +280,9 @@ def build_expected(seeds: int, k: float) -> int:
             began = time.perf_counter()
             texts = _seed_run(seed, Path(tmp))
             print(f"seed {seed}: done in {time.perf_counter() - began:.0f}s", flush=True)
-            if seed == base and json.loads((Path(tmp) / f"seed{seed}" / FILES.machine).read_text()) == json.loads(machine_text):
+            if seed == base and json.loads((Path(tmp) / f"seed{seed}" / FILES.machine).read_text()) == json.loads(
+                machine_text
+            ):
                 problems = byte_differences(committed, texts)
                 if problems:  # the committed numbers must be what the committed code gives here
                     print("the committed metrics differ from a rerun on their own machine kind:", *problems, sep="\n  ")
@@ -274,7 +298,7 @@ def build_expected(seeds: int, k: float) -> int:
     how = {
         "command": f"python -m genlab.reproduce expected --seeds {seeds} --k {k:g}",
         "commit": _git("rev-parse", "HEAD").strip(),
-        "made": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "made": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine.describe(fp),
         "seeds": list(range(base, base + seeds)),
         "k": k,

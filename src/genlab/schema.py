@@ -13,10 +13,12 @@ stages that read its keys unless a key says otherwise, and `check()`, for rules 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import typing
+from collections.abc import Callable
 from dataclasses import field
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from genlab.errors import ConfigError
 
@@ -131,7 +133,8 @@ def build(cls: type, raw: Any, prefix: str, require_all: bool) -> Any:
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise ConfigError(
-            f"unknown params key(s) {', '.join(prefix + k for k in unknown)}; allowed under '{where}': {', '.join(fields)}"
+            f"unknown params key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"allowed under '{where}': {', '.join(fields)}"
         )
     absent = missing(cls, raw, prefix) if require_all else []
     if absent:
@@ -150,7 +153,9 @@ def build(cls: type, raw: Any, prefix: str, require_all: bool) -> Any:
     for name, f in fields.items():
         check = f.metadata.get("check")
         if check and not check[0](getattr(section, name)):
-            raise ConfigError(f"params key '{prefix}{name}' = {getattr(section, name)!r} is out of range: expected {check[1]}")
+            raise ConfigError(
+                f"params key '{prefix}{name}' = {getattr(section, name)!r} is out of range: expected {check[1]}"
+            )
     if hasattr(section, "check"):
         section.check(prefix)
     return section
@@ -171,7 +176,9 @@ def view(section: Any, stage: str, default_stages: tuple[str, ...] = ()) -> dict
     return out
 
 
-def reference(cls: type, prefix: str = "", default_stages: tuple[str, ...] = ()) -> list[tuple[str, str, str, str, str]]:
+def reference(
+    cls: type, prefix: str = "", default_stages: tuple[str, ...] = ()
+) -> list[tuple[str, str, str, str, str]]:
     """(key, type, default, stages, doc) per key, for docs/params.md."""
     rows = []
     hints = typing.get_type_hints(cls)
@@ -185,5 +192,5 @@ def reference(cls: type, prefix: str = "", default_stages: tuple[str, ...] = ())
         check = f.metadata.get("check")
         allowed = check[1] if check else describe(tp)
         stages = ", ".join(f.metadata.get("stages") or own)
-        rows.append((prefix + f.name, allowed, repr(default), stages, f.metadata.get("doc", "")))
+        rows.append((prefix + f.name, allowed, json.dumps(default), stages, f.metadata.get("doc", "")))
     return rows

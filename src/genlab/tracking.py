@@ -14,8 +14,9 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from filelock import FileLock
@@ -52,7 +53,11 @@ def git_state(cwd: str | Path | None = None) -> tuple[str, bool]:
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
         ).stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, check=True
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         return commit, bool(status.strip())
     except (OSError, subprocess.CalledProcessError):
@@ -90,7 +95,7 @@ class MlflowTracker:
         self._lock = _store_lock(uri, root)
 
     @classmethod
-    def create(cls, params: dict[str, Any], tags: dict[str, str], run_name: str | None = None) -> "MlflowTracker":
+    def create(cls, params: dict[str, Any], tags: dict[str, str], run_name: str | None = None) -> MlflowTracker:
         """A new run of experiment 'genlab' with `params` (flat: the params the run reads) and `tags`."""
         from mlflow import MlflowClient
         from mlflow.entities import Param
@@ -149,7 +154,7 @@ class MlflowTracker:
         return {m.step for m in self.client.get_metric_history(self.run_id, key)}
 
     @contextlib.contextmanager
-    def active(self) -> Iterator["MlflowTracker"]:
+    def active(self) -> Iterator[MlflowTracker]:
         """Mark the run FAILED (or KILLED on Ctrl-C) if the block raises, FINISHED otherwise."""
         try:
             yield self

@@ -1,8 +1,8 @@
 """The trained model file and the run it belongs to: what train writes and evaluate/sample start from.
 
 The file carries the params the model was trained with (the train stage's view), so evaluate and
-sample rebuild the network from those, not from today's params.yaml; only the family's evaluation
-and sampling knobs (keys declared for those stages) come from today's params.
+sample rebuild the network from those, not from today's params.yaml; only the family's other keys
+(evaluation and sampling knobs, declared for those stages) come from today's params.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from genlab import checkpoint, paths
-from genlab.config import Config, config_from_dict, load_config, stage_view
+from genlab import checkpoint, paths, upstream
+from genlab.config import Config, load_config
 from genlab.data import PreparedData, load_prepared
-from genlab.errors import CheckpointError
+from genlab.errors import CheckpointError, ConfigError
 from genlab.models import FAMILIES, DataSpec, Family, build_family
 from genlab.runtime import resolve_device, seed_everything
 from genlab.schema import build
@@ -28,8 +28,14 @@ def stage_args(description: str) -> argparse.Namespace:
     """--name (which model's files) and --family (a fixed family instead of model.family), for the
     train, evaluate and sample stages."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--name", default=paths.DEFAULT_MODEL, help="the model's name: models/<name>.pt etc. (default: the top-level model)")
-    parser.add_argument("--family", choices=sorted(FAMILIES), help="train this family instead of params.yaml's model.family")
+    parser.add_argument(
+        "--name",
+        default=paths.DEFAULT_MODEL,
+        help="the model's name: models/<name>.pt etc. (default: the top-level model)",
+    )
+    parser.add_argument(
+        "--family", choices=sorted(FAMILIES), help="train this family instead of params.yaml's model.family"
+    )
     return parser.parse_args()
 
 
@@ -38,7 +44,9 @@ def stage_config(family: str | None) -> Config:
     return load_config(paths.PARAMS, overrides={"model.family": family} if family else None)
 
 
-def save_model(where: paths.ModelPaths, family: Family, train_view: dict[str, Any], data_md5: str) -> None:
+def save_model(
+    where: paths.ModelPaths, family: Family, train_view: dict[str, Any], data_md5: str, upstream_md5: dict[str, str]
+) -> None:
     checkpoint.save(
         where.model,
         {
@@ -47,27 +55,33 @@ def save_model(where: paths.ModelPaths, family: Family, train_view: dict[str, An
             "image_shape": list(family.image_shape),
             "levels": family.levels,
             "data_md5": data_md5,
+            "upstream_md5": upstream_md5,
             "model": family.state_dict(),
         },
     )
 
 
-def load_model(path, device: torch.device, today: Config | None = None, stage: str | None = None) -> tuple[Family, dict[str, Any]]:
-    """Rebuild a trained model from its own saved params; with `today` and `stage`, the family's keys
-    that `stage` reads come from today's params (e.g. the sampler's step count)."""
+def load_model(path, device: torch.device, today: Config) -> tuple[Family, dict[str, Any]]:
+    """Rebuild a trained model from its own saved params: the family's training keys from the model
+    file, its other keys (evaluation, sampling) from today's params."""
     saved = checkpoint.load(path, what="model file")
     name = saved.get("family")
     if name not in FAMILIES:
-        raise CheckpointError(f"{path} holds a model of family {name!r}, which this code does not know: {checkpoint.RETRAIN}")
-    section = dataclasses.asdict(getattr(config_from_dict(saved["config"]), name))
-    if today is not None:
-        section.update(stage_view(today, stage, family=name).get(name, {}))
-    cfg = build(FAMILIES[name].config_class, section, f"{name}.", require_all=False)
+        raise CheckpointError(
+            f"{path} holds a model of family {name!r}, which this code does not know: {checkpoint.RETRAIN}"
+        )
+    section = {**dataclasses.asdict(getattr(today, name)), **saved["config"][name]}
+    try:
+        cfg = build(FAMILIES[name].config_class, section, f"{name}.", require_all=False)
+    except ConfigError as exc:
+        raise ConfigError(f"today's params do not fit the model in {path}: {exc}") from None
     family = build_family(name, cfg, DataSpec(tuple(saved["image_shape"]), saved["levels"]), device)
     try:
         family.load_state_dict(saved["model"])
     except (KeyError, RuntimeError) as exc:
-        raise CheckpointError(f"{path} does not match its own params ({str(exc).splitlines()[0]}): {checkpoint.RETRAIN}") from None
+        raise CheckpointError(
+            f"{path} does not match its own params ({str(exc).splitlines()[0]}): {checkpoint.RETRAIN}"
+        ) from None
     family.train(False)
     return family, saved
 
@@ -89,11 +103,12 @@ def load_trained(stage: str, name: str, family: str | None) -> Trained:
     seed_everything(cfg.seed, f"{stage}_global")
     device = resolve_device(cfg.device)
     where = paths.model_paths(name)
-    model, saved = load_model(where.model, device, cfg, stage)
+    model, saved = load_model(where.model, device, cfg)
     if model.name != cfg.model.family:
+        by_hand = "python stages/train.py" + ("" if name == paths.DEFAULT_MODEL else f" --name {name}")
         raise CheckpointError(
             f"{where.model} holds a {model.name} model but the family asked for is {cfg.model.family}: "
-            f"retrain it with `dvc repro` (or python stages/train.py{'' if name == paths.DEFAULT_MODEL else ' --name ' + name})"
+            f"retrain it with `dvc repro` (or {by_hand})"
         )
     data = load_prepared(paths.PREPARED_DIR)
     if data.checksum != saved["data_md5"]:
@@ -101,6 +116,7 @@ def load_trained(stage: str, name: str, family: str | None) -> Trained:
             f"{where.model} was trained on data {saved['data_md5']} but {paths.PREPARED_DIR} holds {data.checksum}: "
             f"{checkpoint.RETRAIN}"
         )
+    upstream.attach(model, device, data.checksum, cfg, recorded=saved.get("upstream_md5", {}))
     return Trained(cfg, device, model, saved, data, where)
 
 

@@ -12,9 +12,10 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 from tqdm import tqdm
@@ -63,7 +64,9 @@ class Source:
 def image_source(data: PreparedData, binarize: str) -> Source:
     """uint8 images -> model input in [0, 1], dynamically binarised (a fresh draw per visit) if asked."""
     if binarize == "dynamic":
-        return Source(data.train.images, data.val.images, lambda u8, gen: torch.bernoulli(data.to_unit(u8), generator=gen))
+        return Source(
+            data.train.images, data.val.images, lambda u8, gen: torch.bernoulli(data.to_unit(u8), generator=gen)
+        )
     return Source(data.train.images, data.val.images, lambda u8, gen: data.to_unit(u8))
 
 
@@ -161,7 +164,9 @@ def _report(epoch: int, epochs: int, row: dict[str, Any], seconds: float) -> str
     return " ".join(parts) + f" ({seconds:.1f}s)"
 
 
-def _log_epoch(tracker: Tracker, family: Family, fixed_batch: torch.Tensor, seed: int, epoch: int, logged: dict) -> None:
+def _log_epoch(
+    tracker: Tracker, family: Family, fixed_batch: torch.Tensor, seed: int, epoch: int, logged: dict
+) -> None:
     """Images first, metrics last: a step's metrics in the run mean the whole epoch was logged.
 
     (A kill during the image upload can leave that one step's image twice; its metrics stay single.)
@@ -225,7 +230,9 @@ def fit(
         batches = []
         bar = tqdm(range(0, n, bs), desc=f"epoch {epoch}/{epochs}", leave=False, disable=not show_bar)
         for k, i in enumerate(bar):
-            optimisation.set_lr_factor(lr_factor(train.lr_schedule, (epoch - 1) * steps_per_epoch + k, epochs * steps_per_epoch))
+            optimisation.set_lr_factor(
+                lr_factor(train.lr_schedule, (epoch - 1) * steps_per_epoch + k, epochs * steps_per_epoch)
+            )
             stored = train_stored[order[i : i + bs]]
             x = source.to_input(stored, rngs.noise)
             batches.append((family.train_step(x, epoch, rngs.noise, optimisation.update), len(stored)))

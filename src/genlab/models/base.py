@@ -2,15 +2,17 @@
 
 A family builds its networks and says what to minimise; the loop (genlab.training) owns the optimisers,
 their steps, gradient clipping, the learning-rate schedule and EMA updates. Optional abilities are
-declared by inheriting a capability class below (Encoder, Reconstructor, ExtraFigures), never probed.
+declared by inheriting a capability class below (Generative, Encoder, Reconstructor, Tokenizer,
+ExtraFigures), never probed.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -71,6 +73,8 @@ class Family(abc.ABC):
     fid_every: int = 0
     #: samples per check, scored against as many validation images
     fid_samples: int = 0
+    #: trained models this family uses besides its own weights (see genlab.upstream), attached by the stages
+    upstream: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: FamilyConfig, data: DataSpec, device: torch.device):
         self.cfg = cfg
@@ -81,6 +85,8 @@ class Family(abc.ABC):
         self.modules: dict[str, nn.Module] = {}
         #: optimiser name -> (EMA, its source network): the loop updates the EMA after that optimiser steps
         self.ema_of: dict[str, tuple[EMA, nn.Module]] = {}
+        #: the upstream models, once attached
+        self.upstreams: dict[str, Any] = {}
 
     @property
     def dims(self) -> int:
@@ -92,7 +98,9 @@ class Family(abc.ABC):
     def optimizers(self) -> dict[str, OptimizerSpec]:
         """The optimisers the loop builds, by name (the names `losses` and `update` use)."""
 
-    def losses(self, x: torch.Tensor, epoch: int, gen: torch.Generator) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def losses(
+        self, x: torch.Tensor, epoch: int, gen: torch.Generator
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(loss per optimiser, metrics) for batch x. Each loss must own its graph (one backward each)."""
         raise NotImplementedError(f"{type(self).__name__} implements neither losses() nor train_step()")
 
@@ -116,23 +124,13 @@ class Family(abc.ABC):
     def test_metrics(self, batches: Iterable[torch.Tensor], gen: torch.Generator) -> dict[str, float]:
         """The family's headline numbers on the test split (batches of model inputs in [0, 1])."""
 
-    # --- generation -----------------------------------------------------------------------------
-    @abc.abstractmethod
-    def prior(self, n: int, gen: torch.Generator) -> torch.Tensor:
-        """n latent codes drawn from the model's prior (what `generate` turns into images)."""
-
-    @abc.abstractmethod
-    def generate(self, z: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] from latent codes, deterministically (interpolations walk through z)."""
-
-    @torch.no_grad()
-    def sample(self, n: int, gen: torch.Generator) -> torch.Tensor:
-        """n new images in [0, 1]."""
-        return self.generate(self.prior(n, gen))
-
     @abc.abstractmethod
     def snapshot(self, fixed_batch: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
         """Named image batches to log each epoch, from a fixed batch and a freshly seeded generator."""
+
+    def attach(self, name: str, model: Any) -> None:
+        """Receive upstream model `name` (loaded and checked by the stage) before training or use."""
+        self.upstreams[name] = model
 
     def data_convention(self, binarize: str) -> str | None:
         """How the family's test likelihoods read under the data convention, for the run's tags."""
@@ -154,6 +152,23 @@ class Family(abc.ABC):
 # --- capabilities: inherit one to declare it; the stages check isinstance, never hasattr -----------
 
 
+class Generative(abc.ABC):
+    """Generates new images (samples, latent walks, sample FID, class histogram)."""
+
+    @abc.abstractmethod
+    def prior(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """n latent codes drawn from the model's prior (what `generate` turns into images)."""
+
+    @abc.abstractmethod
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] from latent codes, deterministically (interpolations walk through z)."""
+
+    @torch.no_grad()
+    def sample(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        """n new images in [0, 1]."""
+        return self.generate(self.prior(n, gen))
+
+
 class Encoder(abc.ABC):
     """Maps images to continuous latents (latent walks between real images, latent maps)."""
 
@@ -163,16 +178,32 @@ class Encoder(abc.ABC):
 
 
 class Reconstructor(abc.ABC):
-    """Reconstructs its input (PSNR/SSIM in evaluate, reconstruction grids in sample)."""
+    """Reconstructs its input (rFID, PSNR/SSIM, class accuracy in evaluate; reconstruction grids in sample)."""
 
     @abc.abstractmethod
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Reconstructions in [0, 1] of images x in [0, 1]."""
+    def reconstruct(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Reconstructions in [0, 1] of images x in [0, 1]; a stochastic decoder draws from `gen`."""
 
     @torch.no_grad()
-    def paired_reconstructions(self, x: torch.Tensor) -> torch.Tensor:
+    def paired_reconstructions(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Each image followed by its reconstruction, for side-by-side grids."""
-        return torch.stack([x, self.reconstruct(x)], dim=1).flatten(0, 1)
+        return torch.stack([x, self.reconstruct(x, gen)], dim=1).flatten(0, 1)
+
+
+class Tokenizer(abc.ABC):
+    """Maps images to discrete tokens and back (bits per pixel, token usage; the data of a token prior)."""
+
+    #: tokens per image and the number of values a token takes
+    sequence_length: int
+    vocabulary: int
+
+    @abc.abstractmethod
+    def tokenize(self, x: torch.Tensor) -> torch.Tensor:
+        """Token ids (N, sequence_length), int64 in [0, vocabulary), of images x in [0, 1]."""
+
+    @abc.abstractmethod
+    def detokenize(self, tokens: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Images in [0, 1] decoded from token ids; a stochastic decoder draws from `gen`."""
 
 
 class ExtraFigures(abc.ABC):

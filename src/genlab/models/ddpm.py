@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 
 from genlab.errors import ConfigError
-from genlab.models.base import DataSpec, ExtraFigures, Family, FamilyConfig, OptimizerSpec
+from genlab.models.base import DataSpec, ExtraFigures, Family, FamilyConfig, Generative, OptimizerSpec
 from genlab.models.ema import EMA
 from genlab.models.unet import UNet
 from genlab.processes.gaussian_diffusion import GaussianDiffusion
@@ -30,7 +30,9 @@ SAMPLING = ("evaluate", "sample")
 
 @dataclass(frozen=True)
 class DDPMConfig(FamilyConfig):
-    schedule: Literal["linear", "cosine"] = key("linear", doc="linear: beta 1e-4 -> 0.02 (Ho et al.); cosine: Nichol & Dhariwal")
+    schedule: Literal["linear", "cosine"] = key(
+        "linear", doc="linear: beta 1e-4 -> 0.02 (Ho et al.); cosine: Nichol & Dhariwal"
+    )
     timesteps: int = key(1000, at_least(2))
     prediction: Literal["eps", "v"] = key("eps")
     channels: int = key(32, at_least(1), doc="U-Net base width")
@@ -40,9 +42,13 @@ class DDPMConfig(FamilyConfig):
     ema_decay: float = key(0.999, in_unit(closed_low=True), doc="EMA weights used for evaluation and sampling")
     lr: float = key(1e-3, positive(), doc="Adam")
     snapshot_steps: int = key(10, at_least(1), doc="DDIM steps for the per-epoch sample grid")
-    sampler_steps: int = key(50, at_least(1), stages=SAMPLING, doc="sampler steps (= timesteps with eta 1: ancestral DDPM)")
+    sampler_steps: int = key(
+        50, at_least(1), stages=SAMPLING, doc="sampler steps (= timesteps with eta 1: ancestral DDPM)"
+    )
     eta: float = key(0.0, at_least(0.0), stages=SAMPLING, doc="DDIM noise (0 = deterministic, 1 = DDPM variance)")
-    bound_strata: int = key(100, at_least(0), stages=("evaluate",), doc="timesteps per test image for the bound (0 = all)")
+    bound_strata: int = key(
+        100, at_least(0), stages=("evaluate",), doc="timesteps per test image for the bound (0 = all)"
+    )
     steps_grid: list[int] = key([10, 50, 1000], positive_list(), stages=("sample",), doc="quality-vs-steps grid")
 
     def check(self, prefix: str) -> None:
@@ -60,7 +66,7 @@ class DDPMConfig(FamilyConfig):
             )
 
 
-class DDPM(Family, ExtraFigures):
+class DDPM(Family, Generative, ExtraFigures):
     name = "ddpm"
     config_class = DDPMConfig
     metric_names = ("loss",)
@@ -110,7 +116,9 @@ class DDPM(Family, ExtraFigures):
         """A denoising strip: (n * frames, C, H, W) in [0, 1], row i holding sample i's chain states
         x_t at `frames` evenly spaced sampler steps from x_T (noise, shown as clamp((x+1)/2)) to x_0."""
         steps = self.cfg.sampler_steps
-        _, states = self.process.ddim_sample(self.ema, self.prior(n, gen), steps, self.cfg.eta, gen, return_trajectory=True)
+        _, states = self.process.ddim_sample(
+            self.ema, self.prior(n, gen), steps, self.cfg.eta, gen, return_trajectory=True
+        )
         picks = torch.linspace(0, steps, frames, dtype=torch.float64).round().long()
         return self.to_images(states[picks.to(states.device)].transpose(0, 1).flatten(0, 1))
 
@@ -122,7 +130,9 @@ class DDPM(Family, ExtraFigures):
         save_grid(strip, out_dir / "trajectory.png", nrow=TRAJECTORY_FRAMES)
         x_T = self.prior(16, stream(seed, "steps_grid_start", self.device))
         rows = [
-            self.to_images(self.process.ddim_sample(self.ema, x_T, k, self.cfg.eta, stream(seed, "steps_grid", self.device)))
+            self.to_images(
+                self.process.ddim_sample(self.ema, x_T, k, self.cfg.eta, stream(seed, "steps_grid", self.device))
+            )
             for k in self.cfg.steps_grid
         ]
         save_labelled_rows(rows, [f"{k} steps" for k in self.cfg.steps_grid], out_dir / "steps_grid.png")

@@ -12,7 +12,7 @@ from typing import Literal, Optional
 
 import torch
 
-from genlab.models.base import DataSpec, Family, FamilyConfig, OptimizerSpec, weighted_means
+from genlab.models.base import DataSpec, Family, FamilyConfig, Generative, OptimizerSpec, weighted_means
 from genlab.models.ema import EMA
 from genlab.models.gan_losses import LOSSES, discriminator_loss, generator_loss, gradient_penalty, mean_output
 from genlab.models.gan_nets import Discriminator, Generator
@@ -33,15 +33,21 @@ class GANConfig(FamilyConfig):
     beta1: float = key(0.5, in_unit(closed_low=True))
     beta2: float = key(0.999, in_unit(closed_low=True))
     ema_decay: float = key(0.999, in_unit(closed_low=True), doc="EMA copy of G, used for every sample")
-    eval_every: int = key(5, at_least(0), doc="epochs between domain-FID checks in training (0 = never; the last always)")
+    eval_every: int = key(
+        5, at_least(0), doc="epochs between domain-FID checks in training (0 = never; the last always)"
+    )
     fid_samples: int = key(1000, at_least(10), doc="samples per check, against as many validation images")
 
 
-class GAN(Family):
+class GAN(Family, Generative):
     name = "gan"
     config_class = GANConfig
+    upstream = ("classifier",)  # its features score the domain-FID checks during training
     curves = {
-        "d_loss": "loss", "g_loss": "loss", "d_real": "mean D output", "d_fake": "mean D output",
+        "d_loss": "loss",
+        "g_loss": "loss",
+        "d_real": "mean D output",
+        "d_fake": "mean D output",
         "domain_fid": "lower is better",
     }
 
@@ -99,7 +105,9 @@ class GAN(Family):
         self.steps += 1
         if self.steps % self.n_critic == 0:
             self.discriminator.requires_grad_(False)  # only G's gradients are needed
-            update("generator", generator_loss(self.cfg.loss, self.discriminator(self.generator(self.prior(len(x), gen)))))
+            update(
+                "generator", generator_loss(self.cfg.loss, self.discriminator(self.generator(self.prior(len(x), gen))))
+            )
             self.discriminator.requires_grad_(True)
         return {"d_loss": d_loss.detach(), **metrics}
 

@@ -7,7 +7,7 @@ and generated images; every loss is a mean over the batch. D minimises `discrimi
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -7,6 +7,8 @@ at least 4, so 8x8 digits use 4x4 -> 8x8, 28x28 MNIST 7x7 -> 14x14 -> 28x28 and 
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
@@ -49,7 +51,7 @@ class Generator(nn.Module):
         self.base = (chans[0], bh, bw)
         self.project = nn.Sequential(nn.Linear(latent_dim, chans[0] * bh * bw, bias=False))
         layers: list[nn.Module] = [nn.BatchNorm2d(chans[0]), nn.ReLU(inplace=True)]
-        for cin, cout in zip(chans, chans[1:]):
+        for cin, cout in itertools.pairwise(chans):
             layers += [nn.ConvTranspose2d(cin, cout, 4, 2, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
         layers += [nn.Conv2d(chans[-1], c, 3, padding=1), nn.Tanh()]
         self.body = nn.Sequential(*layers)
@@ -72,7 +74,7 @@ class Discriminator(nn.Module):
         n, bh, bw = _levels(image_shape)
         chans = [width * 2**i for i in range(n + 1)]
         layers: list[nn.Module] = [nn.Conv2d(c, chans[0], 3, padding=1), nn.LeakyReLU(0.2, inplace=True)]
-        for cin, cout in zip(chans, chans[1:]):
+        for cin, cout in itertools.pairwise(chans):
             layers.append(nn.Conv2d(cin, cout, 4, 2, 1, bias=not batch_norm))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(cout))

@@ -113,8 +113,9 @@ class UNet(nn.Module):
                 height, width = (height // 2, width // 2) if halve else (height, width)
                 skips.append(ch)
 
-        self.mid = nn.ModuleList([ResBlock(ch, ch, t_dim), SelfAttention(ch) if attention else nn.Identity(),
-                                  ResBlock(ch, ch, t_dim)])
+        self.mid = nn.ModuleList(
+            [ResBlock(ch, ch, t_dim), SelfAttention(ch) if attention else nn.Identity(), ResBlock(ch, ch, t_dim)]
+        )
 
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mults))):

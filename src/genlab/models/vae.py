@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from genlab.models.base import DataSpec, Encoder, Family, FamilyConfig, OptimizerSpec, Reconstructor
+from genlab.models.base import DataSpec, Encoder, Family, FamilyConfig, Generative, OptimizerSpec, Reconstructor
 from genlab.models.likelihoods import (
     bernoulli_log_prob,
     discretized_gaussian_log_prob,
@@ -40,11 +40,14 @@ class VAEConfig(FamilyConfig):
     kl_warmup_epochs: int = key(0, at_least(0), doc="KL weight ramps linearly from 1/n to beta over n epochs")
     lr: float = key(1e-3, positive(), doc="Adam")
     iw_samples: int = key(
-        1000, at_least(1), stages=("evaluate",), doc="importance samples per test image for the IW-NLL (5000 = literature)"
+        1000,
+        at_least(1),
+        stages=("evaluate",),
+        doc="importance samples per test image for the IW-NLL (5000 = literature)",
     )
 
 
-class VAE(Family, Encoder, Reconstructor):
+class VAE(Family, Generative, Encoder, Reconstructor):
     name = "vae"
     config_class = VAEConfig
     metric_names = ("loss", "elbo", "recon", "kl", "bpd")
@@ -116,9 +119,15 @@ class VAE(Family, Encoder, Reconstructor):
     # --- Family interface -----------------------------------------------------------------
     def data_convention(self, binarize):
         if binarize == "dynamic":
-            return "test images binarised once with a seeded draw: exact Bernoulli log-likelihoods (published MNIST NLL convention)"
+            return (
+                "test images binarised once with a seeded draw: exact Bernoulli log-likelihoods "
+                "(published MNIST NLL convention)"
+            )
         if self.cfg.likelihood == "bernoulli":
-            return "grey levels in [0,1] scored with Bernoulli cross-entropy: comparable with tutorial VAEs, not a normalised likelihood"
+            return (
+                "grey levels in [0,1] scored with Bernoulli cross-entropy: comparable with tutorial VAEs, "
+                "not a normalised likelihood"
+            )
         return "pixels on their discrete grid scored with a discretised Gaussian: a true discrete log-likelihood"
 
     def losses(self, x, epoch, gen):
@@ -155,12 +164,13 @@ class VAE(Family, Encoder, Reconstructor):
         return torch.randn(n, self.cfg.latent_dim, generator=gen, device=self.device)
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+        """The decoder's mean at the posterior mean: deterministic, `gen` is not used."""
         return self.generate(self.encode(x))
 
     @torch.no_grad()
     def snapshot(self, fixed_batch, gen):
-        return {"samples": self.sample(64, gen), "reconstructions": self.paired_reconstructions(fixed_batch)}
+        return {"samples": self.sample(64, gen), "reconstructions": self.paired_reconstructions(fixed_batch, gen)}
 
     @torch.no_grad()
     def log_weights(self, x: torch.Tensor, k: int, gen: torch.Generator, chunk: int = 256) -> torch.Tensor:

@@ -80,7 +80,7 @@ class ConvDecoder(nn.Module):
         self.start_shape = (channels[-1], hs[-1], ws[-1])
         self.fc = nn.Linear(latent_dim, channels[-1] * hs[-1] * ws[-1])
         layers: list[nn.Module] = []
-        widths = list(reversed(channels)) + [c]
+        widths = [*list(reversed(channels)), c]
         for i in range(len(channels)):
             level = len(channels) - 1 - i  # target size is the encoder's input size at this level
             pad = (hs[level] - 2 * hs[level + 1], ws[level] - 2 * ws[level + 1])

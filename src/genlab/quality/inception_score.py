@@ -13,7 +13,9 @@ def inception_score(probs: torch.Tensor, splits: int = 1) -> tuple[float, float]
     original implementation (0 for splits=1).
     """
     if probs.ndim != 2 or probs.shape[0] < splits or splits < 1:
-        raise ValueError(f"probs must be (N, K) with N >= splits >= 1, got shape {tuple(probs.shape)} and splits={splits}")
+        raise ValueError(
+            f"probs must be (N, K) with N >= splits >= 1, got shape {tuple(probs.shape)} and splits={splits}"
+        )
     p = probs.detach().to(torch.float64)
     if (p < 0).any() or not torch.allclose(p.sum(dim=1), torch.ones_like(p[:, 0]), atol=1e-4):
         raise ValueError("probs rows must be probability distributions (non-negative, summing to 1)")

@@ -42,7 +42,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """
     _check_pair(x, y)
     x, y = x.detach().double(), y.detach().double()
-    n, channels, height, width = x.shape
+    _n, channels, height, width = x.shape
     size = min(_WINDOW, min(height, width) - (1 - min(height, width) % 2))
     if size < 1:
         raise ValueError(f"images of size {height}x{width} are too small for SSIM")

@@ -7,12 +7,13 @@ seeded generator in place of the generated ones, so a reader knows what "as good
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from genlab.data import PreparedData
+from genlab.models.base import Generative
 from genlab.quality.classifier import DomainClassifier, embed
 from genlab.quality.frechet import fid
 from genlab.quality.inception import inception_features
@@ -22,26 +23,54 @@ from genlab.quality.reconstruction import psnr, ssim
 from genlab.runtime import stream
 
 
-def sample_in_batches(sample: Callable[[int, torch.Generator], torch.Tensor], n: int, gen, batch_size: int) -> torch.Tensor:
+def sample_in_batches(
+    sample: Callable[[int, torch.Generator], torch.Tensor], n: int, gen, batch_size: int
+) -> torch.Tensor:
     return torch.cat([sample(min(batch_size, n - i), gen).cpu() for i in range(0, n, batch_size)])
 
 
 def fid_monitor(
-    classifier: DomainClassifier, reference: torch.Tensor, n: int, device: torch.device, seed: int, batch_size: int = 500
+    classifier: DomainClassifier,
+    reference: torch.Tensor,
+    n: int,
+    device: torch.device,
+    seed: int,
+    batch_size: int = 500,
 ) -> Callable[[object], dict[str, float]]:
-    """A training-time scorer: domain FID between n samples and n reference (validation) images.
+    """A training-time scorer: domain FID between n samples and n reference (validation) images, or for
+    a family that reconstructs but does not generate (a tokenizer), `domain_rfid` between the
+    reconstructions of those images and the images themselves.
 
     Every call draws the same noise (a generator seeded afresh), so the curve over epochs shows the
     model changing, not the noise; the run's own generators are left untouched, so resuming is exact.
     """
     n = min(n, len(reference))
-    f_ref, _ = embed(classifier, reference[:n])
+    reference = reference[:n]
+    f_ref, _ = embed(classifier, reference)
 
     def score(family) -> dict[str, float]:
-        generated = sample_in_batches(family.sample, n, stream(seed, "fid_monitor", device), batch_size)
-        return {"domain_fid": fid(embed(classifier, generated)[0], f_ref)}
+        gen = stream(seed, "fid_monitor", device)
+        if isinstance(family, Generative):
+            generated = sample_in_batches(family.sample, n, gen, batch_size)
+            return {"domain_fid": fid(embed(classifier, generated)[0], f_ref)}
+        recon = reconstruct_in_batches(family.reconstruct, reference, gen, batch_size)
+        return {"domain_rfid": fid(embed(classifier, recon)[0], f_ref)}
 
     return score
+
+
+def reconstruct_in_batches(
+    reconstruct: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    images: torch.Tensor,
+    gen: torch.Generator,
+    batch_size: int,
+) -> torch.Tensor:
+    """Reconstructions (on the CPU, clamped to [0, 1]) of images in [0, 1], batch by batch on gen's device."""
+    out = [
+        reconstruct(images[i : i + batch_size].to(gen.device), gen).clamp(0, 1).cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(out)
 
 
 def real_pair(data: PreparedData, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +80,9 @@ def real_pair(data: PreparedData, n: int, gen: torch.Generator) -> tuple[torch.T
     return data.to_unit(data.test.images[:n]), data.to_unit(data.train.images[pick])
 
 
-def domain_scores(classifier: DomainClassifier, generated: torch.Tensor, test: torch.Tensor, train: torch.Tensor) -> dict[str, float]:
+def domain_scores(
+    classifier: DomainClassifier, generated: torch.Tensor, test: torch.Tensor, train: torch.Tensor
+) -> dict[str, float]:
     """FID, IS, precision/recall (k=3) and density/coverage (k=5) in the classifier's feature space."""
     f_gen, p_gen = embed(classifier, generated)
     f_test, p_test = embed(classifier, test)
@@ -66,21 +97,30 @@ def domain_scores(classifier: DomainClassifier, generated: torch.Tensor, test: t
     return scores
 
 
-def inception_fid(generated: torch.Tensor, test: torch.Tensor, train: torch.Tensor, weights: str | None, device) -> dict[str, float]:
+def inception_fid(
+    generated: torch.Tensor, test: torch.Tensor, train: torch.Tensor, weights: str | None, device
+) -> dict[str, float]:
     """The standard FID on Inception-v3 pool features (299x299, grayscale copied to 3 channels)."""
     f_gen, f_test, f_train = (inception_features(x, weights, device=device).cpu() for x in (generated, test, train))
     return {"inception_fid": fid(f_gen, f_test), "inception_fid_floor": fid(f_train, f_test)}
 
 
-def reconstruction_scores(reconstruct: Callable[[torch.Tensor], torch.Tensor], test: torch.Tensor, batch_size: int, device) -> dict[str, float]:
-    """PSNR (dB) and SSIM computed per image, then averaged over the images."""
-    p, s = [], []
-    for i in range(0, len(test), batch_size):
-        x = test[i : i + batch_size].to(device)
-        y = reconstruct(x).clamp(0, 1)
-        p.append(psnr(y, x).cpu())
-        s.append(ssim(y, x).cpu())
-    return {"psnr": torch.cat(p).mean().item(), "ssim": torch.cat(s).mean().item()}
+def reconstruction_scores(
+    classifier: DomainClassifier, recon: torch.Tensor, test: torch.Tensor, labels: torch.Tensor
+) -> dict[str, float]:
+    """Reconstructions of the test images against them: domain rFID (read it against domain_fid_floor),
+    PSNR (dB) and SSIM per image then averaged, and the domain classifier's accuracy on the
+    reconstructions (`recon_accuracy`, beside its accuracy on the originals, `real_accuracy`)."""
+    f_rec, p_rec = embed(classifier, recon)
+    f_test, p_test = embed(classifier, test)
+    labels = labels.to(p_rec.device)
+    return {
+        "domain_rfid": fid(f_rec, f_test),
+        "psnr": psnr(recon, test).mean().item(),
+        "ssim": ssim(recon, test).mean().item(),
+        "recon_accuracy": (p_rec.argmax(1) == labels).double().mean().item(),
+        "real_accuracy": (p_test.argmax(1) == labels).double().mean().item(),
+    }
 
 
 def class_frequencies(classifier: DomainClassifier, images: torch.Tensor) -> np.ndarray:

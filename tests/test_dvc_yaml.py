@@ -1,0 +1,113 @@
+"""dvc.yaml against the code: each stage depends on its params view and on every module it imports,
+and its outputs are the paths genlab.paths names (the stages write there)."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from genlab import paths
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+_CLOSURE = """
+import importlib, importlib.util, json, sys
+target = sys.argv[1]
+if target.endswith('.py'):
+    spec = importlib.util.spec_from_file_location('stage_under_test', target)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+else:
+    importlib.import_module(target)
+files = [getattr(m, '__file__', None) or '' for m in list(sys.modules.values())]
+print(json.dumps([f for f in files if '/src/genlab/' in f]))
+"""
+
+
+@functools.cache
+def _closure(target: str) -> frozenset[str]:
+    """Files of the genlab modules that importing `target` (a module or a script) loads."""
+    out = subprocess.run([sys.executable, "-c", _CLOSURE, target], cwd=REPO, capture_output=True, text=True, check=True)
+    return frozenset(Path(p).resolve().relative_to(REPO).as_posix() for p in json.loads(out.stdout))
+
+
+def _direct(script: str) -> set[str]:
+    """Files of the genlab modules a script imports by name."""
+    files = set()
+    for node in ast.walk(ast.parse((REPO / script).read_text())):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("genlab"):
+            names = [f"{node.module}.{a.name}" for a in node.names] if node.module == "genlab" else [node.module]
+            for name in names:
+                base = REPO / "src" / Path(*name.split("."))
+                files.add(
+                    (base / "__init__.py" if base.is_dir() else base.with_suffix(".py")).relative_to(REPO).as_posix()
+                )
+    return files
+
+
+def _covered(file: str, deps: list[str]) -> bool:
+    return any(file == d or file.startswith(d.rstrip("/") + "/") for d in deps)
+
+
+@pytest.mark.parametrize("name", sorted(STAGES))
+def test_every_stage_depends_on_the_code_it_imports(name):
+    """What a stage imports only through genlab.config (the family registry) reaches it through its
+    params view instead, which the validate stage rewrites whenever src/genlab changes."""
+    stage = STAGES[name]
+    script = stage["cmd"].split()[1]
+    needed = (_closure(script) - _closure("genlab.config")) | _direct(script)
+    missing = sorted(f for f in needed if not _covered(f, stage["deps"]))
+    assert not missing, f"stage {name} imports {missing} but dvc.yaml does not list them as deps"
+
+
+@pytest.mark.parametrize("name", sorted(set(STAGES) - {"validate"}))
+def test_every_stage_depends_on_its_params_view_not_on_params_yaml(name):
+    assert paths.stage_view(name).as_posix() in STAGES[name]["deps"]
+    assert "params" not in STAGES[name]
+
+
+def _outs(name: str) -> set[str]:
+    entries = STAGES[name].get("outs", []) + STAGES[name].get("metrics", [])
+    return {next(iter(e)) if isinstance(e, dict) else e for e in entries}
+
+
+def test_outputs_are_the_paths_the_code_writes():
+    files = paths.MODEL_FILES
+    assert _outs("validate") == {paths.VALIDATED_DIR.as_posix()}
+    assert _outs("download") == {paths.PREPARED_DIR.as_posix()}
+    assert _outs("classifier") == {paths.CLASSIFIER.as_posix(), paths.CLASSIFIER_METRICS.as_posix()}
+    train = {
+        files.model,
+        files.run_info,
+        files.history,
+        files.curves,
+        files.machine,
+        files.checkpoint.parent,
+        files.train_metrics,
+    }
+    assert _outs("train") == {p.as_posix() for p in train}
+    assert _outs("evaluate") == {files.eval_metrics.as_posix()}
+    assert _outs("sample") == {files.samples.as_posix()}
+
+
+def test_the_params_reference_is_current_and_lists_every_key_of_params_yaml():
+    from genlab.config import reference_markdown
+
+    current = (REPO / "docs/params.md").read_text()
+    assert current == reference_markdown(), "refresh it: python -m genlab.config > docs/params.md"
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+
+    def keys(node, prefix=""):
+        for k, v in node.items():
+            yield from keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [prefix + k]
+
+    documented = set(re.findall(r"^\| `([^`]+)`", reference_markdown(), re.M))
+    assert documented == set(keys(raw))
