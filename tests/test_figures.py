@@ -73,3 +73,14 @@ def test_two_dimensional_latents_are_plotted_directly():
         points, how = latent_map(vae, x, "pca", seed=0)
         np.testing.assert_allclose(points, vae.encode(x).double().numpy())
     assert how == "latent means"
+
+
+def test_curves_are_drawn_against_the_epochs_as_counted_from_one(monkeypatch, tmp_path):
+    from genlab import visualise
+
+    figures = []
+    monkeypatch.setattr(visualise, "_save_figure", lambda fig, path: figures.append(fig))
+    history = [{"epoch": e, "train_elbo": -10.0 / e, "val_elbo": float("nan") if e == 2 else -9.0} for e in (1, 2, 3)]
+    visualise.plot_curves(history, {"elbo": "nats/image"}, tmp_path / "c.png")
+    train, val = figures[0].axes[0].lines
+    assert list(train.get_xdata()) == [1, 2, 3] and list(val.get_xdata()) == [1, 3]

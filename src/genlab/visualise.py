@@ -79,7 +79,7 @@ def plot_curves(history: Sequence[dict], curves: dict[str, str], path: str | Pat
     fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.2), squeeze=False)
     for ax, (name, unit) in zip(axes[0], curves.items()):
         for split in ("train", "val"):
-            points = [(row["epoch"] + 1, row[f"{split}_{name}"]) for row in history if f"{split}_{name}" in row]
+            points = [(row["epoch"], row[f"{split}_{name}"]) for row in history if f"{split}_{name}" in row]
             points = [(e, v) for e, v in points if v == v]  # drop NaN (metric not computed that epoch)
             if points:
                 ax.plot(*zip(*points), label=split, marker="." if len(points) < 20 else None)
