@@ -248,7 +248,8 @@ def _seed_run(seed: int, root: Path) -> dict[Path, str]:
     """
     clone = root / f"seed{seed}"
     subprocess.run(["git", "clone", "-q", str(Path.cwd()), str(clone)], check=True)
-    env = {k: v for k, v in os.environ.items() if k not in _ISOLATE}
+    # The clone's own code: the environment's editable install points at the checkout, whatever its state.
+    env = {**{k: v for k, v in os.environ.items() if k not in _ISOLATE}, "PYTHONPATH": str(clone / "src")}
     for name, stage in yaml.safe_load((clone / "dvc.yaml").read_text())["stages"].items():
         proc = subprocess.run(stage["cmd"], shell=True, cwd=clone, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
