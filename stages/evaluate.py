@@ -46,6 +46,7 @@ def image_quality(t: Trained, batch_size: int) -> dict[str, float]:
             family.reconstruct, test, stream(cfg.seed, "eval_reconstructions", t.device), batch_size
         )
         scores.update(reconstruction_scores(classifier, recon, test, data.test.labels[:n]))
+        scores.update(family.reconstruction_distances(recon, test))
         inception["inception_rfid"] = recon
     if cfg.evaluate.inception_fid:
         for key, images in inception.items():

@@ -68,7 +68,7 @@ def run() -> None:
         points, how = latent_map(family, test, s.latent_map, stream_seed(cfg.seed, "latent_map") % 2**32)
         plot_latent_map(points, data.test.labels.numpy(), f"test set: {how}", out / "latent_map.png")
     if isinstance(family, ExtraFigures):
-        family.figures(out, cfg.seed)
+        family.figures(out, cfg.seed, test[:16])
     history = pd.read_csv(t.paths.history).to_dict("records")
     plot_curves(history, family.curves, out / "curves.png")
     print(f"wrote {', '.join(sorted(p.name for p in out.glob('*.png')))} to {out}/")

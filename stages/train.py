@@ -29,10 +29,13 @@ def write_curves(where: paths.ModelPaths, table: pd.DataFrame, curves: dict[str,
 
 
 def write_outputs(where: paths.ModelPaths, history: list[dict], curves: dict[str, str], fingerprint: dict) -> None:
-    last = history[-1]
+    """train.json holds the metrics of the epoch whose weights the model keeps: the last, or the selected one."""
+    kept = next((row for row in history if row.get("selected")), history[-1])
     summary = {"epochs": len(history)}
+    if "selected" in kept:
+        summary["selected_epoch"] = kept["epoch"]
     for split in ("train", "val"):
-        summary[split] = {k[len(split) + 1 :]: v for k, v in last.items() if k.startswith(split + "_")}
+        summary[split] = {k[len(split) + 1 :]: v for k, v in kept.items() if k.startswith(split + "_")}
     atomic.write_json(where.train_metrics, summary)
     atomic.write_json(where.machine, fingerprint)
     table = pd.DataFrame(history)
@@ -87,6 +90,9 @@ def run() -> None:
         )
         save_model(where, family, view, data.checksum, upstream_md5)
         write_outputs(where, history, family.curves, fingerprint)
+        selected = [row["epoch"] for row in history if row.get("selected")]
+        if selected:
+            tracker.set_tags({"genlab.selected_epoch": selected[0]})
         atomic.write_json(where.run_info, {"run_id": tracker.run_id})
         tracker.log_artifact(where.model, "model")
         tracker.log_artifact(where.history, "metrics")

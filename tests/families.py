@@ -9,6 +9,7 @@ import torch
 
 from genlab.config import TrainConfig, stage_view
 from genlab.models import FAMILIES, DataSpec, Family
+from genlab.quality.classifier import DomainClassifier
 from genlab.runtime import seed_everything
 from genlab.schema import build
 from genlab.training import NullTracker, Optimisation, fit, image_source, input_levels, resume_key
@@ -27,6 +28,17 @@ TINY_FAMILIES: dict[str, dict] = {
         "steps_grid": [2, 5, 20],
         "bound_strata": 4,
     },
+    "flowmo": {
+        "width": 16,
+        "heads": 2,
+        "encoder_depth": 1,
+        "decoder_depth": 1,
+        "pretrain_epochs": 2,
+        "posttrain_steps": 2,
+        "snapshot_steps": 2,
+        "sampler_steps": 3,
+        "fid_samples": 50,
+    },
 }
 
 
@@ -36,8 +48,16 @@ def family_config(name: str, **overrides):
 
 
 def make_family(name: str, shape=(1, 8, 8), levels: int = 17, seed: int = 0, **overrides) -> Family:
+    """A tiny family; its upstream networks (classifier, perceptual) are small untrained CNNs of the shape."""
     torch.manual_seed(seed)
-    return FAMILIES[name](family_config(name, **overrides), DataSpec(tuple(shape), levels), CPU)
+    return attach_stubs(FAMILIES[name](family_config(name, **overrides), DataSpec(tuple(shape), levels), CPU))
+
+
+def attach_stubs(family: Family) -> Family:
+    """Small untrained CNNs of the family's image shape as its upstream networks (classifier, perceptual)."""
+    for upstream in family.upstream:
+        family.attach(upstream, DomainClassifier(family.image_shape, 10, [4, 8], 8, 16).train(False))
+    return family
 
 
 class Stepper:
@@ -56,7 +76,7 @@ def build_from(cfg, data) -> Family:
     """The active family of a full Config, for `data` (a PreparedData), seeded like the train stage."""
     seed_everything(cfg.seed, "model_init")
     spec = DataSpec(data.image_shape, input_levels(data, cfg.data.binarize))
-    return FAMILIES[cfg.model.family](cfg.family, spec, CPU)
+    return attach_stubs(FAMILIES[cfg.model.family](cfg.family, spec, CPU))
 
 
 def train_run(cfg, data, ckpt=None, state=None, tracker=None, scorer=None, family=None) -> list[dict]:

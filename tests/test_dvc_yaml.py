@@ -84,6 +84,7 @@ def test_outputs_are_the_paths_the_code_writes():
     assert _outs("validate") == {paths.VALIDATED_DIR.as_posix()}
     assert _outs("download") == {paths.PREPARED_DIR.as_posix()}
     assert _outs("classifier") == {paths.CLASSIFIER.as_posix(), paths.CLASSIFIER_METRICS.as_posix()}
+    assert _outs("perceptual") == {paths.PERCEPTUAL.as_posix(), paths.PERCEPTUAL_METRICS.as_posix()}
     train = {
         files.model,
         files.run_info,

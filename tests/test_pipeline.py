@@ -440,3 +440,35 @@ def test_two_trained_models_coexist_in_one_pipeline(project):
     out = project.run("dvc", "repro").stdout
     ran = set(re.findall(r"Running stage '(\w+)'", out)) - {"validate"}
     assert ran == {"train_gan", "evaluate_gan", "sample_gan"}, out
+
+
+def test_flowmo_experiment_runs_end_to_end_through_dvc(project):
+    """1A (epochs 1-2) then 1B (epoch 3) in one `dvc exp run`; reconstruction metrics and figures."""
+    project.run("dvc", "repro")
+    project.commit("baseline results")
+    project.run("dvc", "exp", "run", "-S", "model.family=flowmo")
+    root = project.root
+    history = pd.read_csv(root / "metrics/train_history.csv")
+    assert list(history["epoch"]) == STEPS and list(history["train_stage"]) == [0, 0, 2]
+    for name in ("flow", "perceptual", "entropy", "commitment", "perplexity", "used_fraction"):
+        assert history[f"train_{name}"].notna().all() and history[f"val_{name}"].notna().all(), name
+    assert history["val_psnr"].notna().all() and history["val_domain_rfid"].notna().all()
+    summary = json.loads((root / "metrics/train.json").read_text())
+    assert summary["selected_epoch"] == 3  # the only 1B epoch: the kept weights are its
+    test = json.loads((root / "metrics/eval.json").read_text())["test"]
+    for name in ("domain_rfid", "domain_fid_floor", "psnr", "ssim", "perceptual", "recon_accuracy", "real_accuracy"):
+        assert test[name] == test[name], name  # present and not NaN
+    assert test["bits_per_pixel"] == pytest.approx(4 * 6 / 64) and 1 <= test["token_perplexity"] <= 8
+    assert "domain_fid" not in test and "elbo" not in test  # a tokenizer neither generates nor has a likelihood
+    for name in ("reconstructions", "rho_grid", "steps_grid", "noise_draws", "token_usage", "curves"):
+        assert (root / f"samples/{name}.png").is_file(), name
+    assert not (root / "samples/samples.png").exists()
+
+    client = project.mlflow()
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("genlab").experiment_id], "tags.`genlab.family` = 'flowmo'"
+    )
+    assert _image_steps(client, run.info.run_id) == {"reconstructions": set(STEPS)}
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/psnr")) == STEPS
+    assert run.data.tags["genlab.upstream.perceptual_md5"] and run.data.tags["genlab.upstream.classifier_md5"]
+    assert run.data.metrics["test/domain_rfid"] == pytest.approx(test["domain_rfid"])

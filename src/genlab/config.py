@@ -20,7 +20,7 @@ from genlab.errors import ConfigError
 from genlab.models import FAMILIES
 from genlab.schema import at_least, build, in_unit, key, positive, positive_list, reference, view
 
-MODEL_STAGES = ("classifier", "train", "evaluate", "sample")  # the stages that run networks (and need a device)
+MODEL_STAGES = ("classifier", "perceptual", "train", "evaluate", "sample")  # the stages that run networks
 FAMILY_STAGES = ("train", "evaluate", "sample")  # the stages that read the active family's section
 
 
@@ -81,6 +81,17 @@ class ClassifierConfig:
 
 
 @dataclass(frozen=True)
+class PerceptualConfig(ClassifierConfig):
+    """A second, smaller classifier whose feature maps and logits give a perceptual loss (FlowMo trains
+    with it): never the domain classifier, which judges the results, since a loss and its judge must differ."""
+
+    STAGES: ClassVar = ("perceptual",)
+    epochs: int = key(3, at_least(1))
+    channels: list[int] = key([16, 32], positive_list(), doc="conv widths; its feature maps enter the distance")
+    features: int = key(64, at_least(2))
+
+
+@dataclass(frozen=True)
 class EvaluateConfig:
     STAGES: ClassVar = ("evaluate",)
     batch_size: int = key(256, at_least(1))
@@ -109,6 +120,7 @@ def _config_class() -> type:
         *((name, cls.config_class, field(default_factory=cls.config_class)) for name, cls in FAMILIES.items()),
         ("train", TrainConfig, field(default_factory=TrainConfig)),
         ("classifier", ClassifierConfig, field(default_factory=ClassifierConfig)),
+        ("perceptual", PerceptualConfig, field(default_factory=PerceptualConfig)),
         ("evaluate", EvaluateConfig, field(default_factory=EvaluateConfig)),
         ("sample", SampleConfig, field(default_factory=SampleConfig)),
     ]

@@ -7,6 +7,7 @@ Epochs count from 1 everywhere: the console, MLflow steps, train_history.csv and
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -134,6 +135,7 @@ class Optimisation:
         if self.clip is not None:
             torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.clip)
         opt.step()
+        self.family.after_step(name)
         if name in self.family.ema_of:
             ema, source = self.family.ema_of[name]
             ema.update(source)
@@ -202,13 +204,14 @@ def fit(
     (logging first would log the epoch again on resume). A non-finite training metric raises
     DivergenceError before the checkpoint, so the last good one survives. `scorer` (sample-quality
     metrics, e.g. domain FID, reported as val metrics) runs when `scores_due`. `key` is the
-    `resume_key` of the run's params: a checkpoint resumes only a run with the same key.
+    `resume_key` of the run's params: a checkpoint resumes only a run with the same key. A family with a
+    `selection()` rule ends with the weights of its best epoch, marked by `selected` = 1 in the rows.
     """
     device = family.device
     rngs = Rngs(seed, device)
     optimisation = Optimisation(family, train)
     history: list[dict[str, Any]] = []
-    done = 0
+    done, best = 0, None
     train_stored = source.train.to(device)
     fixed_batch = source.to_input(source.val[:SNAPSHOT_BATCH].to(device), stream(seed, "snapshot_batch", device))
     if resume_state is not None:
@@ -216,7 +219,7 @@ def fit(
         family.load_state_dict(resume_state["model"])
         optimisation.load_state_dict(resume_state["optimizers"])
         rngs.load_state_dict(resume_state["rngs"])
-        history, done = list(resume_state["history"]), resume_state["epoch"]
+        history, done, best = list(resume_state["history"]), resume_state["epoch"], resume_state["best"]
         if "logged" in resume_state and done not in tracker.metric_steps(EPOCH_KEY):
             _log_epoch(tracker, family, fixed_batch, seed, done, resume_state["logged"])
     n, bs, epochs = len(train_stored), train.batch_size, train.epochs
@@ -255,6 +258,7 @@ def fit(
         row.update({f"val_{k}": v for k, v in val_metrics.items()})
         history.append(row)
         print(_report(epoch, epochs, row, seconds), flush=True)
+        best = _select(family, row, best)
 
         logged = {f"train/{k}": v for k, v in train_metrics.items()}
         logged.update({f"val/{k}": v for k, v in val_metrics.items()})
@@ -271,8 +275,24 @@ def fit(
                     "rngs": rngs.state_dict(),
                     "run_id": run_id,
                     "history": history,
+                    "best": best,
                     "logged": logged,  # what a resume logs if the kill came before this epoch was logged
                 },
             )
         _log_epoch(tracker, family, fixed_batch, seed, epoch, logged)
+    if best is not None:
+        family.load_state_dict(best["model"])
+        for row in history:
+            row["selected"] = int(row["epoch"] == best["epoch"])
+        print(f"kept the weights of epoch {best['epoch']}: lowest {family.selection()[0]} ({best['value']:.4f})")
     return history
+
+
+def _select(family: Family, row: dict[str, Any], best: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The best epoch so far under `family.selection()`, with a copy of its weights."""
+    rule = family.selection()
+    if rule is None or row["epoch"] < rule[1] or rule[0] not in row:
+        return best
+    if best is None or row[rule[0]] < best["value"]:
+        return {"epoch": row["epoch"], "value": row[rule[0]], "model": copy.deepcopy(family.state_dict())}
+    return best

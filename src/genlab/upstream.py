@@ -1,7 +1,8 @@
 """Trained models a family depends on besides its own weights (the domain classifier, a tokenizer).
 
-A family declares them by name in `Family.upstream`; where each lives is `paths.CLASSIFIER` for the
-classifier and otherwise the family's params key of the same name (e.g. a prior's `tokenizer:
+A family declares them by name in `Family.upstream`; where each lives is `SHARED` for the networks the
+pipeline's own stages train (the domain classifier, the perceptual network) and otherwise the family's
+params key of the same name (e.g. a prior's `tokenizer:
 models/tokenizer.pt`). The train stage loads each, checks it was trained on the same prepared data,
 hands it to `Family.attach` and records its file md5 in the model file and the MLflow run; evaluate
 and sample load the same files and refuse ones whose md5 differs from the recorded one.
@@ -19,13 +20,17 @@ from genlab.data.checksums import md5_file
 from genlab.errors import CheckpointError
 from genlab.models import Family
 
+SHARED = ("classifier", "perceptual")  # trained by the pipeline's own stages, at paths.CLASSIFIER / PERCEPTUAL
+
 
 def location(family: Family, name: str) -> Path:
-    return paths.CLASSIFIER if name == "classifier" else Path(getattr(family.cfg, name))
+    if name in SHARED:
+        return paths.CLASSIFIER if name == "classifier" else paths.PERCEPTUAL
+    return Path(getattr(family.cfg, name))
 
 
 def _load(family: Family, name: str, path: Path, device: torch.device, data_md5: str, today: Any) -> Any:
-    if name == "classifier":
+    if name in SHARED:
         from genlab.quality.classifier import load_classifier
 
         return load_classifier(path, device, data_md5=data_md5)

@@ -89,6 +89,19 @@ def plot_curves(history: Sequence[dict], curves: dict[str, str], path: str | Pat
     _save_figure(fig, path)
 
 
+def plot_token_usage(counts: np.ndarray, path: str | Path) -> None:
+    """How often each token id occurs (a tokenizer's codebook use), ids sorted by frequency."""
+    plt = _pyplot()
+    ordered = np.sort(counts)[::-1] / max(counts.sum(), 1)
+    used = int((counts > 0).sum())
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.bar(np.arange(len(ordered)), ordered, width=1.0)
+    ax.set_xlabel("token id, most used first")
+    ax.set_ylabel("share of tokens")
+    ax.set_title(f"{used} of {len(counts)} token ids used")
+    _save_figure(fig, path)
+
+
 def plot_class_histogram(generated: np.ndarray, real: np.ndarray, title: str, path: str | Path) -> None:
     """Class frequencies of generated images (domain classifier) beside the real test labels'."""
     plt = _pyplot()

@@ -7,10 +7,11 @@ import torch
 
 from genlab.models.base import DataSpec, Family
 from genlab.models.ddpm import DDPM
+from genlab.models.flowmo import FlowMo
 from genlab.models.gan import GAN
 from genlab.models.vae import VAE
 
-FAMILIES: dict[str, type[Family]] = {cls.name: cls for cls in (VAE, GAN, DDPM)}
+FAMILIES: dict[str, type[Family]] = {cls.name: cls for cls in (VAE, GAN, DDPM, FlowMo)}
 
 
 def build_family(name: str, cfg, data: DataSpec, device: torch.device) -> Family:

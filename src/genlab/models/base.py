@@ -67,6 +67,8 @@ class Family(abc.ABC):
     config_class: ClassVar[type[FamilyConfig]]
     #: metric names reported by train_step, in display order (eval_step may report a subset)
     metric_names: tuple[str, ...]
+    #: metrics eval_step adds that training does not compute (e.g. the PSNR of sampled reconstructions)
+    eval_only_metrics: tuple[str, ...] = ()
     #: metrics drawn as train/val curves (curves.png, DVC plots): name -> unit
     curves: ClassVar[dict[str, str]]
     #: epochs between domain-FID checks of the samples during training (0 = never)
@@ -116,9 +118,19 @@ class Family(abc.ABC):
             update(name, loss)
         return metrics
 
+    def after_step(self, optimiser: str) -> None:
+        """Called by the loop right after optimiser `optimiser` stepped, before its EMA update: for
+        constraints on the weights (FlowMo keeps each Linear at its initial norm). Default: nothing."""
+        return
+
+    def selection(self) -> tuple[str, int] | None:
+        """(history column, first epoch): keep the weights of the epoch with the lowest value of that
+        validation column from that epoch on, instead of the last epoch's. Default: the last epoch."""
+        return None
+
     @abc.abstractmethod
     def eval_step(self, x: torch.Tensor, epoch: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
-        """The same metrics as train_step (or a subset) on batch x, without updating anything."""
+        """The same metrics as train_step (or a subset, plus `eval_only_metrics`) on batch x, updating nothing."""
 
     @abc.abstractmethod
     def test_metrics(self, batches: Iterable[torch.Tensor], gen: torch.Generator) -> dict[str, float]:
@@ -184,6 +196,15 @@ class Reconstructor(abc.ABC):
     def reconstruct(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Reconstructions in [0, 1] of images x in [0, 1]; a stochastic decoder draws from `gen`."""
 
+    def quick_reconstruct(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """The reconstruction of in-training checks (val PSNR, val rFID): it may use a cheaper sampler,
+        and reads only training keys, so the train stage's DVC view covers it. Default: `reconstruct`."""
+        return self.reconstruct(x, gen)
+
+    def reconstruction_distances(self, recon: torch.Tensor, x: torch.Tensor) -> dict[str, float]:
+        """Family-specific distances between reconstructions and originals, for evaluate (default none)."""
+        return {}
+
     @torch.no_grad()
     def paired_reconstructions(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Each image followed by its reconstruction, for side-by-side grids."""
@@ -210,5 +231,6 @@ class ExtraFigures(abc.ABC):
     """Draws figures of its own in the sample stage (e.g. a sampler's trajectory)."""
 
     @abc.abstractmethod
-    def figures(self, out_dir: Path, seed: int) -> list[Path]:
-        """Write the family's own figures into out_dir (random draws from streams of `seed`); their paths."""
+    def figures(self, out_dir: Path, seed: int, images: torch.Tensor) -> list[Path]:
+        """Write the family's own figures into out_dir (random draws from streams of `seed`; `images`: test
+        images in [0, 1] for figures that start from real data); their paths."""

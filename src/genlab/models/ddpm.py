@@ -123,7 +123,7 @@ class DDPM(Family, Generative, ExtraFigures):
         return self.to_images(states[picks.to(states.device)].transpose(0, 1).flatten(0, 1))
 
     @torch.no_grad()
-    def figures(self, out_dir: Path, seed: int) -> list[Path]:
+    def figures(self, out_dir: Path, seed: int, images: torch.Tensor) -> list[Path]:
         """trajectory.png (x_T -> x_0 along the sampler's steps) and steps_grid.png (the same x_T
         sampled with each count of ddpm.steps_grid)."""
         strip = self.trajectory(TRAJECTORY_ROWS, stream(seed, "trajectory", self.device), TRAJECTORY_FRAMES)

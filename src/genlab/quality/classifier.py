@@ -31,7 +31,6 @@ from genlab.runtime import seed_everything, stream
 
 KIND = "domain_classifier"
 EVAL_BATCH = 1000
-_RETRAIN = "retrain it with `dvc repro classifier` (or `python stages/classifier.py`)"
 
 
 class DomainClassifier(nn.Module):
@@ -146,15 +145,18 @@ def evaluate(
     return {"accuracy": correct / n, "loss": loss_sum / n}
 
 
-def train_classifier(cfg: Config, data: PreparedData, device: torch.device) -> tuple[DomainClassifier, dict[str, Any]]:
-    """Train the classifier on data.train (Adam, cfg.classifier.*), deterministically from cfg.seed.
+def train_classifier(
+    cfg: Config, data: PreparedData, device: torch.device, section: str = "classifier"
+) -> tuple[DomainClassifier, dict[str, Any]]:
+    """Train a classifier on data.train (Adam, the params of `section`: `classifier`, or `perceptual` for
+    the perceptual network FlowMo trains with), deterministically from cfg.seed (its own streams).
 
     Returns the model (eval mode) and metrics: {"epochs", "train": {accuracy, loss},
     "val": {accuracy, loss}, "test": {accuracy, loss}}; train time is printed, not returned, so
     the metrics file reproduces exactly.
     """
-    ccfg = cfg.classifier
-    seed_everything(cfg.seed, "classifier_init")  # weight init draws from the global generator
+    ccfg = getattr(cfg, section)
+    seed_everything(cfg.seed, f"{section}_init")  # weight init draws from the global generator
     model = build_classifier(ccfg, data.image_shape, num_classes(data), data.max_value).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=ccfg.lr, fused=True)
     n, bs = len(data.train), ccfg.batch_size
@@ -162,7 +164,7 @@ def train_classifier(cfg: Config, data: PreparedData, device: torch.device) -> t
     # Cosine decay of the learning rate to 0 over the run: the last epochs settle instead of
     # ending wherever the last noisy Adam step left the weights (a few % of test accuracy on digits).
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
-    order_gen = stream(cfg.seed, "classifier_order")
+    order_gen = stream(cfg.seed, f"{section}_order")
     train_u8, labels = data.train.images.to(device), data.train.labels.to(device)
     began = time.perf_counter()
     for epoch in range(ccfg.epochs):
@@ -181,7 +183,7 @@ def train_classifier(cfg: Config, data: PreparedData, device: torch.device) -> t
             correct += int((logits.argmax(1) == labels[idx]).sum())
         val = evaluate(model, data.val.images, data.val.labels)
         print(
-            f"classifier epoch {epoch + 1}/{ccfg.epochs} train/loss {loss_sum / n:.4f} "
+            f"{section} epoch {epoch + 1}/{ccfg.epochs} train/loss {loss_sum / n:.4f} "
             f"train/accuracy {correct / n:.4f} val/accuracy {val['accuracy']:.4f} "
             f"({time.perf_counter() - began:.1f}s)",
             flush=True,
@@ -200,12 +202,14 @@ def save_classifier(
     config: dict[str, Any],
     data_md5: str,
     metrics: dict[str, Any] | None = None,
+    section: str = "classifier",
 ) -> None:
-    """Write the weights with what rebuilds them: the full params dict, shape, classes, data md5."""
+    """Write the weights with what rebuilds them: the params (`section` names theirs), shape, classes, data md5."""
     checkpoint.save(
         path,
         {
             "kind": KIND,
+            "section": section,
             "config": config,
             "image_shape": list(model.image_shape),
             "num_classes": model.num_classes,
@@ -226,26 +230,26 @@ def load_classifier(
     CheckpointError. The returned model is in eval mode and carries `.data_md5` and `.metrics`.
     """
     path = Path(path)
+    stage = "perceptual" if path.stem == "perceptual" else "classifier"
+    fix = f"retrain it with `dvc repro {stage}` (or `python stages/classifier.py --section {stage}`)"
     if not path.is_file():
-        raise CheckpointError(f"classifier file {path} does not exist: train it with `dvc repro classifier`")
-    saved = checkpoint.load(path, what="classifier file", fix=_RETRAIN)
+        raise CheckpointError(f"classifier file {path} does not exist: train it with `dvc repro {stage}`")
+    saved = checkpoint.load(path, what="classifier file", fix=fix)
     if saved.get("kind") != KIND:
-        raise CheckpointError(f"{path} is not a domain-classifier file: {_RETRAIN}")
+        raise CheckpointError(f"{path} is not a domain-classifier file: {fix}")
     if data_md5 is not None and saved["data_md5"] != data_md5:
         raise CheckpointError(
-            f"classifier {path} was trained on data {saved['data_md5']} but the prepared data is {data_md5}: {_RETRAIN}"
+            f"classifier {path} was trained on data {saved['data_md5']} but the prepared data is {data_md5}: {fix}"
         )
     try:
-        ccfg = config_from_dict(saved["config"]).classifier
+        ccfg = getattr(config_from_dict(saved["config"]), saved.get("section", "classifier"))
     except ConfigError as exc:
-        raise CheckpointError(
-            f"classifier {path} holds params this code no longer accepts ({exc}): {_RETRAIN}"
-        ) from None
+        raise CheckpointError(f"classifier {path} holds params this code no longer accepts ({exc}): {fix}") from None
     model = build_classifier(ccfg, saved["image_shape"], saved["num_classes"], saved["max_value"])
     try:
         model.load_state_dict(saved["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"classifier {path} does not match its own params ({exc}): {_RETRAIN}") from None
+        raise CheckpointError(f"classifier {path} does not match its own params ({exc}): {fix}") from None
     model.data_md5 = saved["data_md5"]
     model.metrics = saved.get("metrics", {})
     return model.to(device).train(False)

@@ -53,7 +53,7 @@ def fid_monitor(
         if isinstance(family, Generative):
             generated = sample_in_batches(family.sample, n, gen, batch_size)
             return {"domain_fid": fid(embed(classifier, generated)[0], f_ref)}
-        recon = reconstruct_in_batches(family.reconstruct, reference, gen, batch_size)
+        recon = reconstruct_in_batches(family.quick_reconstruct, reference, gen, batch_size)
         return {"domain_rfid": fid(embed(classifier, recon)[0], f_ref)}
 
     return score
