@@ -86,7 +86,7 @@ class PerceptualConfig(ClassifierConfig):
     with it): never the domain classifier, which judges the results, since a loss and its judge must differ."""
 
     STAGES: ClassVar = ("perceptual",)
-    epochs: int = key(3, at_least(1))
+    epochs: int = key(10, at_least(1))
     channels: list[int] = key([16, 32], positive_list(), doc="conv widths; its feature maps enter the distance")
     features: int = key(64, at_least(2))
 
