@@ -93,6 +93,18 @@ def _tracked_files() -> list[str]:
     return [line for line in out.splitlines() if line and (REPO / line).is_file()]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module of tiny networks: a busy CPU's thread pool costs them more than
+    their compute (100x seen on the shared 2-core machines)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory):
     """The default dataset (scikit-learn's digits), prepared once per test session."""

@@ -33,13 +33,7 @@ def moved(before, family) -> set[str]:
     }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny networks: a busy CPU's thread pool would cost more than their compute."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: see conftest.one_thread
 
 
 def test_every_registered_family_has_a_tiny_config_and_a_config_class():

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -287,12 +288,10 @@ class MMDiT(nn.Module):
 # --- FlowMo's encoder and decoder ---------------------------------------------------------------------------
 
 
-class FlowMoEncoder(nn.Module):
-    """Image (N, C, H, W) → pre-quantisation code ĉ (N, tokens, bits).
-
-    As in FlowMo, the latent stream starts from all-zero inputs: after `token_in` every latent is the same
-    learned constant (its bias), and only the rotary positions tell them apart.
-    """
+class _FlowMoNet(nn.Module):
+    """What FlowMo's encoder and decoder share: an MMDiT over the image's patches and `tokens` latent tokens
+    (sizes: channels, image_size, patch, tokens, bits, width, depth, heads). The decoder is conditioned on
+    time, reads the code (+ a presence channel) and writes the image; the encoder writes the tokens."""
 
     def __init__(
         self,
@@ -305,6 +304,7 @@ class FlowMoEncoder(nn.Module):
         width: int,
         depth: int,
         heads: int,
+        decoder: bool,
     ):
         super().__init__()
         self.bits = bits
@@ -313,13 +313,13 @@ class FlowMoEncoder(nn.Module):
             channels=channels,
             image_size=image_size,
             num_tokens=tokens,
-            token_dim=bits,
+            token_dim=bits + 1 if decoder else bits,
             width=width,
             depth=depth,
             heads=heads,
-            image_out=False,
-            token_out_dim=bits,
-            conditioned=False,
+            image_out=decoder,
+            token_out_dim=None if decoder else bits,
+            conditioned=decoder,
         )
 
     @property
@@ -327,12 +327,23 @@ class FlowMoEncoder(nn.Module):
         """The transformer blocks, whose Linear weights FlowMo keeps at their initial norms."""
         return self.net.blocks
 
+
+class FlowMoEncoder(_FlowMoNet):
+    """Image (N, C, H, W) → pre-quantisation code ĉ (N, tokens, bits).
+
+    As in FlowMo, the latent stream starts from all-zero inputs: after `token_in` every latent is the same
+    learned constant (its bias), and only the rotary positions tell them apart.
+    """
+
+    def __init__(self, **sizes: Any):
+        super().__init__(decoder=False, **sizes)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         zeros = images.new_zeros(images.shape[0], self.net.num_tokens, self.bits)
         return self.net(images, zeros)[1]
 
 
-class FlowMoDecoder(nn.Module):
+class FlowMoDecoder(_FlowMoNet):
     """(x_t, code, t) → velocity z − x, same shape as x_t.
 
     The latent stream reads the quantised code with one extra "code present" channel: 1 where the code is
@@ -340,38 +351,8 @@ class FlowMoDecoder(nn.Module):
     classifier-free guidance.
     """
 
-    def __init__(
-        self,
-        *,
-        channels: int,
-        image_size: tuple[int, int],
-        patch: int,
-        tokens: int,
-        bits: int,
-        width: int,
-        depth: int,
-        heads: int,
-    ):
-        super().__init__()
-        self.bits = bits
-        self.net = MMDiT(
-            patch=patch,
-            channels=channels,
-            image_size=image_size,
-            num_tokens=tokens,
-            token_dim=bits + 1,
-            width=width,
-            depth=depth,
-            heads=heads,
-            image_out=True,
-            token_out_dim=None,
-            conditioned=True,
-        )
-
-    @property
-    def blocks(self) -> nn.ModuleList:
-        """The transformer blocks, whose Linear weights FlowMo keeps at their initial norms."""
-        return self.net.blocks
+    def __init__(self, **sizes: Any):
+        super().__init__(decoder=True, **sizes)
 
     def forward(
         self, x_t: torch.Tensor, code: torch.Tensor | None, t: torch.Tensor, keep: torch.Tensor | None = None
