@@ -1,0 +1,278 @@
+"""FlowMo's claim at small scale: at equal bits per pixel, does a diffusion decoder with mode-seeking
+post-training reconstruct better than regression decoders? (Sargent et al. 2025, seed 004.)
+
+Every variant has the same encoder, LFQ quantiser and decoder network (genlab's `flowmo` family), the same
+data passes and the same batch size; they differ only in what the decoder is trained to do:
+
+    B0   regression decoder (one pass from the code), MSE
+    B1   B0 + the perceptual loss (weight 0.1)
+    B2   B1 + a hinge GAN loss against a spectral-norm critic (weight 0.1)
+    F1   flow decoder after stage 1A (flow matching + perceptual loss)
+    F1'  F1 continued in stage 1A for as many images as 1B sees (the control for extra training)
+    F2   F1 then stage 1B: mode-seeking post-training through the 8-step sampler, encoder frozen
+
+Stage 1A runs --epochs epochs over MNIST's 54k training images; the post phase (1B for F2, more 1A for
+F1', more of the same for B0-B2) sees --post-images more, so all variants except F1 see the same images.
+Each is scored on the first --test MNIST test images: domain rFID (reconstructions vs originals in the
+domain classifier's features; floor = train vs test images), PSNR, SSIM, the perceptual distance, and
+the domain classifier's accuracy on the reconstructions; mean ± sd over --seeds. Then cheap ablations
+of F2's sampler (no retraining): rho in {1, 2, 4, 8} and no guidance; --logit-normal adds F2 trained on
+the plain logit-normal t (no 10 % uniform share). Speed: training images/s in 1A and 1B, decoding
+images/s at 1, 5 and 25 sampler steps.
+
+Anchors are ImageNet 256x256 (FlowMo-Lo 0.070 BPP: rFID 0.95, PSNR 22.07; FlowMo-Hi 0.219 BPP: rFID 0.56,
+PSNR 24.93; post-training: rFID -14 to -23 %, PSNR +0.7 to 0.9 dB): not comparable in scale.
+
+    cd /work/main && PYTHONPATH=src .venv/bin/python bench/flowmo_claim.py --prepare   # data + both networks, once
+    PYTHONPATH=src OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python bench/flowmo_claim.py \\
+        --seed 0 > bench/out/flowmo_claim_s0.log 2>&1 &      # one process per seed (2 cores: two at once)
+    PYTHONPATH=src .venv/bin/python bench/flowmo_claim.py --table        # the table from bench/out/*.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from benchlib import OUT, build, classifier_for, prepared
+
+from genlab import checkpoint
+from genlab.config import config_from_dict, stage_view
+from genlab.models.flowmo import FlowMo
+from genlab.processes import rectified_flow as rf
+from genlab.quality.classifier import embed, load_classifier, save_classifier, train_classifier
+from genlab.quality.frechet import fid
+from genlab.quality.scoring import real_pair, reconstruct_in_batches, reconstruction_scores
+from genlab.runtime import resolve_device, stream
+from genlab.training import NullTracker, Source, fit, image_source
+
+VARIANTS = {
+    "B0": {"decoder": "regression", "perceptual_weight": 0.0},
+    "B1": {"decoder": "regression"},
+    "B2": {"decoder": "regression", "adversarial_weight": 0.1},
+}
+COLUMNS = ["domain_rfid", "psnr", "ssim", "perceptual", "recon_accuracy"]
+RESULTS = OUT / "flowmo_claim.jsonl"
+
+
+def make_config(args, seed: int, **flowmo):
+    tokens = args.tokens
+    return config_from_dict(
+        {
+            "seed": seed,
+            "device": args.device,
+            "data": {"name": "mnist", "root": "bench/out/data", "mirror": args.mirror},
+            "model": {"family": "flowmo"},
+            "flowmo": {
+                "patch": 4,
+                "tokens": tokens,
+                "bits": args.bits,
+                "group": args.bits,
+                "width": args.width,
+                "heads": 4,
+                "encoder_depth": 2,
+                "decoder_depth": 3,
+                "pretrain_epochs": args.epochs,
+                "eval_every": 0,
+                **flowmo,
+            },
+            "train": {"epochs": args.epochs, "batch_size": 64, "lr_schedule": "constant"},
+            "perceptual": {"epochs": 3},
+        }
+    )
+
+
+def perceptual_for(data, cfg, device):
+    """The perceptual network of `data` (cfg.perceptual), trained once and cached like the classifier."""
+    path = OUT / f"{cfg.data.name}_perceptual.pt"
+    if not path.is_file():
+        model, metrics = train_classifier(cfg, data, device, "perceptual")
+        save_classifier(model, path, stage_view(cfg, "perceptual"), data.checksum, metrics, "perceptual")
+        print(f"perceptual network: test accuracy {metrics['test']['accuracy']:.4f} (cached in {path})")
+    return load_classifier(path, device, data_md5=data.checksum)
+
+
+def subset(data, n: int, seed: int, purpose: str) -> Source:
+    """n training images drawn with a seeded permutation (the post phase's, or a small stage 1A's)."""
+    pick = torch.randperm(len(data.train), generator=stream(seed, purpose))[:n]
+    full = image_source(data, "none")
+    return Source(full.train[pick], full.val, full.to_input)
+
+
+def run_phase(family, source, cfg, epochs: int, ckpt: Path, state=None) -> float:
+    """fit() for `epochs` epochs in all (resuming `state`); returns train images/s."""
+    train = dataclasses.replace(cfg.train, epochs=epochs)
+    began = time.perf_counter()
+    history = fit(
+        family, source, train, cfg.seed, key="bench", checkpoint_path=ckpt, tracker=NullTracker(), resume_state=state
+    )
+    seen = len(source.train) * (epochs - (state["epoch"] if state else 0))
+    print(f"  epoch {history[-1]['epoch']}: train flow/MSE {history[-1]['train_flow']:.4f}", flush=True)
+    return seen / (time.perf_counter() - began)
+
+
+def score(family: FlowMo, test, labels, classifier, seed: int, **sampler) -> dict[str, float]:
+    """Reconstruction metrics of the test images, as evaluate computes them (sampler overrides allowed)."""
+    family.train(False)
+    cfg = family.cfg
+    settings = {
+        "steps": cfg.sampler_steps,
+        "rho": cfg.rho,
+        "guidance": cfg.guidance,
+        "interval": family.sigmas,
+        **sampler,
+    }
+
+    def reconstruct(x, gen):
+        return family.decode(family.codes(x), gen, **settings)
+
+    recon = reconstruct_in_batches(reconstruct, test, stream(seed, "bench_reconstructions", family.device), 250)
+    return {**reconstruction_scores(classifier, recon, test, labels), **family.reconstruction_distances(recon, test)}
+
+
+def decode_speed(family: FlowMo, test) -> dict[str, float]:
+    x, out = test[:256].to(family.device), {}
+    q = family.codes(x)
+    for steps in (1, 5, 25):
+        began = time.perf_counter()
+        family.decode(
+            q, torch.Generator(family.device).manual_seed(0), steps, rf.RHO, rf.GUIDANCE, rf.GUIDANCE_INTERVAL
+        )
+        out[f"decode_{steps}_steps_img_s"] = len(x) / (time.perf_counter() - began)
+    return out
+
+
+def record(row: dict) -> None:
+    print(json.dumps(row), flush=True)
+    with RESULTS.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def run_seed(args, seed: int) -> None:
+    device = resolve_device(args.device)
+    base = make_config(args, seed)
+    data = prepared(base)
+    classifier = classifier_for(data, base, device)
+    perceptual = perceptual_for(data, base, device)
+    test, train_pick = real_pair(data, args.test, stream(0, "real_train_pick"))
+    labels = data.test.labels[: args.test]
+    post = subset(data, args.post_images, seed, "bench_post_images")
+    pretrain = subset(data, args.train_images, seed, "bench_train_images") if args.train_images else image_source(data, "none")
+    post_epochs = args.epochs + 1
+    floor = fid(embed(classifier, train_pick)[0], embed(classifier, test)[0])
+    tag = {
+        "seed": seed,
+        "bpp": args.tokens * args.bits / 784,
+        "epochs": args.epochs,
+        "post_images": args.post_images,
+        "rfid_floor": floor,
+    }
+    work = OUT / f"flowmo_claim_s{seed}_{args.tokens}x{args.bits}"
+    work.mkdir(parents=True, exist_ok=True)
+
+    def family_for(**overrides) -> FlowMo:
+        family = build(make_config(args, seed, **overrides), data, device)
+        family.attach("classifier", classifier)
+        family.attach("perceptual", perceptual)
+        return family
+
+    for name, overrides in VARIANTS.items():
+        cfg = make_config(args, seed, **overrides)
+        family = family_for(**overrides)
+        print(f"{name} seed {seed}", flush=True)
+        speed = run_phase(family, pretrain, cfg, args.epochs, work / f"{name}.pt")
+        run_phase(family, post, cfg, post_epochs, work / f"{name}.pt", checkpoint.load(work / f"{name}.pt"))
+        record({"variant": name, **tag, "train_img_s": speed, **score(family, test, labels, classifier, seed)})
+
+    schedules = {"F": {}, **({"F-ln": {"uniform_share": 0.0}} if args.logit_normal else {})}
+    for prefix, overrides in schedules.items():
+        cfg = make_config(args, seed, **overrides)
+        family = family_for(**overrides)
+        print(f"{prefix}1 seed {seed}", flush=True)
+        speed = run_phase(family, pretrain, cfg, args.epochs, work / f"{prefix}1.pt")
+        state = checkpoint.load(work / f"{prefix}1.pt")
+        if prefix == "F":
+            record(
+                {
+                    "variant": "F1",
+                    **tag,
+                    "train_img_s": speed,
+                    **score(family, test, labels, classifier, seed),
+                    **decode_speed(family, test),
+                }
+            )
+            control = family_for(pretrain_epochs=post_epochs)  # F1': stage 1A through the post phase too
+            run_phase(control, post, cfg, post_epochs, work / "F1c.pt", state)
+            record({"variant": "F1'", **tag, **score(control, test, labels, classifier, seed)})
+        print(f"{prefix}2 seed {seed}", flush=True)
+        post_speed = run_phase(family, post, cfg, post_epochs, work / f"{prefix}1.pt", state)
+        record(
+            {"variant": f"{prefix}2", **tag, "post_img_s": post_speed, **score(family, test, labels, classifier, seed)}
+        )
+        if prefix == "F":
+            for rho in (1.0, 2.0, 8.0):
+                record({"variant": f"F2 rho {rho:g}", **tag, **score(family, test, labels, classifier, seed, rho=rho)})
+            record({"variant": "F2 no guidance", **tag, **score(family, test, labels, classifier, seed, guidance=1.0)})
+
+
+def table() -> None:
+    rows = [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((round(row["bpp"], 4), row["variant"]), []).append(row)
+    print("| BPP | variant | seeds | " + " | ".join(COLUMNS) + " |")
+    print("|---|---|---|" + "---|" * len(COLUMNS))
+    for (bpp, variant), items in groups.items():
+        cells = []
+        for col in COLUMNS:
+            values = [r[col] for r in items]
+            sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+            cells.append(f"{statistics.fmean(values):.3f} ± {sd:.3f}")
+        print(f"| {bpp:.3f} | {variant} | {len(items)} | " + " | ".join(cells) + " |")
+    for key in ("train_img_s", "post_img_s", "decode_1_steps_img_s", "decode_5_steps_img_s", "decode_25_steps_img_s"):
+        values = [r[key] for r in rows if key in r]
+        if values:
+            print(f"{key}: median {statistics.median(values):.1f} over {len(values)} runs")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seed", type=int, nargs="+", default=[0])
+    parser.add_argument("--epochs", type=int, default=2, help="stage 1A epochs over MNIST's training split")
+    parser.add_argument("--post-images", type=int, default=4096, help="images of the post phase (1B for F2)")
+    parser.add_argument("--train-images", type=int, default=0, help="stage 1A on this many images (0 = all 54k)")
+    parser.add_argument("--tokens", type=int, default=6, help="6 x 9 bits = 0.069 BPP; 19 x 9 = 0.218")
+    parser.add_argument("--bits", type=int, default=9)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--test", type=int, default=1000, help="MNIST test images scored")
+    parser.add_argument("--logit-normal", action="store_true", help="also F2 trained on the plain logit-normal t")
+    parser.add_argument("--table", action="store_true", help="print the table of bench/out/flowmo_claim.jsonl")
+    parser.add_argument("--prepare", action="store_true", help="only prepare MNIST and train the two networks once")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--mirror", default="../shared/datasets/mnist", help="directory holding the four MNIST .gz files"
+    )
+    args = parser.parse_args()
+    if args.table:
+        table()
+        return
+    sys.stdout.reconfigure(line_buffering=True)
+    if args.prepare:  # before parallel seed runs, so that they do not train the same cached networks at once
+        cfg = make_config(args, 0)
+        data = prepared(cfg)
+        classifier_for(data, cfg, resolve_device(args.device)), perceptual_for(data, cfg, resolve_device(args.device))
+        return
+    print(f"torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, device {args.device}")
+    for seed in args.seed:
+        run_seed(args, seed)
+
+
+if __name__ == "__main__":
+    main()
