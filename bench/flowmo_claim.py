@@ -164,7 +164,9 @@ def run_seed(args, seed: int) -> None:
     test, train_pick = real_pair(data, args.test, stream(0, "real_train_pick"))
     labels = data.test.labels[: args.test]
     post = subset(data, args.post_images, seed, "bench_post_images")
-    pretrain = subset(data, args.train_images, seed, "bench_train_images") if args.train_images else image_source(data, "none")
+    pretrain = (
+        subset(data, args.train_images, seed, "bench_train_images") if args.train_images else image_source(data, "none")
+    )
     post_epochs = args.epochs + 1
     floor = fid(embed(classifier, train_pick)[0], embed(classifier, test)[0])
     tag = {

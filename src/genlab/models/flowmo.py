@@ -72,7 +72,7 @@ class FlowMoConfig(FamilyConfig):
     uniform_share: float = key(
         rf.UNIFORM_SHARE, in_unit(closed_low=True), doc="share of t ~ U(0, 1), else logit-normal"
     )
-    pretrain_epochs: int = key(20, at_least(1), doc="stage 1A; later epochs are stage 1B (post-training)")
+    pretrain_epochs: int = key(90, at_least(1), doc="stage 1A; the epochs after it (to train.epochs) are stage 1B")
     freeze_encoder_after: Optional[int] = key(None, optional(at_least(0)), doc="1A epochs before the encoder freezes")
     posttrain_lr: float = key(2.5e-4, positive(), doc="Adam, stage 1B (FlowMo: half the 1A lr)")
     sample_weight: float = key(0.01, at_least(0.0), doc="1B: lambda_sample, weight of the sampled image's distance")
@@ -117,12 +117,13 @@ class FlowMo(Family, Reconstructor, Tokenizer, ExtraFigures):
     config_class = FlowMoConfig
     upstream = ("classifier", "perceptual")  # val rFID checks; the perceptual loss
     metric_names = ("loss", "flow", "perceptual", "entropy", "commitment", "perplexity", "used_fraction", "stage")
-    eval_only_metrics = ("psnr",)
+    eval_only_metrics = ("psnr", "sample_distance")
     curves = {
         "flow": "MSE of v",
         "perceptual": "distance",
         "entropy": "nats",
         "perplexity": "codes",
+        "sample_distance": "logits MSE (val)",
         "psnr": "dB (val)",
         "domain_rfid": "lower is better",
     }
@@ -201,6 +202,7 @@ class FlowMo(Family, Reconstructor, Tokenizer, ExtraFigures):
             c_hat, q = self._code(net["encoder"], x0)
         entropy = lfq.entropy_loss(c_hat, cfg.group)
         commitment = lfq.commitment_loss(c_hat)
+        stage = stage if cfg.decoder == "flow" else min(stage, 1)
         if cfg.decoder == "regression":
             x_hat = -net["decoder"](torch.zeros_like(x0), q, x0.new_ones(len(x0)))
             flow = F.mse_loss(x_hat, x0)
@@ -213,20 +215,15 @@ class FlowMo(Family, Reconstructor, Tokenizer, ExtraFigures):
             x_t = rf.interpolate(x0, z, t)
             v = net["decoder"](x_t, q, t, keep)
             flow = F.mse_loss(v, rf.velocity_target(x0, z))
-            if stage == 2:  # mode seeking: the distance of what the decoder actually samples
-                z2 = torch.randn(x0.shape, generator=gen, device=x0.device)
-                sampled = rf.sample_with_grad(
-                    lambda x_s, t_s, _: net["decoder"](x_s, q, t_s),
-                    z2,
-                    cfg.posttrain_steps,
-                    gen=gen,
-                    checkpoint=cfg.checkpoint_chain,
-                )
-                perceptual, weight = self.perceptual.logits_mse((sampled + 1) / 2, x).mean(), cfg.sample_weight
-            else:
-                x_hat = rf.one_step_prediction(x_t, t, v)
-                perceptual, weight = self.perceptual.lpips((x_hat + 1) / 2, x).mean(), cfg.perceptual_weight
-        loss = flow + weight * perceptual + cfg.entropy_weight * entropy.loss + cfg.commitment_weight * commitment
+            # The one-step estimate's distance: 1A's perceptual loss, a diagnostic in 1B (the same curve throughout).
+            with torch.set_grad_enabled(torch.is_grad_enabled() and stage < 2):
+                perceptual = self.perceptual.lpips((rf.one_step_prediction(x_t, t, v) + 1) / 2, x).mean()
+            weight = cfg.perceptual_weight
+            if stage == 2:  # mode seeking: the distance of what the decoder actually samples replaces it
+                perceptual_term = self.sample_distance(net["decoder"], q, x, gen, cfg.checkpoint_chain)
+                weight = cfg.sample_weight
+        loss = flow + weight * (perceptual if stage < 2 else perceptual_term)
+        loss = loss + cfg.entropy_weight * entropy.loss + cfg.commitment_weight * commitment
         usage = lfq.codebook_usage(lfq.code_indices(q.detach(), cfg.group), self.vocabulary)
         metrics = {
             "loss": loss.detach(),
@@ -264,10 +261,24 @@ class FlowMo(Family, Reconstructor, Tokenizer, ExtraFigures):
             for part in ("encoder", "decoder"):
                 rescale_to_initial_norms(self.net[part].blocks, self.initial_norms[part])
 
+    def sample_distance(
+        self, decoder: nn.Module, q: torch.Tensor, x: torch.Tensor, gen: torch.Generator, checkpoint: bool
+    ) -> torch.Tensor:
+        """1B's objective: the logits MSE between x and a `posttrain_steps`-step sample of its code, from fresh
+        noise on a random time grid, differentiable through the chain (when grad is enabled)."""
+        z = torch.randn(x.shape, generator=gen, device=x.device)
+        velocity = (lambda x_s, t_s, _: decoder(x_s, q, t_s)) if self.cfg.decoder == "flow" else None
+        if velocity is None:  # a regression decoder's one pass
+            sampled = -decoder(torch.zeros_like(z), q, z.new_ones(len(z)))
+        else:
+            sampled = rf.sample_with_grad(velocity, z, self.cfg.posttrain_steps, gen=gen, checkpoint=checkpoint)
+        return self.perceptual.logits_mse((sampled + 1) / 2, x).mean()
+
     @torch.no_grad()
     def eval_step(self, x, epoch, gen):
         _, metrics = self._terms(self.ema.module, x, gen, epoch)
         metrics["psnr"] = psnr(self.quick_reconstruct(x, gen), x).mean()
+        metrics["sample_distance"] = self.sample_distance(self.ema.module["decoder"], self.codes(x), x, gen, False)
         return metrics
 
     def selection(self):
