@@ -27,6 +27,7 @@ PSNR 24.93; post-training: rFID -14 to -23 %, PSNR +0.7 to 0.9 dB): not comparab
     PYTHONPATH=src OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python bench/flowmo_claim.py \\
         --seed 0 > bench/out/flowmo_claim_s0.log 2>&1 &      # one process per seed (2 cores: two at once)
     PYTHONPATH=src .venv/bin/python bench/flowmo_claim.py --table        # the table from bench/out/*.jsonl
+    PYTHONPATH=src .venv/bin/python bench/flowmo_claim.py --speed        # images/s (idle machine; GPU: --device cuda)
 """
 
 from __future__ import annotations
@@ -47,11 +48,11 @@ from genlab import checkpoint
 from genlab.config import config_from_dict, stage_view
 from genlab.models.flowmo import FlowMo
 from genlab.processes import rectified_flow as rf
-from genlab.quality.classifier import embed, load_classifier, save_classifier, train_classifier
+from genlab.quality.classifier import build_classifier, embed, load_classifier, save_classifier, train_classifier
 from genlab.quality.frechet import fid
 from genlab.quality.scoring import real_pair, reconstruct_in_batches, reconstruction_scores
 from genlab.runtime import resolve_device, stream
-from genlab.training import NullTracker, Source, fit, image_source
+from genlab.training import NullTracker, Optimisation, Source, fit, image_source
 
 VARIANTS = {
     "B0": {"decoder": "regression", "perceptual_weight": 0.0},
@@ -147,6 +148,33 @@ def decode_speed(family: FlowMo, test) -> dict[str, float]:
         )
         out[f"decode_{steps}_steps_img_s"] = len(x) / (time.perf_counter() - began)
     return out
+
+
+def speed(args) -> None:
+    """Training images/s in 1A and 1B (batch 64) and decoding images/s at 1, 5 and 25 steps, on random
+    MNIST-shaped images with untrained networks: the bench's model at its size, on this machine now."""
+    device = resolve_device(args.device)
+    cfg = make_config(args, 0, pretrain_epochs=1)
+    family = build(cfg, prepared(cfg), device)
+    for name in family.upstream:
+        family.attach(name, build_classifier(cfg.perceptual, (1, 28, 28), 10, 255).to(device).train(False))
+    update = Optimisation(family, cfg.train).update
+    x, gen = torch.rand(64, 1, 28, 28, device=device), torch.Generator(device).manual_seed(0)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for epoch, stage in ((1, "1A"), (2, "1B")):
+        family.train(True)
+        family.train_step(x, epoch, gen, update)  # warm-up
+        sync()
+        began = time.perf_counter()
+        for _ in range(args.speed_steps):
+            family.train_step(x, epoch, gen, update)
+        sync()
+        print(
+            f"speed: training {stage}: {64 * args.speed_steps / (time.perf_counter() - began):.0f} images/s (batch 64)"
+        )
+    family.train(False)
+    for name, value in decode_speed(family, x.repeat(4, 1, 1, 1)).items():
+        print(f"speed: {name.replace('_img_s', '').replace('_', ' ')}: {value:.0f} images/s (batch 256)")
 
 
 def record(row: dict) -> None:
@@ -257,6 +285,8 @@ def main() -> None:
     parser.add_argument("--logit-normal", action="store_true", help="also F2 trained on the plain logit-normal t")
     parser.add_argument("--table", action="store_true", help="print the table of bench/out/flowmo_claim.jsonl")
     parser.add_argument("--prepare", action="store_true", help="only prepare MNIST and train the two networks once")
+    parser.add_argument("--speed", action="store_true", help="only the speed figures (use an idle machine)")
+    parser.add_argument("--speed-steps", type=int, default=20)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument(
         "--mirror", default="../shared/datasets/mnist", help="directory holding the four MNIST .gz files"
@@ -264,6 +294,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.table:
         table()
+        return
+    if args.speed:
+        speed(args)
         return
     sys.stdout.reconfigure(line_buffering=True)
     if args.prepare:  # before parallel seed runs, so that they do not train the same cached networks at once
