@@ -140,3 +140,19 @@ def test_post_training_keeps_the_epoch_with_the_best_validation_rfid(digits):
     scores = iter([5.0, 3.0, 4.0])  # epoch 1 (1A, not eligible), epoch 2 (1B, best), epoch 3 (1B)
     history = train_run(cfg, digits, scorer=lambda family: {"domain_rfid": next(scores)})
     assert [row["selected"] for row in history] == [0, 1, 0]
+
+
+def test_regression_baselines_decode_in_one_pass_and_b2_trains_its_critic():
+    b0 = make_family("flowmo", decoder="regression", perceptual_weight=0.0, pretrain_epochs=1)
+    assert b0.stage(5) == 0 and "critic" not in b0.modules  # no sampler: no stage 1B
+    x = torch.rand(4, 1, 8, 8)
+    torch.testing.assert_close(b0.reconstruct(x, gen(1)), b0.reconstruct(x, gen(2)), rtol=0, atol=0)
+    b2 = make_family("flowmo", decoder="regression", adversarial_weight=0.1)
+    critic, decoder = ([p.clone() for p in m.parameters()] for m in (b2.critic, b2.decoder))
+    seen = []
+    step = Stepper(b2)
+    real = step.optimisation.update
+    b2.train_step(torch.rand(8, 1, 8, 8), 1, gen(3), lambda name, loss: (seen.append(name), real(name, loss)))
+    assert seen == ["critic", "model"]
+    assert any(not torch.equal(a, b) for a, b in zip(critic, b2.critic.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(decoder, b2.decoder.parameters()))

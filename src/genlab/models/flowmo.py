@@ -194,17 +194,18 @@ class FlowMo(Family, Reconstructor, Tokenizer, ExtraFigures):
 
     def _terms(
         self, net: nn.ModuleDict, x: torch.Tensor, gen: torch.Generator, epoch: int
-    ) -> tuple[torch.Tensor, dict]:
-        """(loss, metrics) of batch x in [0, 1] with network `net` (the live one or its EMA)."""
+    ) -> tuple[torch.Tensor, dict, torch.Tensor | None]:
+        """(loss, metrics, x̂ of a regression decoder or None) of batch x in [0, 1] with network `net`
+        (the live one or its EMA)."""
         cfg, x0, stage = self.cfg, 2 * x - 1, self.stage(epoch)
         frozen = stage > 0
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             c_hat, q = self._code(net["encoder"], x0)
         entropy = lfq.entropy_loss(c_hat, cfg.group)
         commitment = lfq.commitment_loss(c_hat)
-        stage = stage if cfg.decoder == "flow" else min(stage, 1)
+        x_hat = None
         if cfg.decoder == "regression":
-            x_hat = -net["decoder"](torch.zeros_like(x0), q, x0.new_ones(len(x0)))
+            x_hat = self._regress(net["decoder"], q)
             flow = F.mse_loss(x_hat, x0)
             perceptual = self.perceptual.lpips((x_hat + 1) / 2, x).mean()
             weight = cfg.perceptual_weight
@@ -235,24 +236,21 @@ class FlowMo(Family, Reconstructor, Tokenizer, ExtraFigures):
             "used_fraction": torch.tensor(usage["used_fraction"]),
             "stage": torch.tensor(float(stage)),
         }
-        return loss, metrics
+        return loss, metrics, x_hat
 
     def train_step(self, x, epoch, gen, update):
         """One update of the optimiser of the epoch's stage (+ the critic's first, for baseline B2)."""
-        loss, metrics = self._terms(self.net, x, gen, epoch)
+        loss, metrics, x_hat = self._terms(self.net, x, gen, epoch)
         if "critic" in self.modules:
-            loss = loss + self._adversarial(x, update)
+            loss = loss + self._adversarial(2 * x - 1, x_hat, update)
         update(("model", "decoder", "posttrain")[self.stage(epoch)], loss)
         return metrics
 
-    def _adversarial(self, x: torch.Tensor, update) -> torch.Tensor:
-        """Baseline B2: one hinge step of the critic on (x, reconstruction), then the decoder's hinge term."""
-        x0 = 2 * x - 1
-        with torch.no_grad():
-            fake = self._regress(self.net, x0)
-        update("critic", discriminator_loss("hinge", self.critic(x0), self.critic(fake)))
-        self.critic.requires_grad_(False)
-        term = self.cfg.adversarial_weight * generator_loss("hinge", self.critic(self._regress(self.net, x0)))
+    def _adversarial(self, x0: torch.Tensor, x_hat: torch.Tensor, update) -> torch.Tensor:
+        """Baseline B2: one hinge step of the critic on (x, x̂), then the decoder's hinge term on x̂."""
+        update("critic", discriminator_loss("hinge", self.critic(x0), self.critic(x_hat.detach())))
+        self.critic.requires_grad_(False)  # the decoder's term needs no critic gradients
+        term = self.cfg.adversarial_weight * generator_loss("hinge", self.critic(x_hat))
         self.critic.requires_grad_(True)
         return term
 
@@ -266,17 +264,17 @@ class FlowMo(Family, Reconstructor, Tokenizer, ExtraFigures):
     ) -> torch.Tensor:
         """1B's objective: the logits MSE between x and a `posttrain_steps`-step sample of its code, from fresh
         noise on a random time grid, differentiable through the chain (when grad is enabled)."""
-        z = torch.randn(x.shape, generator=gen, device=x.device)
-        velocity = (lambda x_s, t_s, _: decoder(x_s, q, t_s)) if self.cfg.decoder == "flow" else None
-        if velocity is None:  # a regression decoder's one pass
-            sampled = -decoder(torch.zeros_like(z), q, z.new_ones(len(z)))
+        if self.cfg.decoder == "regression":
+            sampled = self._regress(decoder, q)
         else:
+            z = torch.randn(x.shape, generator=gen, device=x.device)
+            velocity = lambda x_s, t_s, _: decoder(x_s, q, t_s)  # noqa: E731
             sampled = rf.sample_with_grad(velocity, z, self.cfg.posttrain_steps, gen=gen, checkpoint=checkpoint)
         return self.perceptual.logits_mse((sampled + 1) / 2, x).mean()
 
     @torch.no_grad()
     def eval_step(self, x, epoch, gen):
-        _, metrics = self._terms(self.ema.module, x, gen, epoch)
+        _, metrics, _ = self._terms(self.ema.module, x, gen, epoch)
         metrics["psnr"] = psnr(self.quick_reconstruct(x, gen), x).mean()
         metrics["sample_distance"] = self.sample_distance(self.ema.module["decoder"], self.codes(x), x, gen, False)
         return metrics
@@ -288,9 +286,9 @@ class FlowMo(Family, Reconstructor, Tokenizer, ExtraFigures):
         return None
 
     # --- decoding ---------------------------------------------------------------------------------------
-    def _regress(self, net: nn.ModuleDict, x0: torch.Tensor) -> torch.Tensor:
-        q = self._code(net["encoder"], x0)[1]
-        return -net["decoder"](torch.zeros_like(x0), q, x0.new_ones(len(x0)))
+    def _regress(self, decoder: nn.Module, q: torch.Tensor) -> torch.Tensor:
+        """A regression decoder's x̂ in [−1, 1]: one pass from the code, at t = 1 with a zero image."""
+        return -decoder(q.new_zeros(len(q), *self.image_shape), q, q.new_ones(len(q)))
 
     @torch.no_grad()
     def decode(
@@ -298,11 +296,10 @@ class FlowMo(Family, Reconstructor, Tokenizer, ExtraFigures):
     ) -> torch.Tensor:
         """Images in [0, 1] from binary codes q (N, tokens, bits) with the EMA decoder."""
         decoder = self.ema.module["decoder"]
-        shape = (len(q), *self.image_shape)
         if self.cfg.decoder == "regression":
-            x = -decoder(q.new_zeros(shape), q, q.new_ones(len(q)))
+            x = self._regress(decoder, q)
         else:
-            z = torch.randn(shape, generator=gen, device=q.device)
+            z = torch.randn((len(q), *self.image_shape), generator=gen, device=q.device)
             x = rf.euler_sample(
                 lambda x_t, t, cond: decoder(x_t, q if cond else None, t), z, steps, rho, guidance, interval
             )
@@ -349,7 +346,7 @@ class FlowMo(Family, Reconstructor, Tokenizer, ExtraFigures):
         totals: dict[str, float] = {}
         tokens, count = [], 0
         for x in batches:
-            _, metrics = self._terms(self.ema.module, x, gen, 1)
+            _, metrics, _ = self._terms(self.ema.module, x, gen, 1)
             for name in ("flow", "entropy", "commitment"):
                 totals[name] = totals.get(name, 0.0) + metrics[name].item() * len(x)
             tokens.append(self.tokenize(x).cpu())
