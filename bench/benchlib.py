@@ -13,7 +13,8 @@ from genlab.errors import CheckpointError
 from genlab.models import DataSpec, Family, build_family
 from genlab.quality.classifier import DomainClassifier, load_classifier, save_classifier, train_classifier
 from genlab.runtime import seed_everything, stream
-from genlab.training import NullTracker, fit, image_source, input_levels, resume_key
+from genlab.sources import image_source, input_levels
+from genlab.training import NullTracker, fit, resume_key
 
 OUT = Path(__file__).resolve().parent / "out"
 

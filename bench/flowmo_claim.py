@@ -52,7 +52,8 @@ from genlab.quality.classifier import build_classifier, embed, load_classifier, 
 from genlab.quality.frechet import fid
 from genlab.quality.scoring import real_pair, reconstruct_in_batches, reconstruction_scores
 from genlab.runtime import resolve_device, stream
-from genlab.training import NullTracker, Optimisation, Source, fit, image_source
+from genlab.sources import Source, image_source
+from genlab.training import NullTracker, Optimisation, fit
 
 VARIANTS = {
     "B0": {"decoder": "regression", "perceptual_weight": 0.0},
@@ -104,7 +105,7 @@ def subset(data, n: int, seed: int, purpose: str) -> Source:
     """n training images drawn with a seeded permutation (the post phase's, or a small stage 1A's)."""
     pick = torch.randperm(len(data.train), generator=stream(seed, purpose))[:n]
     full = image_source(data, "none")
-    return Source(full.train[pick], full.val, full.to_input)
+    return Source(full.train[pick], full.val, full.test, full.to_input)
 
 
 def run_phase(family, source, cfg, epochs: int, ckpt: Path, state=None) -> float:

@@ -34,7 +34,8 @@ from torch.utils.data import DataLoader
 from genlab.config import config_from_dict
 from genlab.data import load_prepared, prepare
 from genlab.runtime import resolve_device
-from genlab.training import Optimisation, image_source
+from genlab.sources import image_source
+from genlab.training import Optimisation
 
 WARMUP_BATCHES = 20
 

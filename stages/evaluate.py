@@ -22,8 +22,8 @@ from genlab.quality.scoring import (
     sample_in_batches,
 )
 from genlab.runtime import stream
+from genlab.sources import source_for
 from genlab.trained import Trained, load_trained, read_run_id, stage_args
-from genlab.training import image_source
 
 
 def image_quality(t: Trained, batch_size: int) -> dict[str, float]:
@@ -61,9 +61,9 @@ def run() -> None:
     cfg, device, family, data = t.cfg, t.device, t.family, t.data
     binarize = t.saved["config"]["data"]["binarize"]
     # With dynamic binarisation the test split is binarised once, by this seeded generator.
-    source = image_source(data, binarize)
+    source = source_for(family, data, binarize, t.upstream_md5)
     gen = stream(cfg.seed, "test_noise", device)
-    bs, test = cfg.evaluate.batch_size, data.test.images
+    bs, test = cfg.evaluate.batch_size, source.test
     batches = (source.to_input(test[i : i + bs].to(device), gen) for i in range(0, len(test), bs))
 
     results = family.test_metrics(batches, gen)

@@ -35,17 +35,18 @@ def class_histogram(t: Trained, n: int, path) -> None:
 
 
 def generation_figures(t: Trained, test: torch.Tensor, out) -> None:
-    """samples.png, the latent walks and class_histogram.png of a family that generates."""
+    """samples.png, the latent walks (continuous codes only) and class_histogram.png of a family that generates."""
     family, s, seed, device = t.family, t.cfg.sample, t.cfg.seed, t.device
     save_grid(family.sample(s.n, stream(seed, "figure_samples", device)), out / "samples.png")
-    k = min(s.interpolation_pairs, len(test) // 2)
-    if isinstance(family, Encoder):
-        z_a, z_b = family.encode(test[:k]), family.encode(test[k : 2 * k])
-    else:
-        z_a, z_b = family.prior(2 * k, stream(seed, "walk_ends", device)).chunk(2)
-    for how in ("linear", "slerp"):
-        grid = interpolate(family, z_a, z_b, s.interpolation_steps, how)
-        save_grid(grid, out / f"interpolation_{how}.png", nrow=s.interpolation_steps)
+    if family.walkable:
+        k = min(s.interpolation_pairs, len(test) // 2)
+        if isinstance(family, Encoder):
+            z_a, z_b = family.encode(test[:k]), family.encode(test[k : 2 * k])
+        else:
+            z_a, z_b = family.prior(2 * k, stream(seed, "walk_ends", device)).chunk(2)
+        for how in ("linear", "slerp"):
+            grid = interpolate(family, z_a, z_b, s.interpolation_steps, how)
+            save_grid(grid, out / f"interpolation_{how}.png", nrow=s.interpolation_steps)
     class_histogram(t, s.class_samples, out / "class_histogram.png")
 
 

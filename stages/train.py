@@ -12,8 +12,9 @@ from genlab.errors import exit_on_error
 from genlab.models import DataSpec, build_family
 from genlab.quality.scoring import fid_monitor
 from genlab.runtime import resolve_device, seed_everything
+from genlab.sources import input_levels, source_for
 from genlab.trained import save_model, stage_args, stage_config
-from genlab.training import fit, image_source, input_levels, resume_key
+from genlab.training import fit, resume_key
 
 
 def write_curves(where: paths.ModelPaths, table: pd.DataFrame, curves: dict[str, str]) -> None:
@@ -65,6 +66,7 @@ def run() -> None:
     else:
         tags = tracking.run_tags(cfg, data.checksum, device, fingerprint, where)
         tags.update({f"genlab.upstream.{name}_md5": md5 for name, md5 in upstream_md5.items()})
+        tags.update(upstream.run_links(family))
         tracker = tracking.MlflowTracker.create(tracking.flatten(view), tags, run_name=tracking.run_name(cfg, tags))
         resume.started(where, tracker.run_id)
         tracker.log_text(tracking.pip_freeze(), "environment/requirements.txt")
@@ -78,7 +80,7 @@ def run() -> None:
     with tracker.active():
         history = fit(
             family,
-            image_source(data, cfg.data.binarize),
+            source_for(family, data, cfg.data.binarize, upstream_md5),
             cfg.train,
             cfg.seed,
             key=key,

@@ -12,7 +12,8 @@ from genlab.models import FAMILIES, DataSpec, Family
 from genlab.quality.classifier import DomainClassifier
 from genlab.runtime import seed_everything
 from genlab.schema import build
-from genlab.training import NullTracker, Optimisation, fit, image_source, input_levels, resume_key
+from genlab.sources import image_source, input_levels
+from genlab.training import NullTracker, Optimisation, fit, resume_key
 
 CPU = torch.device("cpu")
 
@@ -28,6 +29,7 @@ TINY_FAMILIES: dict[str, dict] = {
         "steps_grid": [2, 5, 20],
         "bound_strata": 4,
     },
+    "maskgit": {"width": 16, "depth": 1, "heads": 2, "snapshot_steps": 2, "decode_steps": 3, "fid_samples": 20},
     "flowmo": {
         "width": 16,
         "heads": 2,
@@ -54,10 +56,29 @@ def make_family(name: str, shape=(1, 8, 8), levels: int = 17, seed: int = 0, **o
 
 
 def attach_stubs(family: Family) -> Family:
-    """Small untrained CNNs of the family's image shape as its upstream networks (classifier, perceptual)."""
+    """Stand-ins for the family's upstream networks: small untrained CNNs of its image shape (classifier,
+    perceptual) and a tiny untrained FlowMo (tokenizer)."""
     for upstream in family.upstream:
-        family.attach(upstream, DomainClassifier(family.image_shape, 10, [4, 8], 8, 16).train(False))
+        if upstream == "tokenizer":
+            tokenizer = make_family("flowmo", family.image_shape, family.levels)
+            with torch.no_grad():  # a fresh FlowMo's zero gates ignore the code: perturb the weights it decodes with
+                for param in tokenizer.ema.parameters():
+                    param.add_(0.05 * torch.randn_like(param))
+            tokenizer.train(False)
+            family.attach(upstream, tokenizer)
+        else:
+            family.attach(upstream, DomainClassifier(family.image_shape, 10, [4, 8], 8, 16).train(False))
     return family
+
+
+def batch(family: Family, n: int, seed: int = 0) -> torch.Tensor:
+    """A training batch of what the family reads: images in [0, 1], or token ids with the label last."""
+    gen = torch.Generator().manual_seed(seed)
+    if family.inputs == "tokens":
+        tokenizer = family.upstreams["tokenizer"]
+        tokens = torch.randint(0, tokenizer.vocabulary, (n, tokenizer.sequence_length), generator=gen)
+        return torch.cat([tokens, torch.randint(0, 10, (n, 1), generator=gen)], dim=1)
+    return torch.rand(n, *family.image_shape, generator=gen)
 
 
 class Stepper:

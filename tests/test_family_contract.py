@@ -13,7 +13,7 @@ import torch
 from genlab.models import FAMILIES
 from genlab.models.base import Encoder, ExtraFigures, Generative, Reconstructor, Tokenizer
 
-from families import TINY_FAMILIES, Stepper, make_family
+from families import TINY_FAMILIES, Stepper, batch, make_family
 
 NAMES = sorted(FAMILIES)
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
@@ -45,7 +45,7 @@ def test_every_registered_family_has_a_tiny_config_and_a_config_class():
 @pytest.mark.parametrize("name", NAMES)
 def test_train_step_moves_every_network_and_eval_step_moves_none(name):
     family = make_family(name)
-    x, step = torch.rand(16, 1, 8, 8), Stepper(family)
+    x, step = batch(family, 16), Stepper(family)
     before = weights(family)
     family.train(False)
     out = family.eval_step(x, 1, gen(0))
@@ -78,8 +78,8 @@ def test_optimizers_cover_every_trainable_parameter(name):
 def test_snapshots_samples_and_reconstructions_are_images_in_unit_range(name, shape):
     family = make_family(name, shape=shape, levels=256)
     family.train(False)
-    for key, batch in family.snapshot(torch.rand(4, *shape), gen(4)).items():
-        assert batch.shape[1:] == shape and batch.min() >= 0 and batch.max() <= 1, key
+    for key, images in family.snapshot(torch.rand(4, *shape), gen(4)).items():
+        assert images.shape[1:] == shape and images.min() >= 0 and images.max() <= 1, key
     if isinstance(family, Reconstructor):
         x = torch.rand(3, *shape)
         recon = family.reconstruct(x, gen(5))
@@ -121,7 +121,7 @@ def test_declared_capabilities_work(name):
 def test_test_metrics_are_finite_numbers(name):
     family = make_family(name)
     family.train(False)
-    metrics = family.test_metrics([torch.rand(6, 1, 8, 8), torch.rand(4, 1, 8, 8)], gen(5))
+    metrics = family.test_metrics([batch(family, 6, 1), batch(family, 4, 2)], gen(5))
     assert metrics and all(isinstance(v, (int, float)) and math.isfinite(v) for v in metrics.values())
 
 
@@ -130,7 +130,7 @@ def test_state_round_trip_gives_identical_outputs(name):
     a, b = make_family(name, seed=1), make_family(name, seed=2)
     step = Stepper(a)
     for i in range(3):
-        step(torch.rand(8, 1, 8, 8, generator=gen(10 + i)), gen(i))
+        step(batch(a, 8, 10 + i), gen(i))
     b.load_state_dict(a.state_dict())
     a.train(False), b.train(False)
     for key, images in a.snapshot(torch.rand(4, 1, 8, 8, generator=gen(9)), gen(6)).items():
@@ -144,7 +144,7 @@ def test_same_seeds_give_identical_training(name):
     def run():
         family = make_family(name, seed=3)
         step, g = Stepper(family), gen(7)
-        losses = [{k: v.item() for k, v in step(torch.rand(8, 1, 8, 8, generator=gen(i)), g).items()} for i in range(3)]
+        losses = [{k: v.item() for k, v in step(batch(family, 8, i), g).items()} for i in range(3)]
         family.train(False)
         return losses, family.snapshot(torch.rand(2, 1, 8, 8, generator=gen(9)), gen(8))
 

@@ -472,3 +472,44 @@ def test_flowmo_experiment_runs_end_to_end_through_dvc(project):
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/psnr")) == STEPS
     assert run.data.tags["genlab.upstream.perceptual_md5"] and run.data.tags["genlab.upstream.classifier_md5"]
     assert run.data.metrics["test/domain_rfid"] == pytest.approx(test["domain_rfid"])
+
+
+TWO_STAGE = "pipelines/tokens/dvc.yaml"
+
+
+def test_two_stage_tokenizer_and_prior_through_dvc(project):
+    """FlowMo -> tokens -> MaskGIT: a prior change retrains only the prior, a tokenizer change both."""
+    project.set_params({"flowmo": {"pretrain_epochs": 2}, "train": {"epochs": 2}})
+    project.commit("tiny two-stage params")
+    project.run("dvc", "repro", TWO_STAGE)
+    root = project.root
+    manifest = json.loads((root / "data/tokens/manifest.json").read_text())
+    assert manifest["sequence_length"] == 8 and manifest["vocabulary"] == 8
+    test = json.loads((root / "metrics/prior/eval.json").read_text())["test"]
+    assert test["bits_per_token"] > 0 and test["raw_bits_per_token"] == pytest.approx(3.0)
+    assert test["bits_per_pixel"] == pytest.approx(test["bits_per_token"] * 8 / 64)
+    for name in ("domain_fid", "domain_is", "precision", "recall"):
+        assert test[name] == test[name], name
+    for name in ("samples", "class_histogram", "curves"):
+        assert (root / f"samples-prior/{name}.png").is_file(), name
+    assert not (root / "samples-prior/interpolation_linear.png").exists()  # token sequences have no straight line
+
+    client = project.mlflow()
+    runs = {
+        r.data.tags["genlab.model_name"]: r
+        for r in client.search_runs([client.get_experiment_by_name("genlab").experiment_id])
+    }
+    assert set(runs) == {"tokenizer", "prior"}
+    prior = runs["prior"]
+    assert prior.data.tags["mlflow.parentRunId"] == runs["tokenizer"].info.run_id == manifest["tokenizer_run"]
+    assert prior.data.tags["genlab.upstream.tokenizer_md5"] == manifest["tokenizer_md5"]
+    assert _image_steps(client, prior.info.run_id) == {"samples": {1, 2}}
+    assert not any(k.startswith("flowmo.") for k in prior.data.params) and prior.data.params["maskgit.depth"] == "1"
+
+    project.commit("two-stage results")
+    out = project.run("dvc", "exp", "run", TWO_STAGE, "-S", "maskgit.depth=2").stdout
+    ran = set(re.findall(r"Running stage '(?:[^':]*:)?(\w+)'", out)) - {"validate"}
+    assert ran == {"train_prior", "evaluate_prior", "sample_prior"}, out
+    out = project.run("dvc", "exp", "run", TWO_STAGE, "-S", "flowmo.width=32").stdout
+    ran = set(re.findall(r"Running stage '(?:[^':]*:)?(\w+)'", out)) - {"validate"}
+    assert {"train_tokenizer", "tokenize", "train_prior"} <= ran, out

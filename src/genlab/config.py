@@ -20,7 +20,7 @@ from genlab.errors import ConfigError
 from genlab.models import FAMILIES
 from genlab.schema import at_least, build, in_unit, key, positive, positive_list, reference, view
 
-MODEL_STAGES = ("classifier", "perceptual", "train", "evaluate", "sample")  # the stages that run networks
+MODEL_STAGES = ("classifier", "perceptual", "tokenize", "train", "evaluate", "sample")  # stages running networks
 FAMILY_STAGES = ("train", "evaluate", "sample")  # the stages that read the active family's section
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 PARAMS = Path("params.yaml")
 VALIDATED_DIR = Path("validated")  # the validate stage's per-stage views of params.yaml
 PREPARED_DIR = Path("data/prepared")
+TOKENS_DIR = Path("data/tokens")  # the tokenize stage's token sequences (pipelines/tokens/dvc.yaml)
 CLASSIFIER = Path("models/classifier.pt")
 CLASSIFIER_METRICS = Path("metrics/classifier.json")
 PERCEPTUAL = Path("models/perceptual.pt")  # the perceptual network (stage `perceptual`)

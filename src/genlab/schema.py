@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from genlab.errors import ConfigError
 
-STAGES = ("download", "classifier", "perceptual", "train", "evaluate", "sample")
+STAGES = ("download", "classifier", "perceptual", "tokenize", "train", "evaluate", "sample")
 
 Check = tuple[Callable[[Any], bool], str]  # (predicate, what is allowed)
 

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -96,6 +97,7 @@ class Trained:
     saved: dict[str, Any]  # the model file: includes the params the model was trained with
     data: PreparedData
     paths: paths.ModelPaths
+    upstream_md5: dict[str, str]  # the md5 of each upstream model file (genlab.upstream)
 
 
 def load_trained(stage: str, name: str, family: str | None) -> Trained:
@@ -116,8 +118,8 @@ def load_trained(stage: str, name: str, family: str | None) -> Trained:
             f"{where.model} was trained on data {saved['data_md5']} but {paths.PREPARED_DIR} holds {data.checksum}: "
             f"{checkpoint.RETRAIN}"
         )
-    upstream.attach(model, device, data.checksum, cfg, recorded=saved.get("upstream_md5", {}))
-    return Trained(cfg, device, model, saved, data, where)
+    md5s = upstream.attach(model, device, data.checksum, cfg, recorded=saved.get("upstream_md5", {}))
+    return Trained(cfg, device, model, saved, data, where, md5s)
 
 
 def read_run_id(where: paths.ModelPaths) -> str:
@@ -125,3 +127,12 @@ def read_run_id(where: paths.ModelPaths) -> str:
         return json.loads(where.run_info.read_text())["run_id"]
     except (OSError, ValueError, KeyError):
         raise CheckpointError(f"{where.run_info} is missing or unreadable: run the train stage first") from None
+
+
+def model_run_id(model_file) -> str | None:
+    """The MLflow run that trained the model in `model_file` (models/<name>.pt), if its run.json is there."""
+    stem = Path(model_file).stem
+    try:
+        return json.loads(paths.model_paths(stem).run_info.read_text())["run_id"]
+    except (OSError, ValueError, KeyError):
+        return None

@@ -14,7 +14,6 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,11 +22,11 @@ from tqdm import tqdm
 
 from genlab import checkpoint
 from genlab.config import TrainConfig
-from genlab.data import PreparedData
 from genlab.errors import CheckpointError, DivergenceError
 from genlab.models import Family
 from genlab.models.base import weighted_means
 from genlab.runtime import Rngs, stream
+from genlab.sources import Source
 
 SNAPSHOT_BATCH = 32  # validation items shown in the per-epoch reconstruction grid
 EPOCH_KEY = "time/epoch_seconds"  # logged with every epoch's metrics: its steps are the epochs logged
@@ -50,30 +49,6 @@ class NullTracker:
 
     def metric_steps(self, key):
         return set()
-
-
-@dataclass(frozen=True)
-class Source:
-    """What the loop draws batches from: stored train/val arrays (uint8 images, or cached arrays such as
-    token ids) and the map from a stored batch to the model's input, which may draw noise."""
-
-    train: torch.Tensor
-    val: torch.Tensor
-    to_input: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-
-
-def image_source(data: PreparedData, binarize: str) -> Source:
-    """uint8 images -> model input in [0, 1], dynamically binarised (a fresh draw per visit) if asked."""
-    if binarize == "dynamic":
-        return Source(
-            data.train.images, data.val.images, lambda u8, gen: torch.bernoulli(data.to_unit(u8), generator=gen)
-        )
-    return Source(data.train.images, data.val.images, lambda u8, gen: data.to_unit(u8))
-
-
-def input_levels(data: PreparedData, binarize: str) -> int:
-    """How many discrete values a model input pixel can take."""
-    return 2 if binarize == "dynamic" else data.levels
 
 
 def resume_key(train_view: dict[str, Any]) -> str:

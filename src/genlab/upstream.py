@@ -62,3 +62,19 @@ def attach(
             )
         family.attach(name, _load(family, name, path, device, data_md5, today))
     return md5s
+
+
+def run_links(family: Family) -> dict[str, str]:
+    """MLflow tags linking a run to the runs that trained its upstream genlab models (a tokenizer): the run
+    id beside each model file (models/<name>.run.json), the first one also as MLflow's parent run."""
+    from genlab.trained import model_run_id
+
+    tags = {}
+    for name in family.upstream:
+        if name in SHARED:
+            continue
+        run_id = model_run_id(location(family, name))
+        if run_id:
+            tags[f"genlab.upstream.{name}_run"] = run_id
+            tags.setdefault("mlflow.parentRunId", run_id)
+    return tags

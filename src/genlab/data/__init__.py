@@ -14,7 +14,7 @@ from genlab.errors import DataError
 if TYPE_CHECKING:
     from genlab.config import Config
 
-__all__ = ["DATASETS", "prepare", "load_prepared", "PreparedData", "Split", "DATA_FILE", "MANIFEST_FILE"]
+__all__ = ["DATASETS", "FORMAT_VERSION", "prepare", "load_prepared", "PreparedData", "Split", "DATA_FILE", "MANIFEST_FILE"]
 
 # data.name -> (module, loader). Imported on demand: torchvision, scikit-learn and PIL cost seconds
 # on every `import genlab.data`, and the training stages only need load_prepared.

@@ -16,7 +16,7 @@ from genlab.errors import DataError
 
 DATA_FILE = "dataset.pt"
 MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # of the prepared data and of the token data (genlab.data.tokens)
 SPLITS = ("train", "val", "test")
 _FIX = "run `dvc repro download` to prepare it again"
 
@@ -46,10 +46,9 @@ class PreparedData:
         return images_u8.to(torch.float32) / self.max_value
 
 
-def write_prepared(out_dir: str | Path, splits: dict[str, Split], manifest: dict) -> dict:
-    """Write the data file, then the manifest that vouches for it; returns the completed manifest."""
+def write_tensors(out_dir: str | Path, tensors: dict[str, torch.Tensor], manifest: dict, what: str) -> dict:
+    """Write DATA_FILE, then the MANIFEST_FILE that vouches for it (with its md5 as `prepared_md5`)."""
     buffer = io.BytesIO()
-    tensors = {f"{name}_{part}": getattr(splits[name], part) for name in SPLITS for part in ("images", "labels")}
     torch.save(tensors, buffer)
     data = buffer.getvalue()
     manifest = {**manifest, "prepared_md5": md5_bytes(data)}
@@ -59,43 +58,53 @@ def write_prepared(out_dir: str | Path, splits: dict[str, Split], manifest: dict
         atomic.write_bytes(out / DATA_FILE, data)
         atomic.write_bytes(out / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
     except OSError as exc:
-        raise DataError(
-            f"cannot write the prepared dataset to {out}: {exc}; check that it is writable and has space"
-        ) from exc
+        raise DataError(f"cannot write the {what} to {out}: {exc}; check that it is writable and has space") from exc
     return manifest
 
 
-def _read_manifest(path: Path) -> dict:
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"prepared dataset manifest {path} is missing: {_FIX}") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"prepared dataset manifest {path} is unreadable ({exc}): {_FIX}") from exc
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        found = manifest.get("format_version") if isinstance(manifest, dict) else None
-        raise DataError(f"{path} has format_version {found!r}, this code reads {FORMAT_VERSION}: {_FIX}")
-    return manifest
-
-
-def load_prepared(out_dir: str | Path) -> PreparedData:
+def read_tensors(out_dir: str | Path, what: str, fix: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, manifest) written by `write_tensors`, the data file checked against the manifest's md5."""
     out = Path(out_dir)
-    manifest = _read_manifest(out / MANIFEST_FILE)
+    manifest = _read_manifest(out / MANIFEST_FILE, what, fix)
     path = out / DATA_FILE
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise DataError(f"prepared data file {path} is missing or unreadable ({exc.strerror}): {_FIX}") from None
+        raise DataError(f"{what} file {path} is missing or unreadable ({exc.strerror}): {fix}") from None
     expected, got = manifest.get("prepared_md5"), md5_bytes(data)
     if got != expected:
-        raise DataError(
-            f"prepared data file {path} is corrupted: md5 {got}, {MANIFEST_FILE} expects {expected}: {_FIX}"
-        )
+        raise DataError(f"{what} file {path} is corrupted: md5 {got}, {MANIFEST_FILE} expects {expected}: {fix}")
     try:
-        tensors = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        splits = {name: Split(tensors[f"{name}_images"], tensors[f"{name}_labels"]) for name in SPLITS}
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), manifest
     except Exception as exc:  # any unpickling failure means the same thing here: the file is unusable
-        raise DataError(f"prepared data file {path} cannot be read ({exc}): {_FIX}") from exc
+        raise DataError(f"{what} file {path} cannot be read ({exc}): {fix}") from exc
+
+
+def write_prepared(out_dir: str | Path, splits: dict[str, Split], manifest: dict) -> dict:
+    """Write the data file, then the manifest that vouches for it; returns the completed manifest."""
+    tensors = {f"{name}_{part}": getattr(splits[name], part) for name in SPLITS for part in ("images", "labels")}
+    return write_tensors(out_dir, tensors, manifest, "prepared dataset")
+
+
+def _read_manifest(path: Path, what: str, fix: str) -> dict:
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{what} manifest {path} is missing: {fix}") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{what} manifest {path} is unreadable ({exc}): {fix}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        found = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise DataError(f"{path} has format_version {found!r}, this code reads {FORMAT_VERSION}: {fix}")
+    return manifest
+
+
+def load_prepared(out_dir: str | Path) -> PreparedData:
+    tensors, manifest = read_tensors(out_dir, "prepared data", _FIX)
+    try:
+        splits = {name: Split(tensors[f"{name}_images"], tensors[f"{name}_labels"]) for name in SPLITS}
+    except KeyError as exc:
+        raise DataError(f"prepared data in {out_dir} lacks {exc}: {_FIX}") from None
     for name, split in splits.items():
         ok = (
             split.images.dtype == torch.uint8
@@ -104,5 +113,5 @@ def load_prepared(out_dir: str | Path) -> PreparedData:
             and split.images.shape[0] == len(split) == manifest["split_sizes"][name]
         )
         if not ok:
-            raise DataError(f"prepared data file {path}: split {name} does not match {MANIFEST_FILE}: {_FIX}")
+            raise DataError(f"prepared data file {Path(out_dir) / DATA_FILE}: split {name} does not match {MANIFEST_FILE}: {_FIX}")
     return PreparedData(**splits, max_value=int(manifest["max_value"]), manifest=manifest)

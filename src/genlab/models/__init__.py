@@ -9,9 +9,10 @@ from genlab.models.base import DataSpec, Family
 from genlab.models.ddpm import DDPM
 from genlab.models.flowmo import FlowMo
 from genlab.models.gan import GAN
+from genlab.models.maskgit import MaskGIT
 from genlab.models.vae import VAE
 
-FAMILIES: dict[str, type[Family]] = {cls.name: cls for cls in (VAE, GAN, DDPM, FlowMo)}
+FAMILIES: dict[str, type[Family]] = {cls.name: cls for cls in (VAE, GAN, DDPM, FlowMo, MaskGIT)}
 
 
 def build_family(name: str, cfg, data: DataSpec, device: torch.device) -> Family:

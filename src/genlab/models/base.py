@@ -77,6 +77,8 @@ class Family(abc.ABC):
     fid_samples: int = 0
     #: trained models this family uses besides its own weights (see genlab.upstream), attached by the stages
     upstream: ClassVar[tuple[str, ...]] = ()
+    #: what it trains on (genlab.sources): "images" (the prepared data) or "tokens" (a tokenizer's codes)
+    inputs: ClassVar[str] = "images"
 
     def __init__(self, cfg: FamilyConfig, data: DataSpec, device: torch.device):
         self.cfg = cfg
@@ -166,6 +168,9 @@ class Family(abc.ABC):
 
 class Generative(abc.ABC):
     """Generates new images (samples, latent walks, sample FID, class histogram)."""
+
+    #: whether latent codes can be interpolated (continuous codes) for the latent-walk figures
+    walkable: ClassVar[bool] = True
 
     @abc.abstractmethod
     def prior(self, n: int, gen: torch.Generator) -> torch.Tensor:
