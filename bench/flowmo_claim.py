@@ -101,11 +101,22 @@ def perceptual_for(data, cfg, device):
     return load_classifier(path, device, data_md5=data.checksum)
 
 
-def subset(data, n: int, seed: int, purpose: str) -> Source:
-    """n training images drawn with a seeded permutation (the post phase's, or a small stage 1A's)."""
-    pick = torch.randperm(len(data.train), generator=stream(seed, purpose))[:n]
+VAL_IMAGES = 500  # the loop's per-epoch validation (sampled reconstructions, the 8-step chain) on a slice
+
+
+def sources(data, n_train: int, n_post: int, seed: int) -> tuple[Source, Source]:
+    """(stage 1A's, the post phase's): the post phase's images drawn with a seeded permutation, 1A's all
+    training images or n_train of them; both validate on the first VAL_IMAGES validation images."""
     full = image_source(data, "none")
-    return Source(full.train[pick], full.val, full.test, full.to_input)
+
+    def pick(n: int, purpose: str) -> torch.Tensor:
+        return full.train[torch.randperm(len(full.train), generator=stream(seed, purpose))[:n]]
+
+    pretrain = pick(n_train, "bench_train_images") if n_train else full.train
+    return (
+        Source(pretrain, full.val[:VAL_IMAGES], full.test, full.to_input),
+        Source(pick(n_post, "bench_post_images"), full.val[:VAL_IMAGES], full.test, full.to_input),
+    )
 
 
 def run_phase(family, source, cfg, epochs: int, ckpt: Path, state=None) -> float:
@@ -194,10 +205,7 @@ def run_seed(args, seed: int) -> None:
     perceptual = perceptual_for(data, base, device)
     test, train_pick = real_pair(data, args.test, stream(0, "real_train_pick"))
     labels = data.test.labels[: args.test]
-    post = subset(data, args.post_images, seed, "bench_post_images")
-    pretrain = (
-        subset(data, args.train_images, seed, "bench_train_images") if args.train_images else image_source(data, "none")
-    )
+    pretrain, post = sources(data, args.train_images, args.post_images, seed)
     post_epochs = args.epochs + 1
     floor = fid(embed(classifier, train_pick)[0], embed(classifier, test)[0])
     tag = {
