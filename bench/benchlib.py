@@ -26,17 +26,20 @@ def prepared(cfg: Config) -> PreparedData:
     return load_prepared(folder)
 
 
-def classifier_for(data: PreparedData, cfg: Config, device: torch.device) -> DomainClassifier:
-    """The domain classifier of `data` (cfg.classifier params), trained once and cached in bench/out/."""
-    path = OUT / f"{cfg.data.name}_classifier.pt"
+def classifier_for(
+    data: PreparedData, cfg: Config, device: torch.device, section: str = "classifier"
+) -> DomainClassifier:
+    """The domain classifier of `data` (cfg.classifier params), or with section="perceptual" the perceptual
+    network (cfg.perceptual), trained once and cached in bench/out/."""
+    path = OUT / f"{cfg.data.name}_{section}.pt"
     try:
         return load_classifier(path, device, data_md5=data.checksum)
     except CheckpointError:
         began = time.perf_counter()
-        model, metrics = train_classifier(cfg, data, device)
-        save_classifier(model, path, stage_view(cfg, "classifier"), data.checksum, metrics)
+        model, metrics = train_classifier(cfg, data, device, section)
+        save_classifier(model, path, stage_view(cfg, section), data.checksum, metrics, section)
         print(
-            f"domain classifier: test accuracy {metrics['test']['accuracy']:.4f} "
+            f"{section}: test accuracy {metrics['test']['accuracy']:.4f} "
             f"({time.perf_counter() - began:.0f} s, cached in {path})"
         )
         return load_classifier(path, device, data_md5=data.checksum)

@@ -45,10 +45,10 @@ import torch
 from benchlib import OUT, build, classifier_for, prepared
 
 from genlab import checkpoint
-from genlab.config import config_from_dict, stage_view
+from genlab.config import config_from_dict
 from genlab.models.flowmo import FlowMo
 from genlab.processes import rectified_flow as rf
-from genlab.quality.classifier import build_classifier, embed, load_classifier, save_classifier, train_classifier
+from genlab.quality.classifier import build_classifier, embed
 from genlab.quality.frechet import fid
 from genlab.quality.scoring import real_pair, reconstruct_in_batches, reconstruction_scores
 from genlab.runtime import resolve_device, stream
@@ -89,16 +89,6 @@ def make_config(args, seed: int, **flowmo):
             "perceptual": {"epochs": 3},
         }
     )
-
-
-def perceptual_for(data, cfg, device):
-    """The perceptual network of `data` (cfg.perceptual), trained once and cached like the classifier."""
-    path = OUT / f"{cfg.data.name}_perceptual.pt"
-    if not path.is_file():
-        model, metrics = train_classifier(cfg, data, device, "perceptual")
-        save_classifier(model, path, stage_view(cfg, "perceptual"), data.checksum, metrics, "perceptual")
-        print(f"perceptual network: test accuracy {metrics['test']['accuracy']:.4f} (cached in {path})")
-    return load_classifier(path, device, data_md5=data.checksum)
 
 
 VAL_IMAGES = 500  # the loop's per-epoch validation (sampled reconstructions, the 8-step chain) on a slice
@@ -202,7 +192,7 @@ def run_seed(args, seed: int) -> None:
     base = make_config(args, 0)
     data = prepared(base)
     classifier = classifier_for(data, base, device)
-    perceptual = perceptual_for(data, base, device)
+    perceptual = classifier_for(data, base, device, "perceptual")
     test, train_pick = real_pair(data, args.test, stream(0, "real_train_pick"))
     labels = data.test.labels[: args.test]
     pretrain, post = sources(data, args.train_images, args.post_images, seed)
@@ -313,7 +303,10 @@ def main() -> None:
     if args.prepare:  # before parallel seed runs, so that they do not train the same cached networks at once
         cfg = make_config(args, 0)
         data = prepared(cfg)
-        classifier_for(data, cfg, resolve_device(args.device)), perceptual_for(data, cfg, resolve_device(args.device))
+        (
+            classifier_for(data, cfg, resolve_device(args.device)),
+            classifier_for(data, cfg, resolve_device(args.device), "perceptual"),
+        )
         return
     print(f"torch {torch.__version__}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, device {args.device}")
     for seed in args.seed:
