@@ -276,3 +276,15 @@ def test_repo_root_strips_dvc_temp_workspace(tmp_path, monkeypatch):
     assert repo_root(tmp_path) == tmp_path.resolve()
     monkeypatch.setenv("GENLAB_ROOT", str(tmp_path / "elsewhere"))
     assert repo_root(tmp_path) == (tmp_path / "elsewhere").resolve()
+
+
+def test_bf16_autocast_changes_the_numbers_but_stays_within_a_percent_of_fp32(digits):
+    """train.precision: bf16 runs the forward passes in bfloat16 (weights and optimiser in float32)."""
+    runs = {
+        p: train_run(config_from_dict({**SMALL, "train": {**SMALL["train"], "precision": p}}), digits)
+        for p in ("fp32", "bf16")
+    }
+    assert runs["bf16"] != runs["fp32"], "bf16 left every number unchanged: autocast did not run"
+    for key in ("val_elbo", "val_kl", "train_elbo"):
+        fp32, bf16 = runs["fp32"][-1][key], runs["bf16"][-1][key]
+        assert abs(bf16 - fp32) <= 0.01 * abs(fp32) + 0.05, (key, fp32, bf16)

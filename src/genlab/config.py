@@ -59,6 +59,9 @@ class TrainConfig:
     batch_size: int = key(64, at_least(1))
     lr_schedule: Literal["constant", "cosine"] = key("cosine", doc="every optimiser's lr; cosine decays to 0 per step")
     grad_clip: Optional[float] = key(None, doc="clip each optimiser's gradient norm to this (null = off)")
+    precision: Literal["fp32", "bf16"] = key(
+        "fp32", doc="bf16: autocast of forward passes to bfloat16 (weights, optimiser and backward stay float32)"
+    )
     resume: bool = key(False, doc="continue from checkpoints/train.pt into the same MLflow run")
 
     def check(self, prefix: str) -> None:

@@ -106,7 +106,8 @@ class Optimisation:
         """Backpropagate `loss` and step optimiser `name` (then the EMA that follows its network)."""
         opt = self.optimizers[name]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with torch.autocast(self.family.device.type, enabled=False):  # autocast is for forward passes only
+            loss.backward()
         if self.clip is not None:
             torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], self.clip)
         opt.step()
@@ -124,14 +125,27 @@ class Optimisation:
 
 
 @torch.no_grad()
+def precision_context(precision: str, device: torch.device):
+    """bf16: autocast of the forward passes (weights, optimiser state and backward stay float32); fp32: off."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def evaluate_split(
-    family: Family, stored: torch.Tensor, to_input: Callable, epoch: int, gen: torch.Generator, batch_size: int = 1024
+    family: Family,
+    stored: torch.Tensor,
+    to_input: Callable,
+    epoch: int,
+    gen: torch.Generator,
+    batch_size: int = 1024,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     family.train(False)
     results = []
     for start in range(0, len(stored), batch_size):
         batch = stored[start : start + batch_size].to(family.device)
-        results.append((family.eval_step(to_input(batch, gen), epoch, gen), len(batch)))
+        with precision_context(precision, family.device):
+            metrics = family.eval_step(to_input(batch, gen), epoch, gen)
+        results.append(({k: v.float() for k, v in metrics.items()}, len(batch)))
     return weighted_means(results)
 
 
@@ -213,7 +227,9 @@ def fit(
             )
             stored = train_stored[order[i : i + bs]]
             x = source.to_input(stored, rngs.noise)
-            batches.append((family.train_step(x, epoch, rngs.noise, optimisation.update), len(stored)))
+            with precision_context(train.precision, device):
+                metrics = family.train_step(x, epoch, rngs.noise, optimisation.update)
+            batches.append(({k: v.float() for k, v in metrics.items()}, len(stored)))
         train_metrics = weighted_means(batches)
         bad = [k for k, v in train_metrics.items() if not math.isfinite(v)]
         if bad:
@@ -222,7 +238,7 @@ def fit(
                 f"the last good checkpoint ({checkpoint_path}) is kept: resume from it with the same params, "
                 "or lower the learning rate and start afresh (train.resume=false)"
             )
-        val_metrics = evaluate_split(family, source.val, source.to_input, epoch, rngs.noise)
+        val_metrics = evaluate_split(family, source.val, source.to_input, epoch, rngs.noise, precision=train.precision)
         seconds = time.perf_counter() - began
         if scorer is not None and scores_due(family, epoch, epochs):
             family.train(False)
