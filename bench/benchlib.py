@@ -17,6 +17,16 @@ from genlab.sources import image_source, input_levels
 from genlab.training import NullTracker, fit, resume_key
 
 OUT = Path(__file__).resolve().parent / "out"
+# Seed 000's VAE (784-512-256-20 MLP, BCE on grey levels, Adam 1e-3), as the VAE benchmarks train it.
+SEED_VAE = {
+    "arch": "mlp",
+    "hidden": [512, 256],
+    "latent_dim": 20,
+    "likelihood": "bernoulli",
+    "beta": 1.0,
+    "kl_warmup_epochs": 0,
+    "lr": 1e-3,
+}
 
 
 def prepared(cfg: Config) -> PreparedData:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 import torchvision.transforms as transforms
-from benchlib import build, train
+from benchlib import SEED_VAE, build, train
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -173,15 +173,7 @@ def main() -> None:
                 "val_fraction": args.val_fraction,
                 "binarize": "none",
             },
-            "vae": {
-                "arch": "mlp",
-                "hidden": [512, 256],
-                "latent_dim": 20,
-                "likelihood": "bernoulli",
-                "beta": 1.0,
-                "kl_warmup_epochs": 0,
-                "lr": 1e-3,
-            },
+            "vae": SEED_VAE,
             "train": {"epochs": 1, "batch_size": 64, "lr_schedule": "constant"},
         }
     )

@@ -22,7 +22,7 @@ import sys
 import time
 
 import torch
-from benchlib import build, prepared, test_metrics, train
+from benchlib import SEED_VAE, build, prepared, test_metrics, train
 
 from genlab.config import config_from_dict
 from genlab.runtime import resolve_device, stream_seed
@@ -37,17 +37,8 @@ def make_config(args, binarize: str):
             "seed": 0,
             "device": args.device,
             "data": {"name": "mnist", "root": args.root, "mirror": args.mirror, "binarize": binarize},
-            "vae": {
-                "arch": "mlp",
-                "hidden": [512, 256],
-                "latent_dim": 20,
-                "likelihood": "bernoulli",
-                "beta": 1.0,
-                "kl_warmup_epochs": 0,
-                "lr": 1e-3,
-                # Part (a) reports no IW bound (it is not a likelihood on grey levels), so one sample keeps it cheap.
-                "iw_samples": args.iw_samples if binarize == "dynamic" else 1,
-            },
+            # Part (a) reports no IW bound (it is not a likelihood on grey levels), so one sample keeps it cheap.
+            "vae": {**SEED_VAE, "iw_samples": args.iw_samples if binarize == "dynamic" else 1},
             "train": {"epochs": args.epochs, "batch_size": 64, "lr_schedule": "constant"},
         }
     )
