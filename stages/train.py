@@ -3,12 +3,16 @@
 python stages/train.py [--name NAME] [--family FAMILY]   # see genlab.trained.stage_args
 """
 
-import pandas as pd
+import dataclasses
+import subprocess
 
-from genlab import atomic, machine, paths, resume, tracking, upstream
-from genlab.config import stage_view
+import pandas as pd
+import yaml
+
+from genlab import atomic, machine, mlflow_model, paths, resume, tracking, upstream
+from genlab.config import config_from_dict, stage_view
 from genlab.data import load_prepared
-from genlab.errors import exit_on_error
+from genlab.errors import GenlabError, exit_on_error
 from genlab.models import DataSpec, build_family
 from genlab.quality.scoring import fid_monitor
 from genlab.runtime import resolve_device, seed_everything
@@ -45,6 +49,22 @@ def write_outputs(where: paths.ModelPaths, history: list[dict], curves: dict[str
     write_curves(where, table, curves)
 
 
+def registered_model_name(cfg, where: paths.ModelPaths) -> str:
+    """The model registry name of a run's model: one per family and dataset (and model name), each run a version."""
+    model = "" if where.name == paths.DEFAULT_MODEL else f"-{where.name}"
+    return f"genlab-{cfg.model.family}-{cfg.data.name}{model}"
+
+
+def committed_view(cfg) -> dict | None:
+    """The train stage's view of the committed params.yaml (git HEAD) for this run's family, if there is one."""
+    proc = subprocess.run(["git", "show", f"HEAD:{paths.PARAMS}"], capture_output=True, text=True, check=False)
+    try:
+        committed = config_from_dict(yaml.safe_load(proc.stdout) or {})
+    except (GenlabError, yaml.YAMLError):
+        return None  # no commit yet, or one whose params this code no longer reads: nothing to compare
+    return stage_view(dataclasses.replace(committed, model=cfg.model), "train") if proc.returncode == 0 else None
+
+
 def run() -> None:
     args = stage_args(__doc__.splitlines()[0])
     cfg = stage_config(args.family)
@@ -67,7 +87,8 @@ def run() -> None:
         tags = tracking.run_tags(cfg, data.checksum, device, fingerprint, where)
         tags.update({f"genlab.upstream.{name}_md5": md5 for name, md5 in upstream_md5.items()})
         tags.update(upstream.run_links(family))
-        tracker = tracking.MlflowTracker.create(tracking.flatten(view), tags, run_name=tracking.run_name(cfg, tags))
+        name = tracking.run_name(cfg, tags, view, committed_view(cfg))
+        tracker = tracking.MlflowTracker.create(tracking.flatten(view), tags, run_name=name)
         resume.started(where, tracker.run_id)
         tracker.log_text(tracking.pip_freeze(), "environment/requirements.txt")
     print(f"MLflow run {tracker.run_id} in {tracker.uri}")
@@ -96,7 +117,9 @@ def run() -> None:
         if selected:
             tracker.set_tags({"genlab.selected_epoch": selected[0]})
         atomic.write_json(where.run_info, {"run_id": tracker.run_id})
-        tracker.log_artifact(where.model, "model")
+        tracker.log_artifact(where.model, "model_file")  # "model" is the MLflow model below
+        example = mlflow_model.example_input(family, data.to_unit(data.test.images[:2]))
+        tracker.log_model(family, example, registered_model_name(cfg, where))
         tracker.log_artifact(where.history, "metrics")
     resume.finished(where, tracker.run_id)
 

@@ -19,9 +19,10 @@ def test_grid_enlarges_tiny_images_and_keeps_values():
     images = torch.zeros(4, 1, 8, 8)
     images[1] = 1.0
     grid = to_grid(images, nrow=4)
-    # 8x8 images are shown 4x larger (32 px) with 2 px padding: 4 * (32 + 2) + 2 wide.
-    assert grid.shape == (36, 138, 3) and grid.dtype == np.uint8
-    assert grid[2:34, 36:68].min() == 255 and grid[2:34, 2:34].max() == 0
+    assert to_grid(torch.zeros(16, 1, 8, 8)).shape == (2 + 4 * 58, 2 + 4 * 58, 3)  # square by default
+    # 8x8 images are shown 7x larger (56 px) with 2 px padding: 4 * (56 + 2) + 2 wide.
+    assert grid.shape == (60, 234, 3) and grid.dtype == np.uint8
+    assert grid[2:58, 60:116].min() == 255 and grid[2:58, 2:58].max() == 0
 
 
 def test_save_grid_writes_a_png(tmp_path):

@@ -113,9 +113,18 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
     assert not any(k.startswith(("gan.", "ddpm.", "evaluate.", "sample.", "classifier.")) for k in run.data.params)
     assert "vae.iw_samples" not in run.data.params
     artifacts = {a.path for a in client.list_artifacts(run_id)} | {
-        a.path for d in ("model", "samples", "environment") for a in client.list_artifacts(run_id, d)
+        a.path for d in ("model_file", "samples", "environment") for a in client.list_artifacts(run_id, d)
     }
-    assert {"model/model.pt", "samples/latent_map.png", "environment/requirements.txt"} <= artifacts
+    assert {"model_file/model.pt", "samples/latent_map.png", "environment/requirements.txt"} <= artifacts
+    # The model as an MLflow model: loadable without the repository, registered as a version per family and dataset.
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    logged = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    images = logged.sample(5)
+    assert images.shape == (5, 1, 8, 8) and images.min() >= 0 and images.max() <= 1
+    (version,) = client.search_model_versions("name='genlab-vae-digits'")
+    assert version.run_id == run_id
     freeze = client.download_artifacts(run_id, "environment/requirements.txt", str(root / "freeze"))
     assert "torch==" in Path(freeze).read_text()
     assert run.info.status == "FINISHED"

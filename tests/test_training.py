@@ -288,3 +288,18 @@ def test_bf16_autocast_changes_the_numbers_but_stays_within_a_percent_of_fp32(di
     for key in ("val_elbo", "val_kl", "train_elbo"):
         fp32, bf16 = runs["fp32"][-1][key], runs["bf16"][-1][key]
         assert abs(bf16 - fp32) <= 0.01 * abs(fp32) + 0.05, (key, fp32, bf16)
+
+
+def test_run_names_put_the_changed_params_first():
+    from genlab.config import stage_view
+    from genlab.tracking import run_name
+
+    committed = config_from_dict({})
+    changed = config_from_dict({"vae": {"beta": 2.0, "latent_dim": 2}})
+    view = stage_view(changed, "train")
+    name = run_name(changed, {"dvc.exp_name": "brisk-owl"}, view, stage_view(committed, "train"))
+    assert name == "latent_dim=2 beta=2.0 | brisk-owl | vae-digits"
+    plain = run_name(
+        committed, {"genlab.model_name": "tokenizer"}, stage_view(committed, "train"), stage_view(committed, "train")
+    )
+    assert plain.startswith("tokenizer vae-digits | 20")  # nothing changed: the time tells runs apart

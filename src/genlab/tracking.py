@@ -103,6 +103,8 @@ class MlflowTracker:
         root = repo_root()
         uri = tracking_uri(root)
         with _store_lock(uri, root):
+            if uri.startswith("sqlite"):
+                relocate(root)  # a store copied or moved with the repository keeps working
             client = MlflowClient(uri)
             experiment = client.get_experiment_by_name(EXPERIMENT)
             if experiment is None:
@@ -136,6 +138,18 @@ class MlflowTracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         with self._lock:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_model(self, family: Any, example: torch.Tensor, registered_name: str | None) -> None:
+        """The trained family as the run's MLflow model `model` (genlab.mlflow_model), a version of
+        `registered_name` in the model registry."""
+        import mlflow
+
+        from genlab import mlflow_model
+
+        with self._lock:
+            mlflow.set_tracking_uri(self.uri)
+            with mlflow.start_run(run_id=self.run_id):  # leaving it marks the run FINISHED; active() settles it
+                mlflow_model.log(family, example, registered_name)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         with self._lock:
@@ -190,13 +204,75 @@ def run_tags(
     return tags
 
 
-def run_name(cfg: Config, tags: dict[str, str]) -> str:
-    """The DVC experiment name when there is one; else family-dataset-time. MLflow's own random
-    names would repeat here, because seeding Python's `random` fixes them."""
-    return tags.get("dvc.exp_name") or f"{cfg.model.family}-{cfg.data.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+def changed_params(view: dict[str, Any], committed: dict[str, Any]) -> list[str]:
+    """`key=value` for each param of a run's view that differs from the committed one (shortest keys)."""
+    now, then = flatten(view), flatten(committed)
+    return [f"{key.rsplit('.', 1)[-1]}={value}" for key, value in now.items() if then.get(key) != value]
+
+
+def run_name(cfg: Config, tags: dict[str, str], view: dict[str, Any], committed: dict[str, Any] | None) -> str:
+    """What tells the run apart in the runs table, first: the params that differ from the committed
+    params.yaml (up to three), then the DVC experiment name, the model's name when not the default, family
+    and dataset; with nothing changed, the time. MLflow's own random names would repeat here, because
+    seeding Python's `random` fixes them."""
+    changes = changed_params(view, committed) if committed is not None else []
+    head = " ".join(changes[:3]) + (" …" if len(changes) > 3 else "")
+    model = tags.get("genlab.model_name", "model")
+    what = f"{'' if model == 'model' else model + ' '}{cfg.model.family}-{cfg.data.name}"
+    parts = [head, tags.get("dvc.exp_name", ""), what]
+    if not head and "dvc.exp_name" not in tags:
+        parts.append(time.strftime("%Y%m%d-%H%M%S"))
+    return " | ".join(p for p in parts if p)
 
 
 def attach(run_id: str) -> MlflowTracker:
     """Re-open the run a previous stage created (evaluate and sample add to the train run)."""
     root = repo_root()
     return MlflowTracker(run_id, tracking_uri(root), root)
+
+
+# MLflow records artifact locations as absolute file:// URIs; these columns hold them (MLflow 3).
+_LOCATIONS = {
+    "experiments": ("artifact_location",),
+    "runs": ("artifact_uri",),
+    "logged_models": ("artifact_location",),
+    "model_versions": ("source", "storage_location"),
+}
+
+
+def relocate(root: Path | None = None) -> int:
+    """Point an SQLite store's artifact locations at <root>/mlartifacts after the repository moved (or was
+    copied): MLflow keeps absolute paths, so a moved store would look for its images in the old place.
+    Returns the number of rows rewritten (0 when nothing pointed elsewhere)."""
+    import sqlite3
+
+    root = (root or repo_root()).resolve()
+    db = root / "mlflow.db"
+    if not db.is_file():
+        return 0
+    new = (root / "mlartifacts").as_uri()
+    con = sqlite3.connect(db)
+    try:
+        found = con.execute("SELECT artifact_location FROM experiments WHERE name = ?", (EXPERIMENT,)).fetchone()
+        old = found[0] if found else None
+        if not old or old == new or not old.endswith("/mlartifacts"):
+            return 0
+        with con:
+            return sum(
+                con.execute(
+                    f"UPDATE {table} SET {col} = ? || substr({col}, ?) WHERE {col} LIKE ?",
+                    (new, len(old) + 1, old + "%"),
+                ).rowcount
+                for table, cols in _LOCATIONS.items()
+                for col in cols
+            )
+    finally:
+        con.close()
+
+
+if __name__ == "__main__":  # python -m genlab.tracking relocate
+    import sys
+
+    if sys.argv[1:] != ["relocate"]:
+        sys.exit("usage: python -m genlab.tracking relocate   (after moving or copying the repository)")
+    print(f"rewrote {relocate()} artifact location(s) to {(repo_root() / 'mlartifacts').as_uri()}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,12 +12,16 @@ from torchvision.utils import make_grid
 
 from genlab import atomic
 
-MIN_DISPLAY_SIZE = 32  # tiny images (8x8 digits) are enlarged, pixel for pixel, to at least this
+# Small images (8x8 digits, 28x28 MNIST) are enlarged, pixel for pixel, to at least this: in MLflow's image
+# cards and run pages a grid is shown scaled to the card, where 8-pixel digits would be a few pixels wide.
+MIN_DISPLAY_SIZE = 56
 
 
-def to_grid(images: torch.Tensor, nrow: int = 16) -> np.ndarray:
-    """A grid as an (H, W, C) uint8 array, ready for PNG files and mlflow.log_image."""
+def to_grid(images: torch.Tensor, nrow: int | None = None) -> np.ndarray:
+    """A grid as an (H, W, C) uint8 array, ready for PNG files and mlflow.log_image; square by default
+    (ceil(sqrt(N)) per row), which reads larger in a thumbnail than a wide strip."""
     images = images.detach().float().cpu().clamp(0, 1)
+    nrow = nrow or math.ceil(math.sqrt(len(images)))
     scale = max(1, -(-MIN_DISPLAY_SIZE // images.shape[-1]))
     if scale > 1:
         images = images.repeat_interleave(scale, dim=-1).repeat_interleave(scale, dim=-2)
@@ -25,7 +30,7 @@ def to_grid(images: torch.Tensor, nrow: int = 16) -> np.ndarray:
     return array[..., :1].repeat(3, axis=2) if images.shape[1] == 1 else array
 
 
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 16) -> None:
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> None:
     from PIL import Image
 
     with atomic.atomic_path(path) as tmp:
