@@ -48,4 +48,5 @@ lock:
 	/tmp/genlab-lock/bin/pip install -q setuptools -e . && /tmp/genlab-lock/bin/pip freeze --all --exclude-editable --exclude pip > requirements.lock
 
 ui: setup
-	$(ACTIVATE) && python -m genlab.tracking relocate && mlflow ui --backend-store-uri sqlite:///mlflow.db
+	$(ACTIVATE) && python -m genlab.tracking relocate && python -m genlab.tracking url \
+		&& mlflow ui --backend-store-uri sqlite:///mlflow.db

@@ -270,9 +270,22 @@ def relocate(root: Path | None = None) -> int:
         con.close()
 
 
-if __name__ == "__main__":  # python -m genlab.tracking relocate
+def ui_url(port: int = 5000) -> str:
+    """Where `mlflow ui` shows genlab's runs: the Model training view of experiment 'genlab' (the UI's
+    start page is its GenAI dashboard, where runs do not appear)."""
+    from mlflow import MlflowClient
+
+    experiment = MlflowClient(tracking_uri()).get_experiment_by_name(EXPERIMENT)
+    where = f"experiments/{experiment.experiment_id}/runs" if experiment else "experiments"
+    return f"http://127.0.0.1:{port}/#/{where}?workflowType=machine_learning"
+
+
+if __name__ == "__main__":  # python -m genlab.tracking relocate | url
     import sys
 
-    if sys.argv[1:] != ["relocate"]:
-        sys.exit("usage: python -m genlab.tracking relocate   (after moving or copying the repository)")
-    print(f"rewrote {relocate()} artifact location(s) to {(repo_root() / 'mlartifacts').as_uri()}")
+    if sys.argv[1:] == ["relocate"]:
+        print(f"rewrote {relocate()} artifact location(s) to {(repo_root() / 'mlartifacts').as_uri()}")
+    elif sys.argv[1:] == ["url"]:
+        print(f"genlab's runs (Model training view): {ui_url()}")
+    else:
+        sys.exit("usage: python -m genlab.tracking relocate | url")
