@@ -31,9 +31,11 @@ TINY_FAMILIES: dict[str, dict] = {
     },
     "maskgit": {"width": 16, "depth": 1, "heads": 2, "snapshot_steps": 2, "decode_steps": 3, "fid_samples": 20},
     "flowmo": {
-        "width": 16,
-        "heads": 2,
+        "encoder_width": 16,
+        "encoder_heads": 2,
         "encoder_depth": 1,
+        "decoder_width": 16,
+        "decoder_heads": 2,
         "decoder_depth": 1,
         "pretrain_epochs": 2,
         "posttrain_steps": 2,

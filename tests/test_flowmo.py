@@ -81,8 +81,8 @@ def test_block_linears_keep_their_initial_norms_after_every_step():
 def test_config_errors_name_the_key():
     with pytest.raises(ConfigError, match=r"flowmo\.group = 4 must divide flowmo\.bits = 6"):
         config_from_dict({"flowmo": {"group": 4}})
-    with pytest.raises(ConfigError, match=r"flowmo\.width = 20 over flowmo\.heads = 4"):
-        config_from_dict({"flowmo": {"width": 20}})
+    with pytest.raises(ConfigError, match=r"flowmo\.decoder_width = 20 over flowmo\.decoder_heads = 4: expected"):
+        config_from_dict({"flowmo": {"decoder_width": 20}})
     with pytest.raises(ConfigError, match=r"flowmo\.patch = 3 does not divide the 8x8 images"):
         make_family("flowmo", patch=3)
 
@@ -105,7 +105,16 @@ def test_a_tiny_model_learns_digits_and_beats_the_mean_image(digits):
     """400 steps on digits: the flow loss falls, and the in-training reconstructions (2 Euler steps) beat
     predicting the mean image by > 0.5 dB (measured: 12.75 vs 11.49 dB)."""
     family = make_family(
-        "flowmo", width=32, heads=2, encoder_depth=2, decoder_depth=2, tokens=8, lr=5e-3, ema_decay=0.9
+        "flowmo",
+        encoder_width=32,
+        encoder_heads=2,
+        decoder_width=32,
+        decoder_heads=2,
+        encoder_depth=2,
+        decoder_depth=2,
+        tokens=8,
+        lr=5e-3,
+        ema_decay=0.9,
     )
     train = digits.to_unit(digits.train.images)
     test = digits.to_unit(digits.test.images[:128])

@@ -519,6 +519,6 @@ def test_two_stage_tokenizer_and_prior_through_dvc(project):
     out = project.run("dvc", "exp", "run", TWO_STAGE, "-S", "maskgit.depth=2").stdout
     ran = set(re.findall(r"Running stage '(?:[^':]*:)?(\w+)'", out)) - {"validate"}
     assert ran == {"train_prior", "evaluate_prior", "sample_prior"}, out
-    out = project.run("dvc", "exp", "run", TWO_STAGE, "-S", "flowmo.width=32").stdout
+    out = project.run("dvc", "exp", "run", TWO_STAGE, "-S", "flowmo.decoder_width=32").stdout
     ran = set(re.findall(r"Running stage '(?:[^':]*:)?(\w+)'", out)) - {"validate"}
     assert {"train_tokenizer", "tokenize", "train_prior"} <= ran, out

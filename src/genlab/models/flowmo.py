@@ -56,10 +56,12 @@ class FlowMoConfig(FamilyConfig):
     tokens: int = key(4, at_least(1), doc="latent tokens per image")
     bits: int = key(6, at_least(1), doc="bits per token: bits per pixel = tokens * bits / (H * W)")
     group: int = key(3, at_least(1), doc="bits per LFQ entropy group (2^group codes; divides bits); a token id")
-    width: int = key(64, at_least(8), doc="transformer width (both networks)")
-    heads: int = key(4, at_least(1), doc="attention heads; width / heads must be even and >= 4")
-    encoder_depth: int = key(2, at_least(1))
-    decoder_depth: int = key(3, at_least(1))
+    encoder_width: int = key(64, at_least(8), doc="encoder transformer width")
+    encoder_depth: int = key(2, at_least(1), doc="encoder blocks")
+    encoder_heads: int = key(4, at_least(1), doc="encoder attention heads; width / heads must be even and >= 4")
+    decoder_width: int = key(64, at_least(8), doc="decoder transformer width")
+    decoder_depth: int = key(3, at_least(1), doc="decoder blocks")
+    decoder_heads: int = key(4, at_least(1), doc="decoder attention heads; width / heads must be even and >= 4")
     lr: float = key(5e-4, positive(), doc="Adam, stage 1A")
     beta1: float = key(0.9, in_unit(closed_low=True))
     beta2: float = key(0.95, in_unit(closed_low=True))
@@ -99,11 +101,13 @@ class FlowMoConfig(FamilyConfig):
             raise ConfigError(
                 f"{prefix}group = {self.group} is too large: the entropy loss scores 2^group codes; use <= 16"
             )
-        head = self.width // self.heads
-        if self.width % self.heads or head % 2 or head < 4:
-            raise ConfigError(
-                f"{prefix}width = {self.width} over {prefix}heads = {self.heads} must give an even head width >= 4"
-            )
+        for net in ("encoder", "decoder"):
+            width, heads = getattr(self, f"{net}_width"), getattr(self, f"{net}_heads")
+            if width % heads or (width // heads) % 2 or width // heads < 4:
+                raise ConfigError(
+                    f"{prefix}{net}_width = {width} over {prefix}{net}_heads = {heads}: "
+                    "expected an even head width >= 4"
+                )
         if self.guidance_sigma is not None and not (
             len(self.guidance_sigma) == 2 and 0 <= self.guidance_sigma[0] < self.guidance_sigma[1]
         ):
@@ -135,17 +139,13 @@ class FlowMo(Family, Reconstructor, Tokenizer, ExtraFigures):
             raise ConfigError(
                 f"flowmo.patch = {cfg.patch} does not divide the {h}x{w} images: choose a divisor of {math.gcd(h, w)}"
             )
-        sizes = dict(
-            channels=c,
-            image_size=(h, w),
-            patch=cfg.patch,
-            tokens=cfg.tokens,
-            bits=cfg.bits,
-            width=cfg.width,
-            heads=cfg.heads,
-        )
-        self.encoder = FlowMoEncoder(depth=cfg.encoder_depth, **sizes).to(device)
-        self.decoder = FlowMoDecoder(depth=cfg.decoder_depth, **sizes).to(device)
+        sizes = dict(channels=c, image_size=(h, w), patch=cfg.patch, tokens=cfg.tokens, bits=cfg.bits)
+        self.encoder = FlowMoEncoder(
+            width=cfg.encoder_width, depth=cfg.encoder_depth, heads=cfg.encoder_heads, **sizes
+        ).to(device)
+        self.decoder = FlowMoDecoder(
+            width=cfg.decoder_width, depth=cfg.decoder_depth, heads=cfg.decoder_heads, **sizes
+        ).to(device)
         self.net = nn.ModuleDict({"encoder": self.encoder, "decoder": self.decoder})
         self.ema = EMA(self.net, cfg.ema_decay)
         self.modules = {"net": self.net, "ema": self.ema}
