@@ -215,14 +215,20 @@ def run_seed(args, seed: int) -> None:
         return family
 
     for name, overrides in VARIANTS.items():
+        if name not in args.variants:
+            continue
+        if name == "B2":
+            overrides = {**overrides, "adversarial_weight": args.adversarial_weight}
         cfg = make_config(args, seed, **overrides)
         family = family_for(**overrides)
         print(f"{name} seed {seed}", flush=True)
         speed = run_phase(family, pretrain, cfg, args.epochs, work / f"{name}.pt")
         run_phase(family, post, cfg, post_epochs, work / f"{name}.pt", checkpoint.load(work / f"{name}.pt"))
-        record({"variant": name, **tag, "train_img_s": speed, **score(family, test, labels, classifier, seed)})
+        label = f"B2 (adversarial {args.adversarial_weight:g})" if name == "B2" else name
+        record({"variant": label, **tag, "train_img_s": speed, **score(family, test, labels, classifier, seed)})
 
     schedules = {"F": {}, **({"F-ln": {"uniform_share": 0.0}} if args.logit_normal else {})}
+    schedules = {k: v for k, v in schedules.items() if "F" in args.variants}
     for prefix, overrides in schedules.items():
         cfg = make_config(args, seed, **overrides)
         family = family_for(**overrides)
@@ -284,6 +290,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--test", type=int, default=1000, help="MNIST test images scored")
     parser.add_argument("--logit-normal", action="store_true", help="also F2 trained on the plain logit-normal t")
+    parser.add_argument("--variants", nargs="+", default=["B0", "B1", "B2", "F"], help="F: F1, F1', F2 (+ ablations)")
+    parser.add_argument("--adversarial-weight", type=float, default=0.1, help="B2's hinge GAN weight")
     parser.add_argument("--table", action="store_true", help="print the table of bench/out/flowmo_claim.jsonl")
     parser.add_argument("--prepare", action="store_true", help="only prepare MNIST and train the two networks once")
     parser.add_argument("--speed", action="store_true", help="only the speed figures (use an idle machine)")
