@@ -18,6 +18,7 @@ from genlab import paths
 pytestmark = pytest.mark.slow
 EPOCHS = 3
 STEPS = list(range(1, EPOCHS + 1))  # epochs count from 1: console, CSV, MLflow steps and DVC plots agree
+IMAGE_STEPS = {0, *STEPS}  # + the untrained model at step 0, where MLflow's image cards open
 
 
 def _image_steps(client, run_id: str) -> dict[str, set[int]]:
@@ -95,7 +96,7 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
             assert metric[-1].value == pytest.approx(history[f"{split}_{name}"].iloc[-1])
     for name, value in test.items():
         assert run.data.metrics[f"test/{name}"] == pytest.approx(value)
-    assert _image_steps(client, run_id) == {"samples": set(STEPS), "reconstructions": set(STEPS)}
+    assert _image_steps(client, run_id) == {"samples": IMAGE_STEPS, "reconstructions": IMAGE_STEPS}
 
     head = project.run("git", "rev-parse", "HEAD").stdout.strip()
     manifest = json.loads((root / "data/prepared/manifest.json").read_text())
@@ -348,7 +349,7 @@ def test_gan_experiment_runs_end_to_end_through_dvc(project):
     run = runs[0]
     assert run.data.params["gan.loss"] == "hinge" and run.data.tags.get("dvc.exp_name")
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/domain_fid")) == [2, 3]
-    assert _image_steps(client, run.info.run_id) == {"samples": set(STEPS)}
+    assert _image_steps(client, run.info.run_id) == {"samples": IMAGE_STEPS}
     assert run.data.metrics["test/domain_fid"] == pytest.approx(test["domain_fid"])
     project.run("dvc", "plots", "show", "-o", "plots_out")
 
@@ -371,7 +372,7 @@ def test_ddpm_experiment_runs_end_to_end_through_dvc(project):
     runs = client.search_runs([client.get_experiment_by_name("genlab").experiment_id], "tags.`genlab.family` = 'ddpm'")
     assert len(runs) == 1
     run = runs[0]
-    assert _image_steps(client, run.info.run_id) == {"samples": set(STEPS)}
+    assert _image_steps(client, run.info.run_id) == {"samples": IMAGE_STEPS}
     assert run.data.metrics["test/bpd"] == pytest.approx(test["bpd"])
     assert "17-level" in run.data.tags["genlab.data_convention"]
 
@@ -477,7 +478,7 @@ def test_flowmo_experiment_runs_end_to_end_through_dvc(project):
     (run,) = client.search_runs(
         [client.get_experiment_by_name("genlab").experiment_id], "tags.`genlab.family` = 'flowmo'"
     )
-    assert _image_steps(client, run.info.run_id) == {"reconstructions": set(STEPS)}
+    assert _image_steps(client, run.info.run_id) == {"reconstructions": IMAGE_STEPS}
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/psnr")) == STEPS
     assert run.data.tags["genlab.upstream.perceptual_md5"] and run.data.tags["genlab.upstream.classifier_md5"]
     assert run.data.metrics["test/domain_rfid"] == pytest.approx(test["domain_rfid"])
@@ -512,7 +513,7 @@ def test_two_stage_tokenizer_and_prior_through_dvc(project):
     prior = runs["prior"]
     assert prior.data.tags["mlflow.parentRunId"] == runs["tokenizer"].info.run_id == manifest["tokenizer_run"]
     assert prior.data.tags["genlab.upstream.tokenizer_md5"] == manifest["tokenizer_md5"]
-    assert _image_steps(client, prior.info.run_id) == {"samples": {1, 2}}
+    assert _image_steps(client, prior.info.run_id) == {"samples": {0, 1, 2}}
     assert not any(k.startswith("flowmo.") for k in prior.data.params) and prior.data.params["maskgit.depth"] == "1"
 
     project.commit("two-stage results")

@@ -162,6 +162,7 @@ def test_a_killed_and_resumed_run_logs_each_step_exactly_once(digits, tmp_path, 
     assert points(recorder) == points(uninterrupted)
     assert sorted(s for k, s, _ in recorder.metrics if k == "time/epoch_seconds") == [1, 2, 3, 4]
     assert sorted(recorder.images) == sorted(uninterrupted.images)
+    assert {s for _, s in uninterrupted.images} == {0, 1, 2, 3, 4}  # step 0: the untrained model, logged once
 
 
 @pytest.mark.parametrize("family", ["vae", "gan"])

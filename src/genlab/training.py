@@ -187,7 +187,8 @@ def fit(
 ) -> list[dict[str, Any]]:
     """Train `family` for train.epochs and return one row of metrics per epoch (`epoch` from 1).
 
-    Rows hold `epoch` and `<split>_<metric>` for split in train/val. After each epoch a checkpoint
+    Rows hold `epoch` and `<split>_<metric>` for split in train/val. A fresh run logs the snapshot images
+    of the untrained model at step 0. After each epoch a checkpoint
     is written atomically, then the snapshot images and metrics go to `tracker`: a run killed in
     between is resumed after that epoch and logs it then, so every step is logged exactly once
     (logging first would log the epoch again on resume). A non-finite training metric raises
@@ -211,6 +212,10 @@ def fit(
         history, done, best = list(resume_state["history"]), resume_state["epoch"], resume_state["best"]
         if "logged" in resume_state and done not in tracker.metric_steps(EPOCH_KEY):
             _log_epoch(tracker, family, fixed_batch, seed, done, resume_state["logged"])
+    else:
+        # Step 0 is the untrained model: MLflow's image cards open at step 0, so without it they open blank.
+        family.train(False)
+        tracker.log_images(family.snapshot(fixed_batch, stream(seed, "snapshot", family.device)), step=0)
     n, bs, epochs = len(train_stored), train.batch_size, train.epochs
     show_bar = sys.stderr.isatty()
     steps_per_epoch = math.ceil(n / bs)
