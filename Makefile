@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | md5sum | cut -c1-12)
 ACTIVATE := source $(VENV)/bin/activate
 
-.PHONY: setup run test lint repro-check expected lock ui
+.PHONY: setup run test lint repro-check expected lock ui screenshots
 
 setup: $(STAMP)
 
@@ -50,3 +50,7 @@ lock:
 ui: setup
 	$(ACTIVATE) && python -m genlab.tracking relocate && python -m genlab.tracking url \
 		&& mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+# docs/figures/ui-*.png: mlflow ui on a copy of the store, photographed by headless chromium (apt install chromium).
+screenshots: setup
+	$(ACTIVATE) && pip install -q -e '.[screenshots]' && python docs/screenshots.py $(SCREENSHOTS_ARGS)

@@ -7,7 +7,7 @@ free loopback port, drives Debian's `chromium` through Playwright's Python API a
   <prefix>images-as-opened.png   the same tab's image cards as they open (step 0, the run's params shown)
   <prefix>images.png    the same cards with "Show run parameters" off and the slider at the last epoch
   <prefix>compare.png   the chart view of the runs page: the latest --compare runs' curves overlaid
-  <prefix>compare-images.png   the same view's image cards, one image per run
+  <prefix>compare-images.png   the same view's sample card opened full screen: one image per run
 
     make screenshots                                   # docs/figures/ui-*.png from this repo's store
     python docs/screenshots.py --store ../old-clone --prefix ui-before-
@@ -122,6 +122,13 @@ class Screens:
             dialog.get_by_role("button", name="Save changes").click()
             time.sleep(1)
 
+    def expand_last_card(self) -> None:
+        """Open the last visible card full screen (its button sits left of the card's menu): a card holds
+        one image per run side by side, and at its normal size only the first run's fits."""
+        menu = self.page.locator("[data-testid=experiment-view-compare-runs-card-menu]:visible").last
+        menu.locator("xpath=preceding-sibling::button[1]").click()
+        time.sleep(1)
+
     def slide_to_end(self) -> None:
         """Move every image card's step slider to its last step (the cards open at the first)."""
         for slider in self.page.locator("[role=slider]").all():
@@ -133,6 +140,7 @@ class Screens:
             self.page.mouse.down()
             self.page.mouse.move(box["x"] + 2000, y, steps=8)  # past the track's end: it clamps
             self.page.mouse.up()
+        self.page.evaluate("window.getSelection().removeAllRanges()")  # the drag selects the text it crosses
 
     def shoot(self, name: str) -> None:
         time.sleep(SETTLE_S)
@@ -186,6 +194,7 @@ def main() -> None:
         screens.shoot("compare")
         screens.collapse("train", "val")
         screens.hide_run_params()
+        screens.expand_last_card()
         screens.slide_to_end()
         screens.shoot("compare-images")
         browser.close()

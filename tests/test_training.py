@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -303,4 +304,4 @@ def test_run_names_put_the_changed_params_first():
     plain = run_name(
         committed, {"genlab.model_name": "tokenizer"}, stage_view(committed, "train"), stage_view(committed, "train")
     )
-    assert plain.startswith("tokenizer vae-digits | 20")  # nothing changed: the time tells runs apart
+    assert re.fullmatch(r"\d\d:\d\d:\d\d \d\d \w{3} 20\d\d \| tokenizer vae-digits", plain)  # the time first

@@ -213,15 +213,15 @@ def changed_params(view: dict[str, Any], committed: dict[str, Any]) -> list[str]
 def run_name(cfg: Config, tags: dict[str, str], view: dict[str, Any], committed: dict[str, Any] | None) -> str:
     """What tells the run apart in the runs table, first: the params that differ from the committed
     params.yaml (up to three), then the DVC experiment name, the model's name when not the default, family
-    and dataset; with nothing changed, the time. MLflow's own random names would repeat here, because
-    seeding Python's `random` fixes them."""
+    and dataset; with nothing changed, the time first (the table cuts names at ~20 characters). MLflow's own
+    random names would repeat here, because seeding Python's `random` fixes them."""
     changes = changed_params(view, committed) if committed is not None else []
     head = " ".join(changes[:3]) + (" …" if len(changes) > 3 else "")
     model = tags.get("genlab.model_name", "model")
     what = f"{'' if model == 'model' else model + ' '}{cfg.model.family}-{cfg.data.name}"
     parts = [head, tags.get("dvc.exp_name", ""), what]
     if not head and "dvc.exp_name" not in tags:
-        parts.append(time.strftime("%Y%m%d-%H%M%S"))
+        parts.insert(0, time.strftime("%H:%M:%S %d %b %Y"))
     return " | ".join(p for p in parts if p)
 
 
