@@ -155,6 +155,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "figures")
     parser.add_argument("--prefix", default="ui-")
     parser.add_argument("--compare", type=int, default=3, help="how many of the latest runs the chart view shows")
+    parser.add_argument("--runs", nargs="+", help="run ids for the chart view instead (the first one's page is shown)")
     parser.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser"))
     args = parser.parse_args()
     if not (args.store / "mlflow.db").is_file():
@@ -169,6 +170,7 @@ def main() -> None:
     port = free_port()
     with mlflow_ui(args.store, port) as db, sync_playwright() as playwright:
         experiment, runs = latest_runs(db, args.compare)
+        runs = args.runs or runs
         browser = playwright.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
         screens = Screens(browser.new_page(viewport=VIEWPORT), f"http://127.0.0.1:{port}", args.out, args.prefix)
         listing = f"experiments/{experiment}/runs?workflowType=machine_learning"
