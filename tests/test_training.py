@@ -236,12 +236,20 @@ def test_unreadable_model_file_advises_retraining_never_an_unsafe_load(tmp_path,
         ({"vae": {"beta": ".inf"}}, ["vae.beta", "a finite number"]),
         ({"ddpm": {"eta": -math.inf}}, ["ddpm.eta", "a finite number"]),
         ({"train": {"grad_clip": 0}}, ["train.grad_clip", "> 0"]),
+        ({"seed": -5}, ["seed", "[0, 4294967295]"]),
     ],
 )
 def test_bad_params_raise_config_error_naming_the_key(raw, words):
     with pytest.raises(ConfigError) as info:
         config_from_dict(raw)
     assert all(w in str(info.value) for w in words), str(info.value)
+
+
+def test_a_batch_larger_than_the_training_split_is_refused(digits, tmp_path):
+    cfg = config_from_dict({**SMALL, "train": {**SMALL["train"], "batch_size": 100_000}})
+    with pytest.raises(ConfigError, match=r"train\.batch_size = 100000 exceeds the \d+ training examples"):
+        train_run(cfg, digits, tmp_path / "train.pt")
+    assert not (tmp_path / "train.pt").exists()
 
 
 def test_committed_params_yaml_is_valid_and_numbers_in_strings_are_read(tmp_path):

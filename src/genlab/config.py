@@ -113,10 +113,14 @@ class SampleConfig:
     class_samples: int = key(1000, at_least(1), doc="generated images classified for class_histogram.png")
 
 
+SEED_RANGE = ((lambda v: 0 <= v < 2**32), "an integer in [0, 4294967295]")
+
+
 def _config_class() -> type:
     """Config: the shared sections plus one section per registered family (cfg.vae, cfg.gan, ...)."""
     fields: list[tuple[str, Any, Any]] = [
-        ("seed", int, key(0, stages=("download", *MODEL_STAGES), doc="drives every random stream")),
+        # NumPy and scikit-learn take seeds in [0, 2^32): a negative one would fail only in a late stage.
+        ("seed", int, key(0, SEED_RANGE, stages=("download", *MODEL_STAGES), doc="drives every random stream")),
         ("device", str, key("auto", stages=MODEL_STAGES, doc="auto (CUDA when present) | cpu | cuda | cuda:N")),
         ("data", DataConfig, field(default_factory=DataConfig)),
         ("model", ModelConfig, field(default_factory=ModelConfig)),

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from genlab import checkpoint
 from genlab.config import TrainConfig
-from genlab.errors import CheckpointError, DivergenceError
+from genlab.errors import CheckpointError, ConfigError, DivergenceError
 from genlab.models import Family
 from genlab.models.base import weighted_means
 from genlab.runtime import Rngs, stream
@@ -203,6 +203,11 @@ def fit(
     history: list[dict[str, Any]] = []
     done, best = 0, None
     train_stored = source.train.to(device)
+    if train.batch_size > len(train_stored):  # each batch would be the whole split: almost surely a typo
+        raise ConfigError(
+            f"train.batch_size = {train.batch_size} exceeds the {len(train_stored)} training examples: "
+            f"set it to at most {len(train_stored)}"
+        )
     fixed_batch = source.to_input(source.val[:SNAPSHOT_BATCH].to(device), stream(seed, "snapshot_batch", device))
     if resume_state is not None:
         check_resumable(resume_state, key, train.epochs, family.name)
