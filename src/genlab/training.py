@@ -124,12 +124,12 @@ class Optimisation:
             opt.load_state_dict(state[name])
 
 
-@torch.no_grad()
 def precision_context(precision: str, device: torch.device):
     """bf16: autocast of the forward passes (weights, optimiser state and backward stay float32); fp32: off."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+@torch.no_grad()
 def evaluate_split(
     family: Family,
     stored: torch.Tensor,
@@ -162,9 +162,14 @@ def _log_epoch(
 
     (A kill during the image upload can leave that one step's image twice; its metrics stay single.)
     """
-    family.train(False)
-    tracker.log_images(family.snapshot(fixed_batch, stream(seed, "snapshot", family.device)), step=epoch)
+    _log_snapshot(tracker, family, fixed_batch, seed, epoch)
     tracker.log_metrics(logged, step=epoch)
+
+
+def _log_snapshot(tracker: Tracker, family: Family, fixed_batch: torch.Tensor, seed: int, step: int) -> None:
+    """The family's snapshot images of the fixed batch (the same noise at every step) as MLflow step `step`."""
+    family.train(False)
+    tracker.log_images(family.snapshot(fixed_batch, stream(seed, "snapshot", family.device)), step=step)
 
 
 def scores_due(family: Family, epoch: int, epochs: int) -> bool:
@@ -219,8 +224,7 @@ def fit(
             _log_epoch(tracker, family, fixed_batch, seed, done, resume_state["logged"])
     else:
         # Step 0 is the untrained model: MLflow's image cards open at step 0, so without it they open blank.
-        family.train(False)
-        tracker.log_images(family.snapshot(fixed_batch, stream(seed, "snapshot", family.device)), step=0)
+        _log_snapshot(tracker, family, fixed_batch, seed, 0)
     n, bs, epochs = len(train_stored), train.batch_size, train.epochs
     show_bar = sys.stderr.isatty()
     steps_per_epoch = math.ceil(n / bs)
