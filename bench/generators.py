@@ -24,7 +24,7 @@ from benchlib import build, classifier_for, prepared
 
 from genlab import checkpoint
 from genlab.config import config_from_dict
-from genlab.data.tokens import TokenData
+from genlab.data.tokens import TokenData, tokenize_splits
 from genlab.quality.scoring import domain_scores, real_pair, sample_in_batches
 from genlab.runtime import stream
 from genlab.sources import Source, image_source
@@ -139,15 +139,7 @@ def main() -> None:
     tokenizer.attach("perceptual", classifier_for(data, flowmo_cfg, device, "perceptual"))
     tok_epochs, tok_minutes = train_for(tokenizer, images, flowmo_cfg, args.minutes * args.tokenizer_share)
     tokenizer.train(False)
-    tokens = {}
-    for split in ("train", "val", "test"):
-        split_images = getattr(data, split).images
-        tokens[split] = torch.cat(
-            [
-                tokenizer.tokenize(data.to_unit(split_images[i : i + 500].to(device))).cpu()
-                for i in range(0, len(split_images), 500)
-            ]
-        )
+    tokens = tokenize_splits(tokenizer, data, device)
     token_data = TokenData(tokens, {s: getattr(data, s).labels for s in tokens}, {})
     token_source = Source(
         token_data.stored("train")[: args.train_images or None],

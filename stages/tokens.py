@@ -15,13 +15,11 @@ from genlab import paths
 from genlab.config import load_config
 from genlab.data import FORMAT_VERSION, load_prepared
 from genlab.data.checksums import md5_file
-from genlab.data.tokens import write_tokens
+from genlab.data.tokens import tokenize_splits, write_tokens
 from genlab.errors import CheckpointError, exit_on_error
 from genlab.models.base import Tokenizer
 from genlab.runtime import resolve_device
 from genlab.trained import load_model, model_run_id
-
-BATCH = 500
 
 
 @torch.no_grad()
@@ -39,12 +37,8 @@ def run() -> None:
         )
     if saved["data_md5"] != data.checksum:
         raise CheckpointError(f"{path} was trained on data {saved['data_md5']}, not {data.checksum}: retrain it")
-    tokens, labels = {}, {}
-    for split in ("train", "val", "test"):
-        images = getattr(data, split).images
-        batches = [data.to_unit(images[i : i + BATCH].to(device)) for i in range(0, len(images), BATCH)]
-        tokens[split] = torch.cat([tokenizer.tokenize(x).cpu() for x in batches])
-        labels[split] = getattr(data, split).labels
+    tokens = tokenize_splits(tokenizer, data, device)
+    labels = {split: getattr(data, split).labels for split in tokens}
     manifest = {
         "format_version": FORMAT_VERSION,
         "tokenizer": str(path),

@@ -58,11 +58,13 @@ def registered_model_name(cfg, where: paths.ModelPaths) -> str:
 def committed_view(cfg) -> dict | None:
     """The train stage's view of the committed params.yaml (git HEAD) for this run's family, if there is one."""
     proc = subprocess.run(["git", "show", f"HEAD:{paths.PARAMS}"], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        return None  # no commit yet (or not a git repository): nothing to compare
     try:
         committed = config_from_dict(yaml.safe_load(proc.stdout) or {})
     except (GenlabError, yaml.YAMLError):
-        return None  # no commit yet, or one whose params this code no longer reads: nothing to compare
-    return stage_view(dataclasses.replace(committed, model=cfg.model), "train") if proc.returncode == 0 else None
+        return None  # a commit whose params this code no longer reads
+    return stage_view(dataclasses.replace(committed, model=cfg.model), "train")
 
 
 def run() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy
 import torch
 from torch import nn
 
@@ -58,6 +59,6 @@ def log(family: Family, example: torch.Tensor, registered_name: str | None) -> A
         serialization_format="pickle",
         code_paths=[str(CODE)],
         input_example=example.cpu().numpy(),
-        pip_requirements=[f"torch=={torch.__version__}", f"numpy=={__import__('numpy').__version__}"],
+        pip_requirements=[f"torch=={torch.__version__}", f"numpy=={numpy.__version__}"],
         registered_model_name=registered_name,
     )

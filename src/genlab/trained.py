@@ -131,8 +131,7 @@ def read_run_id(where: paths.ModelPaths) -> str:
 
 def model_run_id(model_file) -> str | None:
     """The MLflow run that trained the model in `model_file` (models/<name>.pt), if its run.json is there."""
-    stem = Path(model_file).stem
     try:
-        return json.loads(paths.model_paths(stem).run_info.read_text())["run_id"]
-    except (OSError, ValueError, KeyError):
+        return read_run_id(paths.model_paths(Path(model_file).stem))
+    except CheckpointError:
         return None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from genlab.data.prepared import SPLITS, read_tensors, write_tensors
+from genlab.data.prepared import SPLITS, PreparedData, read_tensors, write_tensors
 from genlab.errors import DataError
 
 _FIX = "run `dvc repro pipelines/tokens/dvc.yaml` (or `python stages/tokens.py`) to tokenize again"
@@ -32,6 +32,18 @@ class TokenData:
         """What a token prior trains on: (N, L + 1), the label appended as the last column, so that one
         index picks a sequence and its class together."""
         return torch.cat([self.tokens[split], self.labels[split][:, None]], dim=1)
+
+
+@torch.no_grad()
+def tokenize_splits(tokenizer, data: PreparedData, device: torch.device, batch: int = 500) -> dict[str, torch.Tensor]:
+    """Every split's token ids (N, L) on the CPU, from `tokenizer.tokenize` (a genlab Tokenizer) in batches."""
+    tokens = {}
+    for split in SPLITS:
+        images = getattr(data, split).images
+        tokens[split] = torch.cat(
+            [tokenizer.tokenize(data.to_unit(images[i : i + batch].to(device))).cpu() for i in range(0, len(images), batch)]
+        )
+    return tokens
 
 
 def write_tokens(out_dir: str | Path, tokens: dict[str, torch.Tensor], labels: dict[str, torch.Tensor], manifest: dict) -> dict:

@@ -208,7 +208,6 @@ class FlowMo(Family, Reconstructor, Tokenizer, ExtraFigures):
             x_hat = self._regress(net["decoder"], q)
             flow = F.mse_loss(x_hat, x0)
             perceptual = self.perceptual.lpips((x_hat + 1) / 2, x).mean()
-            weight = cfg.perceptual_weight
         else:
             t = rf.sample_t(len(x0), gen, cfg.uniform_share, device=x0.device)
             z = torch.randn(x0.shape, generator=gen, device=x0.device)
@@ -219,11 +218,11 @@ class FlowMo(Family, Reconstructor, Tokenizer, ExtraFigures):
             # The one-step estimate's distance: 1A's perceptual loss, a diagnostic in 1B (the same curve throughout).
             with torch.set_grad_enabled(torch.is_grad_enabled() and stage < 2):
                 perceptual = self.perceptual.lpips((rf.one_step_prediction(x_t, t, v) + 1) / 2, x).mean()
-            weight = cfg.perceptual_weight
-            if stage == 2:  # mode seeking: the distance of what the decoder actually samples replaces it
-                perceptual_term = self.sample_distance(net["decoder"], q, x, gen, cfg.checkpoint_chain)
-                weight = cfg.sample_weight
-        loss = flow + weight * (perceptual if stage < 2 else perceptual_term)
+        objective, weight = perceptual, cfg.perceptual_weight
+        if stage == 2:  # mode seeking: the distance of what the decoder actually samples replaces it
+            objective = self.sample_distance(net["decoder"], q, x, gen, cfg.checkpoint_chain)
+            weight = cfg.sample_weight
+        loss = flow + weight * objective
         loss = loss + cfg.entropy_weight * entropy.loss + cfg.commitment_weight * commitment
         usage = lfq.codebook_usage(lfq.code_indices(q.detach(), cfg.group), self.vocabulary)
         metrics = {

@@ -21,7 +21,15 @@ from typing import ClassVar
 import torch
 
 from genlab.errors import ConfigError
-from genlab.models.base import DataSpec, Family, FamilyConfig, Generative, OptimizerSpec, Tokenizer
+from genlab.models.base import (
+    DataSpec,
+    Family,
+    FamilyConfig,
+    Generative,
+    OptimizerSpec,
+    Tokenizer,
+    weighted_means,
+)
 from genlab.models.ema import EMA
 from genlab.models.maskgit_nets import MaskedTokenTransformer
 from genlab.processes import masked_tokens as mt
@@ -161,7 +169,7 @@ class MaskGIT(Family, Generative):
         """The test tokens' likelihood under the any-order bound, per token and per pixel, beside the raw code
         length log2(vocabulary) per token; the masked-token loss and accuracy."""
         self.train(False)
-        bits, results, count = [], [], 0
+        bits, results = [], []
         for stored in batches:
             tokens, labels = self._split(stored)
             net = self.ema.module
@@ -170,7 +178,6 @@ class MaskGIT(Family, Generative):
             )
             bits.append(nll.cpu())
             results.append((self.eval_step(stored, 0, gen), len(stored)))
-            count += len(stored)
         per_token = torch.cat(bits).mean().item()
         length, (_, h, w) = self.tokenizer.sequence_length, self.image_shape
         raw = math.log2(self.tokenizer.vocabulary)
@@ -179,6 +186,5 @@ class MaskGIT(Family, Generative):
             "bits_per_pixel": per_token * length / (h * w),
             "raw_bits_per_token": raw,
             "raw_bits_per_pixel": raw * length / (h * w),
-            "loss": sum(m["loss"].item() * n for m, n in results) / count,
-            "accuracy": sum(m["accuracy"].item() * n for m, n in results) / count,
+            **weighted_means(results),  # the masked-token loss and accuracy
         }
