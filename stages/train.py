@@ -4,21 +4,24 @@ python stages/train.py [--name NAME] [--family FAMILY]   # see genlab.trained.st
 """
 
 import dataclasses
+import os
+import signal
 import subprocess
+import sys
 
 import pandas as pd
 import yaml
 
-from genlab import atomic, machine, mlflow_model, paths, resume, tracking, upstream
+from genlab import atomic, distributed, machine, mlflow_model, paths, resume, tracking, upstream
 from genlab.config import config_from_dict, stage_view
 from genlab.data import load_prepared
 from genlab.errors import GenlabError, exit_on_error
 from genlab.models import DataSpec, build_family
 from genlab.quality.scoring import fid_monitor
-from genlab.runtime import resolve_device, seed_everything
+from genlab.runtime import seed_everything
 from genlab.sources import input_levels, source_for
 from genlab.trained import save_model, stage_args, stage_config
-from genlab.training import fit, resume_key
+from genlab.training import NullTracker, fit, resume_key
 
 
 def write_curves(where: paths.ModelPaths, table: pd.DataFrame, curves: dict[str, str]) -> None:
@@ -70,17 +73,54 @@ def committed_view(cfg) -> dict | None:
 def run() -> None:
     args = stage_args(__doc__.splitlines()[0])
     cfg = stage_config(args.family)
+    if cfg.train.processes > 1 and not distributed.launched():
+        # This process becomes torchrun, which starts the workers (each runs this script) and, on a
+        # signal or a failed worker, stops them all: nothing is left running behind DVC's back.
+        command = distributed.launch_command(cfg.train.processes, sys.argv)
+        print(f"train.processes = {cfg.train.processes}: {' '.join(command[1:])}", flush=True)
+        os.execv(sys.executable, command)
+    # torchrun stops the other workers with SIGTERM when one fails: end through `active()`, which marks the run.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    world, device = distributed.join(cfg.device, cfg.train.processes)
+    try:
+        train(args, cfg, world, device)
+    finally:
+        distributed.leave()
+
+
+def train(args, cfg, world: distributed.World, device) -> None:
     where = paths.model_paths(args.name)
     seed_everything(cfg.seed, "model_init")
-    device = resolve_device(cfg.device)
     data = load_prepared(paths.PREPARED_DIR)
     spec = DataSpec(data.image_shape, input_levels(data, cfg.data.binarize))
     family = build_family(cfg.model.family, cfg.family, spec, device)
+    distributed.sync_batchnorm(family.modules.values(), device, world)
     view = stage_view(cfg, "train")
     key = resume_key(view)
     upstream_md5 = upstream.attach(family, device, data.checksum, cfg)
 
-    state = resume.resumable_state(where, cfg.train, key, family.name)
+    scorer = None
+    if family.fid_every:
+        classifier = family.upstreams["classifier"]
+        scorer = fid_monitor(classifier, data.to_unit(data.val.images), family.fid_samples, device, cfg.seed)
+    source = source_for(family, data, cfg.data.binarize, upstream_md5)
+    if not world.main:  # the other workers train and leave tracking and every file to rank 0
+        state = world.broadcast(None)
+        fit(
+            family,
+            source,
+            cfg.train,
+            cfg.seed,
+            key=key,
+            checkpoint_path=None,
+            tracker=NullTracker(),
+            resume_state=state,
+            scorer=scorer,
+            world=world,
+        )
+        return
+
+    state = world.broadcast(resume.resumable_state(where, cfg.train, key, family.name))
     fingerprint = machine.fingerprint(device)
     if state is not None:
         tracker = resume.reopen(state, cfg.train)
@@ -89,21 +129,17 @@ def run() -> None:
         tags = tracking.run_tags(cfg, data.checksum, device, fingerprint, where)
         tags.update({f"genlab.upstream.{name}_md5": md5 for name, md5 in upstream_md5.items()})
         tags.update(upstream.run_links(family))
+        tags.update({"genlab.world_size": str(world.size), "genlab.backend": world.backend or "none"})
         name = tracking.run_name(cfg, tags, view, committed_view(cfg))
         tracker = tracking.MlflowTracker.create(tracking.flatten(view), tags, run_name=name)
         resume.started(where, tracker.run_id)
         tracker.log_text(tracking.pip_freeze(), "environment/requirements.txt")
     print(f"MLflow run {tracker.run_id} in {tracker.uri}")
 
-    scorer = None
-    if family.fid_every:
-        classifier = family.upstreams["classifier"]
-        scorer = fid_monitor(classifier, data.to_unit(data.val.images), family.fid_samples, device, cfg.seed)
-
     with tracker.active():
         history = fit(
             family,
-            source_for(family, data, cfg.data.binarize, upstream_md5),
+            source,
             cfg.train,
             cfg.seed,
             key=key,
@@ -112,6 +148,7 @@ def run() -> None:
             run_id=tracker.run_id,
             resume_state=state,
             scorer=scorer,
+            world=world,
         )
         save_model(where, family, view, data.checksum, upstream_md5)
         write_outputs(where, history, family.curves, fingerprint)

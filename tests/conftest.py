@@ -82,6 +82,14 @@ class Project:
         return MlflowClient(f"sqlite:///{self.root / 'mlflow.db'}")
 
 
+def assert_one_point_per_step(client, run, epochs: int) -> None:
+    """Every per-epoch metric of an MLflow run has exactly one point at each step 1..epochs."""
+    for key in run.data.metrics:
+        if not key.startswith("test/"):
+            steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
+            assert steps == list(range(1, epochs + 1)), key
+
+
 def _tracked_files() -> list[str]:
     out = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard"],

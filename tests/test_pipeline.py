@@ -15,6 +15,8 @@ import yaml
 
 from genlab import paths
 
+from conftest import assert_one_point_per_step
+
 pytestmark = pytest.mark.slow
 EPOCHS = 3
 STEPS = list(range(1, EPOCHS + 1))  # epochs count from 1: console, CSV, MLflow steps and DVC plots agree
@@ -221,14 +223,7 @@ def test_killed_training_resumes_to_the_same_final_metrics(project):
     resumed = [r for r in runs if "genlab.resumed_from_epoch" in r.data.tags]
     assert len(runs) == 2 and len(resumed) == 1
     assert resumed[0].info.status == "FINISHED"
-    _assert_one_point_per_step(client, resumed[0], 40)
-
-
-def _assert_one_point_per_step(client, run, epochs: int) -> None:
-    for key in run.data.metrics:
-        if not key.startswith("test/"):
-            steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, key))
-            assert steps == list(range(1, epochs + 1)), key
+    assert_one_point_per_step(client, resumed[0], 40)
 
 
 def _kill_when(proc, ready, what: str, timeout: float = 120) -> None:
@@ -271,10 +266,10 @@ def test_resume_continues_only_its_own_run_and_closes_killed_ones(project):
     assert len({first, killed, new}) == 3
     a, b, c = run(first), run(killed), run(new)
     assert a.info.status == "FINISHED" and a.data.params["train.epochs"] == str(EPOCHS)
-    _assert_one_point_per_step(client, a, EPOCHS)
+    assert_one_point_per_step(client, a, EPOCHS)
     assert b.info.status == "KILLED" and new in b.data.tags["genlab.closed_reason"]
     assert c.info.status == "FINISHED" and "genlab.resumed_from_epoch" not in c.data.tags
-    _assert_one_point_per_step(client, c, EPOCHS)
+    assert_one_point_per_step(client, c, EPOCHS)
 
     # Run D is killed after a few epochs; it resumes only to at least as many epochs as it holds.
     project.set_params({"train": {"epochs": 40, "resume": False}})
@@ -292,7 +287,7 @@ def test_resume_continues_only_its_own_run_and_closes_killed_ones(project):
     resumed = run(d)
     assert resumed.info.status == "FINISHED" and resumed.data.params["train.epochs"] == "40"
     assert resumed.data.tags["genlab.epochs_after_resume"] == "45"
-    _assert_one_point_per_step(client, resumed, 45)
+    assert_one_point_per_step(client, resumed, 45)
     assert len(pd.read_csv(root / "metrics/train_history.csv")) == 45
 
 

@@ -59,12 +59,22 @@ class TrainConfig:
     batch_size: int = key(64, at_least(1))
     lr_schedule: Literal["constant", "cosine"] = key("cosine", doc="every optimiser's lr; cosine decays to 0 per step")
     grad_clip: Optional[float] = key(None, doc="clip each optimiser's gradient norm to this (null = off)")
-    precision: Literal["fp32", "bf16"] = key(
-        "fp32", doc="bf16: autocast of forward passes to bfloat16 (weights, optimiser and backward stay float32)"
+    precision: Literal["fp32", "bf16", "fp16"] = key(
+        "fp32",
+        doc="bf16/fp16: autocast of forward passes (weights, optimiser and backward stay float32); "
+        "fp16 needs CUDA (loss scaling)",
     )
+    compile: bool = key(False, doc="torch.compile the family's networks (first steps slower: compilation)")
+    processes: int = key(1, at_least(1), doc="data-parallel workers (torchrun); batch_size is the global batch")
     resume: bool = key(False, doc="continue from checkpoints/train.pt into the same MLflow run")
 
     def check(self, prefix: str) -> None:
+        if self.batch_size % self.processes:
+            raise ConfigError(
+                f"params key '{prefix}batch_size' = {self.batch_size} does not divide among "
+                f"{prefix}processes = {self.processes} workers: use a multiple of {self.processes} "
+                "(batch_size is the global batch, split evenly across workers)"
+            )
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ConfigError(
                 f"params key '{prefix}grad_clip' = {self.grad_clip!r} is out of range: expected a number > 0 or null"

@@ -51,11 +51,12 @@ def seed_everything(seed: int, purpose: str) -> None:
 
 
 class Rngs:
-    """The training run's own generators: `order` (CPU: batch order) and `noise` (on the model's device)."""
+    """The training run's own generators: `order` (CPU: batch order, the same on every worker) and `noise`
+    (on the model's device; worker r > 0 of a data-parallel run has its own, worker 0 the one-process one)."""
 
-    def __init__(self, seed: int, device: torch.device):
+    def __init__(self, seed: int, device: torch.device, rank: int = 0):
         self.order = stream(seed, "batch_order")
-        self.noise = stream(seed, "train_noise", device)
+        self.noise = stream(seed, "train_noise" if rank == 0 else f"train_noise/worker{rank}", device)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"order": self.order.get_state(), "noise": self.noise.get_state(), "torch": torch.get_rng_state()}
