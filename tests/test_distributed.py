@@ -21,10 +21,10 @@ from genlab.distributed import World
 from genlab.errors import ConfigError
 from genlab.runtime import Rngs
 from genlab.sources import image_source
-from genlab.training import Optimisation, evaluate_split
+from genlab.training import Optimisation, compile_networks, evaluate_split
 
 from conftest import REPO, assert_one_point_per_step
-from families import TINY_FAMILIES, build_from, train_run
+from families import TINY_FAMILIES, build_from, make_family, train_run
 
 WORKER = REPO / "tests" / "distributed_worker.py"
 TRAIN_IMAGES = 256  # distributed_worker.TRAIN_IMAGES
@@ -242,3 +242,16 @@ def test_train_processes_starts_workers_and_a_killed_worker_resumes_to_the_unint
     resumed = client.get_run(runs[0].info.run_id)
     assert resumed.info.status == "FINISHED"
     assert_one_point_per_step(client, resumed, 30)
+
+
+def test_compile_reaches_every_network_a_family_calls(monkeypatch):
+    """FlowMo keeps its encoder and decoder in a ModuleDict (and an EMA of it): those are compiled, not the dict."""
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
+    family = make_family("flowmo")
+    for module in family.modules.values():
+        compile_networks(module)
+    ema = family.ema.module
+    expected = [family.encoder, family.decoder, ema["encoder"], ema["decoder"]]
+    assert all(any(m is c for c in compiled) for m in expected)
+    assert not any(c is family.net or c is family.ema or c is ema for c in compiled)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from genlab import checkpoint
@@ -25,6 +26,7 @@ from genlab.config import TrainConfig
 from genlab.distributed import SINGLE, World
 from genlab.errors import CheckpointError, ConfigError, DivergenceError
 from genlab.models import Family
+from genlab.models.ema import EMA
 from genlab.runtime import Rngs, stream
 from genlab.sources import Source
 
@@ -210,6 +212,17 @@ def _log_snapshot(tracker: Tracker, family: Family, fixed_batch: torch.Tensor, s
     tracker.log_images(family.snapshot(fixed_batch, stream(seed, "snapshot", family.device)), step=step)
 
 
+def compile_networks(module: nn.Module) -> None:
+    """torch.compile, in place (state_dict keys stay the eager ones), each network a family calls: a container
+    (a ModuleDict of networks, or an EMA of one) is never called itself, so its members are compiled."""
+    inner = module.module if isinstance(module, EMA) else module
+    if isinstance(inner, (nn.ModuleDict, nn.ModuleList)):
+        for child in inner.children():
+            compile_networks(child)
+    else:
+        module.compile()
+
+
 def scores_due(family: Family, epoch: int, epochs: int) -> bool:
     """Whether the sample scorer runs after this epoch (1-based): every `fid_every` epochs and after the last."""
     return family.fid_every > 0 and (epoch % family.fid_every == 0 or epoch == epochs)
@@ -249,7 +262,7 @@ def fit(
         family.load_state_dict(world.broadcast(family.state_dict()))  # one starting point, whatever each CPU drew
     if train.compile:
         for module in family.modules.values():
-            module.compile()  # in place: state_dict keys stay those of the eager module
+            compile_networks(module)
     rngs = Rngs(seed, device, world.rank)
     optimisation = Optimisation(family, train, world)
     history: list[dict[str, Any]] = []
