@@ -130,6 +130,9 @@ def train(args, cfg, world: distributed.World, device) -> None:
         tags.update({f"genlab.upstream.{name}_md5": md5 for name, md5 in upstream_md5.items()})
         tags.update(upstream.run_links(family))
         tags.update({"genlab.world_size": str(world.size), "genlab.backend": world.backend or "none"})
+        left_out = len(data.manifest.get("skipped_files", {})) + len(data.manifest.get("empty_class_folders", []))
+        if left_out:  # data.skip_unreadable: the manifest lists them
+            tags["genlab.data_left_out"] = str(left_out)
         name = tracking.run_name(cfg, tags, view, committed_view(cfg))
         tracker = tracking.MlflowTracker.create(tracking.flatten(view), tags, run_name=name)
         resume.started(where, tracker.run_id)

@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import io
 import pickle
+import re
 import shutil
 import tarfile
 import threading
@@ -269,10 +270,12 @@ def _image_folder(root: Path) -> Path:
 @pytest.mark.parametrize("channels", [1, 3])
 def test_image_folder_labels_resize_and_channels(tmp_path, channels):
     folder = _image_folder(tmp_path / "images")
-    data = _prepared(tmp_path, path=str(folder), name="image_folder", image_size=6, channels=channels)
+    data = _prepared(
+        tmp_path, path=str(folder), name="image_folder", image_size=6, channels=channels, skip_unreadable=True
+    )
     assert data.image_shape == (channels, 6, 6) and data.max_value == 255
     assert data.manifest["classes"] == ["cat", "dog"]
-    assert data.manifest["unreadable_files"] == ["dog/broken.png"]
+    assert data.manifest["skipped_files"] == {"dog/broken.png": "not an image Pillow can read"}
     assert len(data.manifest["source_md5"]) == 10
     assert data.manifest["split_sizes"] == {"train": 7, "val": 1, "test": 2}
     images = torch.cat([data.train.images, data.val.images, data.test.images])
@@ -287,7 +290,7 @@ def test_image_folder_labels_resize_and_channels(tmp_path, channels):
 def test_image_folder_without_subfolders_is_one_class(tmp_path):
     (tmp_path / "flat").mkdir()
     for i in range(4):
-        Image.new("L", (5, 7), 40 * i).save(tmp_path / "flat" / f"{i}.png")
+        Image.new("L", (8, 9), 40 * i).save(tmp_path / "flat" / f"{i}.png")
     data = _prepared(tmp_path, path=str(tmp_path / "flat"), name="image_folder", image_size=4)
     assert data.image_shape == (1, 4, 4)
     assert torch.cat([data.train.labels, data.val.labels, data.test.labels]).tolist() == [0, 0, 0, 0]
@@ -305,7 +308,7 @@ def _folder_means(tmp_path, images: list[Image.Image], channels: int) -> list[li
 
 def test_image_folder_rescales_16_bit_greyscale_instead_of_clipping(tmp_path):
     values = [0, 50 * 257, 30000, 65535]
-    pngs = [Image.fromarray(np.full((6, 6), v, dtype=np.uint16)) for v in values]
+    pngs = [Image.fromarray(np.full((8, 8), v, dtype=np.uint16)) for v in values]
     assert _folder_means(tmp_path, pngs, channels=1) == [[0], [50], [117], [255]]  # round(v / 257)
     with Image.open(tmp_path / "flat" / "1.png") as written:
         assert written.mode == "I;16"  # the files really are 16-bit
@@ -313,10 +316,10 @@ def test_image_folder_rescales_16_bit_greyscale_instead_of_clipping(tmp_path):
 
 def test_image_folder_composites_transparency_onto_white(tmp_path):
     images = [
-        Image.new("RGBA", (6, 6), (0, 0, 255, 0)),  # transparent blue: only the background shows
-        Image.new("RGBA", (6, 6), (255, 0, 0, 255)),  # opaque red: unchanged
-        Image.new("RGBA", (6, 6), (0, 0, 0, 128)),  # half-transparent black over white: mid grey
-        Image.new("LA", (6, 6), (0, 0)),  # transparent grey
+        Image.new("RGBA", (8, 8), (0, 0, 255, 0)),  # transparent blue: only the background shows
+        Image.new("RGBA", (8, 8), (255, 0, 0, 255)),  # opaque red: unchanged
+        Image.new("RGBA", (8, 8), (0, 0, 0, 128)),  # half-transparent black over white: mid grey
+        Image.new("LA", (8, 8), (0, 0)),  # transparent grey
     ]
     assert _folder_means(tmp_path, images, channels=3) == [
         [127, 127, 127],
@@ -326,13 +329,56 @@ def test_image_folder_composites_transparency_onto_white(tmp_path):
     ]
 
 
+def _png_bytes(image: Image.Image) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="PNG")
+    return out.getvalue()
+
+
+BAD_INPUTS = {
+    "not an image": ("cat/broken.png", b"not a png", "not an image Pillow can read"),
+    "truncated": ("cat/cut.png", _png_bytes(Image.new("L", (64, 64), 9).rotate(30))[:-40], "truncated"),
+    "1x1": ("cat/pixel.png", _png_bytes(Image.new("L", (1, 1), 9)), "1x1 pixels, under 8 a side"),
+    "bomb": ("cat/huge.png", None, "decompression-bomb limit"),
+    "empty class": ("bird/readme.txt", b"no images here", "bird/ (no usable image)"),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_INPUTS))
+def test_image_folder_bad_input_fails_by_default_and_is_left_out_and_listed_when_asked(tmp_path, monkeypatch, bad):
+    folder = tmp_path / "images"
+    for cls in ("cat", "dog"):
+        (folder / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.new("L", (10, 10), 30 * i).save(folder / cls / f"{i}.png")
+    rel, content, why = BAD_INPUTS[bad]
+    (folder / rel).parent.mkdir(exist_ok=True)
+    if content is None:  # a PNG header claiming more pixels than Pillow's limit (lowered to keep the file small)
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50 * 50)
+        content = _png_bytes(Image.new("L", (80, 80)))
+    (folder / rel).write_bytes(content)
+    out = tmp_path / "out"
+    with pytest.raises(
+        DataError, match=rf"1 input\(s\) in .*cannot be used: .*{re.escape(why)}.*data.skip_unreadable: true"
+    ):
+        prepare(_cfg(name="image_folder", path=str(folder), image_size=8), out)
+    assert not out.exists()
+
+    data = _prepared(tmp_path, path=str(folder), name="image_folder", image_size=8, skip_unreadable=True)
+    left_out = {**data.manifest["skipped_files"], **{f"{d}/": "" for d in data.manifest["empty_class_folders"]}}
+    assert list(left_out) == [rel if bad != "empty class" else "bird/"]
+    assert data.manifest["classes"] == ["cat", "dog"] and sum(data.manifest["split_sizes"].values()) == 8
+
+
 def test_image_folder_missing_or_without_images_raises(tmp_path):
     with pytest.raises(DataError, match="data.path"):
         prepare(_cfg(name="image_folder", path=str(tmp_path / "nowhere")), tmp_path / "out")
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "sub" / "broken.png").write_bytes(b"garbage")
-    with pytest.raises(DataError, match="no readable images"):
+    with pytest.raises(DataError, match=r"sub/broken.png \(not an image Pillow can read\), sub/ \(no usable image\)"):
         prepare(_cfg(name="image_folder", path=str(tmp_path / "empty")), tmp_path / "out")
+    with pytest.raises(DataError, match="no usable images"):
+        prepare(_cfg(name="image_folder", path=str(tmp_path / "empty"), skip_unreadable=True), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -518,3 +518,34 @@ def test_two_stage_tokenizer_and_prior_through_dvc(project):
     out = project.run("dvc", "exp", "run", TWO_STAGE, "-S", "flowmo.decoder_width=32").stdout
     ran = set(re.findall(r"Running stage '(?:[^':]*:)?(\w+)'", out)) - {"validate"}
     assert {"train_tokenizer", "tokenize", "train_prior"} <= ran, out
+
+
+def test_inputs_left_out_of_an_image_folder_are_listed_and_tagged_on_the_run(project):
+    from PIL import Image
+
+    folder = project.root / "my_images"
+    for cls in ("a", "b"):
+        (folder / cls).mkdir(parents=True)
+        for i in range(12):
+            Image.new("L", (10, 10), 20 * i).save(folder / cls / f"{i}.png")
+    (folder / "b" / "broken.png").write_bytes(b"not a png")
+    (folder / "c").mkdir()
+    project.set_params(
+        {
+            "data": {"name": "image_folder", "path": "my_images", "image_size": 8},
+            "train": {"epochs": 1, "batch_size": 4},
+        }
+    )
+    failed = project.stage("download", check=False)
+    assert (
+        failed.returncode == 2 and "b/broken.png (not an image Pillow can read), c/ (no usable image)" in failed.stderr
+    )
+    project.set_params({"data": {"skip_unreadable": True}})
+    assert "left out 2 input(s)" in project.stage("download").stdout
+    manifest = json.loads((project.root / "data/prepared/manifest.json").read_text())
+    assert manifest["skipped_files"] == {"b/broken.png": "not an image Pillow can read"}
+    assert manifest["empty_class_folders"] == ["c"]
+    project.stage("train")
+    client = project.mlflow()
+    (run,) = client.search_runs([client.get_experiment_by_name("genlab").experiment_id])
+    assert run.data.tags["genlab.data_left_out"] == "2"

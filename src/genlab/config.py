@@ -35,6 +35,11 @@ class DataConfig:
     channels: Literal[1, 3] = key(1, doc="image_folder: 1 = grayscale, 3 = RGB")
     val_fraction: float = key(0.1, in_unit(), doc="carved from the train split with a seeded permutation")
     test_fraction: float = key(0.2, in_unit(), doc="datasets without an official test split (digits, image_folder)")
+    skip_unreadable: bool = key(
+        False,
+        doc="image_folder: leave out unreadable, truncated, tiny (< 8 px) or oversized images and empty class "
+        "folders (listed in the manifest, counted on the MLflow run) instead of failing",
+    )
     binarize: Literal["none", "dynamic"] = key(
         "none", stages=("train",), doc="dynamic: a fresh Bernoulli draw each time an image is seen"
     )

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from genlab.data.checksums import md5_bytes
 from genlab.data.raw import RawData
@@ -58,10 +59,30 @@ def _flatten_alpha(image: Image.Image) -> Image.Image:
     return Image.alpha_composite(Image.new("RGBA", rgba.size, BACKGROUND), rgba).convert("RGB")
 
 
+MIN_SIDE = 8  # smaller files are icons or tracking pixels, not pictures: resizing would invent the image
+
+
 def _read(data: bytes, mode: str, size: int) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as image:
-        flat = _flatten_alpha(_to_8bit(image))
-        return np.asarray(flat.convert(mode).resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8)
+    with warnings.catch_warnings():
+        # Pillow only warns between its pixel limit and twice it; any image past the limit is refused.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(io.BytesIO(data)) as image:
+            if min(image.size) < MIN_SIDE:
+                raise ValueError(f"{image.size[0]}x{image.size[1]} pixels, under {MIN_SIDE} a side")
+            flat = _flatten_alpha(_to_8bit(image))
+            return np.asarray(flat.convert(mode).resize((size, size), Image.Resampling.LANCZOS), dtype=np.uint8)
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"over Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image Pillow can read"
+    return str(exc).split(" (")[0] or type(exc).__name__  # e.g. "image file is truncated"
+
+
+def _listing(items: list[str], limit: int = 5) -> str:
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def load(cfg: Config) -> RawData:
@@ -69,37 +90,49 @@ def load(cfg: Config) -> RawData:
     if not root.is_dir():
         raise DataError(f"data.path {root} is not an existing folder: set data.path to {_LAYOUT}")
     files = _image_files(root)
-    classes = sorted({f.parts[0] for f in files if len(f.parts) > 1})
+    subfolders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     loose = [f.as_posix() for f in files if len(f.parts) == 1]
-    if classes and loose:
+    if loose and any(len(f.parts) > 1 for f in files):
         raise DataError(
-            f"{root} has class subfolders ({', '.join(classes)}) and also images outside them "
-            f"({', '.join(loose[:5])}): move those into a class subfolder or out of data.path"
+            f"{root} has class subfolders ({', '.join(subfolders)}) and also images outside them "
+            f"({_listing(loose)}): move those into a class subfolder or out of data.path"
         )
     mode = "L" if cfg.data.channels == 1 else "RGB"
-    images, labels, md5s, unreadable = [], [], {}, []
+    read, skipped = {}, {}
     for rel in files:
         data = (root / rel).read_bytes()
         try:
-            images.append(_read(data, mode, cfg.data.image_size))
-        except (OSError, ValueError, Image.DecompressionBombError):
-            unreadable.append(rel.as_posix())
-            continue
-        labels.append(classes.index(rel.parts[0]) if classes else 0)
-        md5s[rel.as_posix()] = md5_bytes(data)
-    if not images:
+            read[rel] = (_read(data, mode, cfg.data.image_size), md5_bytes(data))
+        except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            skipped[rel.as_posix()] = _why(exc)
+    classes = sorted({rel.parts[0] for rel in read if len(rel.parts) > 1})
+    empty = [] if loose else [d for d in subfolders if d not in classes]  # no usable image inside
+    problems = [f"{path} ({why})" for path, why in skipped.items()] + [f"{d}/ (no usable image)" for d in empty]
+    if problems and not cfg.data.skip_unreadable:
         raise DataError(
-            f"no readable images in {root} ({len(unreadable)} unreadable; looked recursively for "
-            f"{', '.join(EXTENSIONS)}): set data.path to {_LAYOUT}"
+            f"{len(problems)} input(s) in {root} cannot be used: {_listing(problems)}. Fix or remove them, or set "
+            "data.skip_unreadable: true to leave them out (then listed in data/prepared/manifest.json and "
+            "counted on the MLflow run)"
         )
-    stacked = torch.from_numpy(np.stack(images))
+    if problems:
+        print(f"data.skip_unreadable: left out {len(problems)} input(s) of {root}: {_listing(problems)}")
+    if not read:
+        raise DataError(f"no usable images in {root} (looked recursively for {', '.join(EXTENSIONS)}): "
+                        f"set data.path to {_LAYOUT}")  # fmt: skip
+    stacked = torch.from_numpy(np.stack([image for image, _ in read.values()]))
     stacked = stacked.unsqueeze(1) if cfg.data.channels == 1 else stacked.permute(0, 3, 1, 2).contiguous()
+    labels = [classes.index(rel.parts[0]) if classes else 0 for rel in read]
     return RawData(
         train=Split(stacked, torch.tensor(labels, dtype=torch.int64)),
         test=None,
         max_value=255,
         source=str(root.resolve()),
-        source_md5=md5s,
+        source_md5={rel.as_posix(): md5 for rel, (_, md5) in read.items()},
         classes=classes or [root.resolve().name],
-        extra={"image_size": cfg.data.image_size, "channels": cfg.data.channels, "unreadable_files": unreadable},
+        extra={
+            "image_size": cfg.data.image_size,
+            "channels": cfg.data.channels,
+            "skipped_files": skipped,
+            "empty_class_folders": empty,
+        },
     )
