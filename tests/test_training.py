@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import math
 import re
 from pathlib import Path
@@ -12,7 +13,7 @@ import yaml
 
 from genlab import checkpoint
 from genlab.config import config_from_dict, load_config
-from genlab.errors import CheckpointError, ConfigError, DivergenceError
+from genlab.errors import CheckpointError, ConfigError, DivergenceError, StorageError
 from genlab.runtime import stream, stream_seed
 from genlab.tracking import repo_root
 from genlab.training import NullTracker, lr_factor
@@ -183,6 +184,42 @@ def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(digits, tm
     state = checkpoint.load(ckpt)
     assert state["epoch"] == 2
     assert all(math.isfinite(v) for row in state["history"] for v in row.values())
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 3072 vs 2966"),  # torch.save's
+    ],
+)
+def test_a_full_disk_during_a_checkpoint_is_a_clear_error_and_keeps_the_last_one(
+    digits, tmp_path, monkeypatch, failure
+):
+    cfg = config_from_dict(SMALL)
+    ckpt = tmp_path / "train.pt"
+    real_save, saves = torch.save, []
+
+    def save(obj, f, *args, **kwargs):  # the third checkpoint's write runs out of space halfway
+        saves.append(f)
+        if len(saves) == 3:
+            Path(f).write_bytes(b"half a checkpoint")
+            raise failure
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(
+        StorageError, match=rf"disk full while writing {re.escape(str(ckpt))} .*the previous .* is intact"
+    ):
+        train_run(cfg, digits, ckpt)
+    assert checkpoint.load(ckpt)["epoch"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["train.pt"]  # no temporary file left behind
+
+
+def test_other_write_errors_are_not_called_a_full_disk(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "save", lambda obj, f: (_ for _ in ()).throw(OSError(errno.EACCES, "Permission denied")))
+    with pytest.raises(PermissionError):
+        checkpoint.save(tmp_path / "train.pt", {})
 
 
 def test_corrupted_or_missing_checkpoint_raises_checkpoint_error(tmp_path):

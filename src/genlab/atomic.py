@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from genlab.errors import StorageError
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -21,9 +25,22 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# What a full disk looks like: ENOSPC/EDQUOT from the OS, or torch.save's zip writer reporting a short write.
+_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_FULL_MESSAGES = ("unexpected pos", "file write failed", "No space left on device")
+
+
+def _disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in _FULL_MESSAGES)
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; when the block succeeds it replaces `path` in one rename."""
+    """Yield a temporary path beside `path`; when the block succeeds it replaces `path` in one rename.
+
+    A full disk becomes a StorageError naming the path and the space left; `path` keeps its old content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -36,6 +53,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.chmod(tmp_path, 0o644)  # mkstemp creates 0600, which would hide the file from other users
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
+    except (OSError, RuntimeError) as exc:
+        if not _disk_full(exc):
+            raise
+        tmp_path.unlink(missing_ok=True)
+        free = shutil.disk_usage(path.parent).free
+        kept = f"the previous {path} is intact" if path.exists() else f"nothing was written to {path}"
+        raise StorageError(
+            f"disk full while writing {path} ({free / 2**20:.1f} MiB left on its filesystem): {kept}; "
+            "free some space there (or move the workspace) and rerun"
+        ) from None
     finally:
         tmp_path.unlink(missing_ok=True)
 

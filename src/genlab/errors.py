@@ -17,6 +17,10 @@ class CheckpointError(GenlabError):
     """A checkpoint or model file is missing, corrupted or belongs to other params."""
 
 
+class StorageError(GenlabError):
+    """An output could not be written (disk full); the previous file is kept."""
+
+
 class DivergenceError(GenlabError):
     """Training produced a non-finite loss; the last good checkpoint is kept."""
 
