@@ -549,3 +549,23 @@ def test_inputs_left_out_of_an_image_folder_are_listed_and_tagged_on_the_run(pro
     client = project.mlflow()
     (run,) = client.search_runs([client.get_experiment_by_name("genlab").experiment_id])
     assert run.data.tags["genlab.data_left_out"] == "2"
+
+
+def test_a_failing_stage_says_how_to_restore_what_dvc_removed(project):
+    from PIL import Image
+
+    project.run("dvc", "repro", "download")
+    prepared = project.root / "data" / "prepared"
+    before = {p.name: p.read_bytes() for p in prepared.iterdir()}
+    (project.root / "imgs" / "a").mkdir(parents=True)
+    Image.new("L", (10, 10)).save(project.root / "imgs" / "a" / "0.png")
+    (project.root / "imgs" / "a" / "1.png").write_bytes(b"broken")
+    project.set_params({"data": {"name": "image_folder", "path": "imgs"}})
+    failed = project.run("dvc", "repro", "download", check=False)
+    assert failed.returncode != 0 and "a/1.png (not an image Pillow can read)" in failed.stderr
+    assert "`dvc checkout download` restores" in failed.stderr
+    assert not prepared.exists()  # what DVC does before running a stage's command
+
+    project.run("git", "checkout", "params.yaml")
+    project.run("dvc", "checkout", "download")
+    assert {p.name: p.read_bytes() for p in prepared.iterdir()} == before
