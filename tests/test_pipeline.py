@@ -15,7 +15,7 @@ import yaml
 
 from genlab import paths
 
-from conftest import assert_one_point_per_step
+from conftest import Project, assert_one_point_per_step
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
@@ -569,3 +569,33 @@ def test_a_failing_stage_says_how_to_restore_what_dvc_removed(project):
     project.run("git", "checkout", "params.yaml")
     project.run("dvc", "checkout", "download")
     assert {p.name: p.read_bytes() for p in prepared.iterdir()} == before
+
+
+def test_a_colleague_pulls_a_trained_experiment_from_a_dvc_remote_instead_of_retraining(project, tmp_path):
+    """dvc push + dvc exp push to a local directory remote and a git remote; a fresh clone pulls both."""
+    origin, store = tmp_path / "origin.git", tmp_path / "dvc-store"
+    project.run("git", "init", "-q", "--bare", str(origin))
+    project.run("git", "remote", "add", "origin", str(origin))
+    project.run("dvc", "remote", "add", "-d", "store", str(store))
+    project.run("dvc", "repro")
+    project.commit("baseline results with a DVC remote")
+    project.run("git", "push", "-q", "origin", "main")
+    project.run("dvc", "push")
+    baseline = (project.root / "models/model.pt").read_bytes()
+    project.run("dvc", "exp", "run", "-n", "small-z", "-S", "vae.latent_dim=2")
+    project.run("dvc", "exp", "push", "origin", "small-z")  # git refs to origin, its outputs to the DVC remote
+
+    colleague = Project(tmp_path / "colleague")
+    project.run("git", "clone", "-q", "-b", "main", str(origin), str(colleague.root))
+    colleague.run("dvc", "pull", "dvc.yaml")  # the default pipeline (pipelines/tokens has its own)
+    out = colleague.run("dvc", "repro").stdout
+    assert "Running stage 'train'" not in out and "Running stage 'evaluate'" not in out, out
+    assert (colleague.root / "models/model.pt").read_bytes() == baseline
+    colleague.run("dvc", "exp", "pull", "origin", "small-z")
+    assert "small-z" in colleague.run("dvc", "exp", "show", "--csv").stdout
+    # (`dvc exp apply` would also check out pipelines/tokens' outputs, never run here, and fail on them.)
+    colleague.run("dvc", "exp", "branch", "small-z", "small-z")
+    colleague.run("git", "checkout", "-q", "small-z")
+    colleague.run("dvc", "checkout", "dvc.yaml")
+    assert "latent_dim: 2" in (colleague.root / "params.yaml").read_text()
+    assert "Running stage 'train'" not in colleague.run("dvc", "repro").stdout  # its model came from the remote
