@@ -30,3 +30,16 @@ def test_a_moved_store_still_serves_its_images(tmp_path, monkeypatch):
     local = client.download_artifacts(tracker.run_id, image, str(tmp_path / "dl"))
     assert Path(local).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert str(old) not in client.get_run(tracker.run_id).info.artifact_uri
+
+
+def test_a_store_whose_creation_was_killed_is_created_on_the_next_run(tmp_path, monkeypatch):
+    """kill -9 during the first MLflow write can leave mlflow.db without tables (seen with bench/faults.py)."""
+    import sqlite3
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("GENLAB_ROOT", str(tmp_path))
+    sqlite3.connect(tmp_path / "mlflow.db").close()  # the file exists, the schema does not
+    assert tracking.relocate() == 0
+    tracker = tracking.MlflowTracker.create({"seed": 0}, {"genlab.family": "vae"}, run_name="t")
+    tracker.finish()
+    assert tracking.attach(tracker.run_id).client.get_run(tracker.run_id).info.status == "FINISHED"

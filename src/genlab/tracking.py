@@ -253,6 +253,8 @@ def relocate(root: Path | None = None) -> int:
     new = (root / "mlartifacts").as_uri()
     con = sqlite3.connect(db)
     try:
+        if not con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'experiments'").fetchone():
+            return 0  # a store whose creation was interrupted: MLflow creates its tables on first use
         found = con.execute("SELECT artifact_location FROM experiments WHERE name = ?", (EXPERIMENT,)).fetchone()
         old = found[0] if found else None
         if not old or old == new or not old.endswith("/mlartifacts"):
