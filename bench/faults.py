@@ -5,6 +5,8 @@ with its download/classifier/perceptual stages already run. Each trial copies th
 `dvc repro` (train -> evaluate -> sample) in its own process group and SIGKILLs the whole group:
 
   random      at a uniform moment of an uninterrupted run's duration (the stage running is recorded)
+  evaluate    at a uniform moment of the first 3 s after train finished (evaluate is running)
+  sample      at a uniform moment of the first 3 s after evaluate finished (sample is running)
   checkpoint  as soon as a checkpoint's temporary file exists (mid-checkpoint write)
   mlflow      as soon as SQLite's journal of mlflow.db exists (mid-MLflow write)
 
@@ -13,7 +15,7 @@ byte-identical to the uninterrupted run; the final MLflow run FINISHED with one 
 and its test metrics; no run left RUNNING; every output readable (model file, prepared data, JSON, PNG).
 Prints one row per trial and the totals (docs/reliability.md).
 
-    cd /work/main && PYTHONPATH=src .venv/bin/python bench/faults.py --random 20 --checkpoint 3 --mlflow 3
+    cd /work/main && PYTHONPATH=src .venv/bin/python bench/faults.py   # 12 random, 4 + 4 in evaluate/sample, 3 + 3
 """
 
 from __future__ import annotations
@@ -156,7 +158,9 @@ def mlflow_state(where: Path, epochs: int) -> tuple[str, int, bool, int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--random", type=int, default=20, help="kills at uniform random moments")
+    parser.add_argument("--random", type=int, default=12, help="kills at uniform random moments")
+    parser.add_argument("--evaluate", type=int, default=4, help="kills while evaluate runs")
+    parser.add_argument("--sample", type=int, default=4, help="kills while sample runs")
     parser.add_argument("--checkpoint", type=int, default=3, help="kills during a checkpoint write")
     parser.add_argument("--mlflow", type=int, default=3, help="kills during an MLflow (SQLite) write")
     parser.add_argument("--seed", type=int, default=0)
@@ -176,7 +180,8 @@ def main() -> None:
     print(f"| # | {columns} |")
     print("|---|---|---|---|---|---|---|---|---|")
 
-    kinds = ["random"] * args.random + ["checkpoint"] * args.checkpoint + ["mlflow"] * args.mlflow
+    kinds = [k for k in ("random", "evaluate", "sample", "checkpoint", "mlflow") for _ in range(getattr(args, k))]
+    after = {"evaluate": "metrics/train.json", "sample": "metrics/eval.json"}  # written as the stage before ends
     totals = {"trials": 0, "survived": 0, "lost": 0}
     for i, kind in enumerate(kinds, 1):
         where = trial_dir(f"trial{i}", base)
@@ -184,6 +189,9 @@ def main() -> None:
         if kind == "random":
             wait_for(proc, lambda: False, rng.uniform(0, duration))
             hit = proc.poll() is None
+        elif kind in after:
+            hit = wait_for(proc, lambda w=where, k=kind: (w / after[k]).exists(), duration * 2)
+            hit = hit and not wait_for(proc, lambda: False, rng.uniform(0, 3)) and proc.poll() is None
         elif kind == "checkpoint":
             hit = wait_for(proc, lambda w=where: any((w / "checkpoints").glob(".train.pt.*.tmp")), duration * 2)
         else:
