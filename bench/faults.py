@@ -200,9 +200,13 @@ def main() -> None:
             proc.communicate()
             print(f"| {i} | {kind} | (finished before the kill) | - | - | - | - | - | - |")
             continue
-        stage = stage_at_kill(kill(proc))
+        killed_output = kill(proc)
+        stage = stage_at_kill(killed_output)
         try:
-            run(where, "dvc", "repro")
+            rerun = subprocess.run(["dvc", "repro"], cwd=where, env=env(where), capture_output=True, text=True)
+            (OUT / f"trial{i}.log").write_text(f"{killed_output}\n--- rerun ---\n{rerun.stdout}\n{rerun.stderr}")
+            if rerun.returncode != 0:
+                raise RuntimeError(f"dvc repro failed again (log: bench/out/faults/trial{i}.log)")
             same = all((where / p).read_bytes() == expected[p] for p in COMPARED)
             status, running, single, n_runs = mlflow_state(where, epochs)
             bad = readable(where)
@@ -215,7 +219,8 @@ def main() -> None:
             f"| {i} | {kind} | {stage} | {'yes' if same else 'NO'} | {status} | {running} | "
             f"{'yes' if single else 'NO'} | {n_runs} | {', '.join(bad) or 'none'} |"
         )
-        shutil.rmtree(where, ignore_errors=True)
+        if ok:  # a failed trial's workspace stays for a look
+            shutil.rmtree(where, ignore_errors=True)
     print(f"faults injected: {totals['trials']}, survived: {totals['survived']}, lost or wrong: {totals['lost']}")
 
 
