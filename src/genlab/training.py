@@ -95,6 +95,10 @@ class Optimisation:
             name: torch.optim.Adam(spec.params, lr=spec.lr, betas=spec.betas, fused=True)
             for name, spec in family.optimizers().items()
         }
+        # The tensors each optimiser steps (load_state_dict keeps them): gradient averaging and clipping read them.
+        self.params = {
+            name: [p for g in opt.param_groups for p in g["params"]] for name, opt in self.optimizers.items()
+        }
         # `initial_lr` (PyTorch's name) travels in the optimiser's state, so a resumed run follows the schedule.
         for group in self._groups():
             group.setdefault("initial_lr", group["lr"])
@@ -115,8 +119,7 @@ class Optimisation:
 
     def update(self, name: str, loss: torch.Tensor) -> None:
         """Backpropagate `loss` and step optimiser `name` (then the EMA that follows its network)."""
-        opt, scaler = self.optimizers[name], self.scalers.get(name)
-        params = [p for g in opt.param_groups for p in g["params"]]
+        opt, scaler, params = self.optimizers[name], self.scalers.get(name), self.params[name]
         opt.zero_grad(set_to_none=True)
         with torch.autocast(self.family.device.type, enabled=False):  # autocast is for forward passes only
             (scaler.scale(loss) if scaler else loss).backward()
