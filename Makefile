@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | md5sum | cut -c1-12)
 ACTIVATE := source $(VENV)/bin/activate
 
-.PHONY: setup run test lint repro-check expected lock ui screenshots
+.PHONY: setup run test lint repro-check expected lock ui screenshots server server-stop
 
 setup: $(STAMP)
 
@@ -50,6 +50,14 @@ lock:
 ui: setup
 	$(ACTIVATE) && python -m genlab.tracking relocate && python -m genlab.tracking url \
 		&& mlflow ui --backend-store-uri sqlite:///mlflow.db
+
+# A team's tracking server (docs/team.md): PostgreSQL + MLflow with logins on 127.0.0.1:5050, data in .server/.
+# The first start needs the admin password in MLFLOW_AUTH_ADMIN_PASSWORD (or a file named by GENLAB_ADMIN_PASSWORD_FILE).
+server: setup
+	$(ACTIVATE) && python -m genlab.server start
+
+server-stop: setup
+	$(ACTIVATE) && python -m genlab.server stop
 
 # docs/figures/ui-*.png: mlflow ui on a copy of the store, photographed by headless chromium (apt install chromium).
 screenshots: setup

@@ -8,6 +8,7 @@ Exits with status 2 and a message when no run matches.
 """
 
 import argparse
+import os
 
 from genlab import paths
 from genlab.errors import exit_on_error
@@ -21,7 +22,11 @@ def parse(argv=None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n\n".join(__doc__.split("\n\n")[1:]),
     )
-    parser.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment name (default: %(default)s)")
+    parser.add_argument(
+        "--experiment",
+        default=os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT,
+        help="MLflow experiment name (default: $MLFLOW_EXPERIMENT_NAME, else %(default)s)",
+    )
     parser.add_argument("--dataset", help="only runs with tag genlab.dataset = DATASET (digits, mnist, ...)")
     parser.add_argument("--family", help="only runs with tag genlab.family = FAMILY (vae, ...)")
     parser.add_argument("--dvc-exp", help="only runs with tag dvc.exp_name = DVC_EXP (%% is a wildcard)")
@@ -42,23 +47,21 @@ def parse(argv=None) -> argparse.Namespace:
 
 def run(argv=None) -> None:
     args = parse(argv)
-    if args.tracking_uri:
-        uri = args.tracking_uri
-    else:
-        from genlab import tracking  # imported only when needed: it costs seconds (torchvision)
+    from genlab import tracking  # imported only when needed: it costs seconds (torchvision)
 
-        uri = tracking.tracking_uri()
-    table = build_report(
-        uri,
-        experiment=args.experiment,
-        dataset=args.dataset,
-        family=args.family,
-        dvc_exp=args.dvc_exp,
-        metrics=args.metrics,
-        out_dir=args.out,
-    )
+    uri = args.tracking_uri or tracking.tracking_uri()
+    with tracking.store_errors(uri):
+        table = build_report(
+            uri,
+            experiment=args.experiment,
+            dataset=args.dataset,
+            family=args.family,
+            dvc_exp=args.dvc_exp,
+            metrics=args.metrics,
+            out_dir=args.out,
+        )
     print(to_markdown(table), end="")
-    print(f"{len(table)} run(s) from {uri} -> {args.out}/runs.csv, runs.md, runs.png")
+    print(f"{len(table)} run(s) from {tracking.display_uri(uri)} -> {args.out}/runs.csv, runs.md, runs.png")
 
 
 if __name__ == "__main__":

@@ -137,7 +137,7 @@ def train(args, cfg, world: distributed.World, device) -> None:
         tracker = tracking.MlflowTracker.create(tracking.flatten(view), tags, run_name=name)
         resume.started(where, tracker.run_id)
         tracker.log_text(tracking.pip_freeze(), "environment/requirements.txt")
-    print(f"MLflow run {tracker.run_id} in {tracker.uri}")
+    print(f"MLflow run {tracker.run_id} in {tracking.display_uri(tracker.uri)}")
 
     with tracker.active():
         history = fit(

@@ -49,7 +49,8 @@ class Project:
             "GIT_COMMITTER_NAME": "test",
             "GIT_COMMITTER_EMAIL": "test@example.com",
         }
-        for var in ("MLFLOW_TRACKING_URI", "GENLAB_ROOT", "DVC_EXP_NAME"):
+        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                    "MLFLOW_EXPERIMENT_NAME", "GENLAB_ROOT", "DVC_EXP_NAME"):  # fmt: skip
             self.env.pop(var, None)
 
     def run(self, *cmd: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -21,6 +21,10 @@ class StorageError(GenlabError):
     """An output could not be written (disk full); the previous file is kept."""
 
 
+class TrackingError(GenlabError):
+    """The MLflow store (an SQLite file or a tracking server) refused a request or did not answer."""
+
+
 class DivergenceError(GenlabError):
     """Training produced a non-finite loss; the last good checkpoint is kept."""
 

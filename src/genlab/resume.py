@@ -14,6 +14,7 @@ from typing import Any
 
 from genlab import atomic, checkpoint, tracking
 from genlab.config import TrainConfig
+from genlab.errors import TrackingError
 from genlab.paths import ModelPaths
 from genlab.training import check_resumable
 
@@ -29,13 +30,16 @@ def _unfinished_run(where: ModelPaths) -> str | None:
 
 
 def _status(run_id: str) -> str | None:
-    """The run's MLflow status; None when the store does not hold it (e.g. another tracking URI)."""
-    from mlflow.exceptions import MlflowException
-
+    """The run's MLflow status; None when the store does not hold it (e.g. another tracking URI). A store that
+    does not answer is an error, not "no such run": that would start a new run and drop the checkpoint."""
+    tracker = tracking.attach(run_id)
     try:
-        return tracking.attach(run_id).client.get_run(run_id).info.status
-    except MlflowException:
-        return None
+        with tracking.store_errors(tracker.uri):
+            return tracker.client.get_run(run_id).info.status
+    except TrackingError as exc:
+        if getattr(exc.__cause__, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
 
 
 def resumable_state(where: ModelPaths, train: TrainConfig, key: str, family_name: str) -> dict[str, Any] | None:

@@ -13,7 +13,10 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,10 +26,19 @@ from filelock import FileLock
 
 from genlab import machine
 from genlab.config import Config
+from genlab.errors import TrackingError
 from genlab.paths import ModelPaths
 from genlab.visualise import to_grid
 
 EXPERIMENT = "genlab"
+
+
+def experiment_name() -> str:
+    """The MLflow experiment runs go to: MLflow's own MLFLOW_EXPERIMENT_NAME, else 'genlab' (on a team server,
+    an experiment of one's own is one's to write; another's needs its owner's permission)."""
+    return os.environ.get("MLFLOW_EXPERIMENT_NAME") or EXPERIMENT
+
+
 _TEMP_WORKSPACE = (".dvc", "tmp", "exps")
 
 
@@ -83,6 +95,64 @@ def _store_lock(uri: str, root: Path) -> Any:
     return FileLock(str(root / ".mlflow.lock")) if uri.startswith("sqlite") else contextlib.nullcontext()
 
 
+def display_uri(uri: str) -> str:
+    """`uri` fit to print: a password written into it (http://user:password@host) becomes ***."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.password is None:
+        return uri
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rsplit('@', 1)[1]}"))
+
+
+def _explain(exc: Exception, uri: str) -> str:
+    where, code = display_uri(uri), getattr(exc, "error_code", "")
+    if code == "UNAUTHENTICATED" or " 401 " in str(exc):
+        return (
+            f"the tracking server {where} refused the login (HTTP 401): set MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD to an account of that server (docs/team.md)"
+        )
+    if code == "PERMISSION_DENIED" or " 403 " in str(exc):
+        user = os.environ.get("MLFLOW_TRACKING_USERNAME", "?")
+        return (
+            f"user {user!r} may not change experiment {experiment_name()!r} on {where} (HTTP 403): its owner or an "
+            "admin grants EDIT permission, or set MLFLOW_EXPERIMENT_NAME to an experiment of your own (docs/team.md)"
+        )
+    if "Max retries exceeded" in str(exc) or "Failed to establish" in str(exc):
+        return (
+            f"the MLflow tracking server {where} did not answer, retried for minutes: start it (`make server`) or "
+            "point MLFLOW_TRACKING_URI at a running one; a training stopped by this keeps its last checkpoint, "
+            "and train.resume: true continues it, logging what is missing"
+        )
+    return f"the MLflow store {where} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+
+
+@contextlib.contextmanager
+def store_errors(uri: str) -> Iterator[None]:
+    """MLflow's failures as a TrackingError that says what to do (a GenlabError: no traceback, exit 2)."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (MlflowException, requests.RequestException) as exc:  # the latter from artifact uploads
+        raise TrackingError(_explain(exc, uri)) from exc
+
+
+def check_server(uri: str) -> None:
+    """Fail at once when a tracking server is not there, instead of after MLflow's minutes of retries."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    parts = urllib.parse.urlsplit(uri)
+    health = urllib.parse.urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1], path="/health"))
+    try:
+        with urllib.request.urlopen(health, timeout=15):
+            return
+    except OSError as exc:
+        raise TrackingError(
+            f"no MLflow tracking server answers at {display_uri(uri)} ({exc}): start it (`make server`, "
+            "docs/team.md) or unset MLFLOW_TRACKING_URI to track into mlflow.db"
+        ) from exc
+
+
 class MlflowTracker:
     """One MLflow run, written through a lock. Implements training.Tracker."""
 
@@ -94,6 +164,11 @@ class MlflowTracker:
         self.client = MlflowClient(uri)
         self._lock = _store_lock(uri, root)
 
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        with self._lock, store_errors(self.uri):
+            yield
+
     @classmethod
     def create(cls, params: dict[str, Any], tags: dict[str, str], run_name: str | None = None) -> MlflowTracker:
         """A new run of experiment 'genlab' with `params` (flat: the params the run reads) and `tags`."""
@@ -102,13 +177,18 @@ class MlflowTracker:
 
         root = repo_root()
         uri = tracking_uri(root)
-        with _store_lock(uri, root):
-            if uri.startswith("sqlite"):
+        check_server(uri)
+        local = uri.startswith("sqlite")
+        with _store_lock(uri, root), store_errors(uri):
+            if local:
                 relocate(root)  # a store copied or moved with the repository keeps working
             client = MlflowClient(uri)
-            experiment = client.get_experiment_by_name(EXPERIMENT)
+            name = experiment_name()
+            experiment = client.get_experiment_by_name(name)
             if experiment is None:
-                experiment_id = client.create_experiment(EXPERIMENT, artifact_location=(root / "mlartifacts").as_uri())
+                # A server stores artifacts itself (mlflow-artifacts:/); SQLite's go beside it, in mlartifacts/.
+                location = (root / "mlartifacts").as_uri() if local else None
+                experiment_id = client.create_experiment(name, artifact_location=location)
             else:
                 experiment_id = experiment.experiment_id
             run = client.create_run(experiment_id, tags=tags, run_name=run_name)
@@ -122,21 +202,21 @@ class MlflowTracker:
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
-        with self._lock:
+        with self._writing():
             self.client.log_batch(self.run_id, metrics=batch)
 
     def log_images(self, images: dict[str, torch.Tensor], step: int) -> None:
-        with self._lock:
+        with self._writing():
             for key, batch in images.items():
                 self.client.log_image(self.run_id, to_grid(batch), key=key, step=step)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        with self._lock:
+        with self._writing():
             for key, value in tags.items():
                 self.client.set_tag(self.run_id, key, str(value))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        with self._lock:
+        with self._writing():
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_model(self, family: Any, example: torch.Tensor, registered_name: str | None) -> None:
@@ -146,26 +226,27 @@ class MlflowTracker:
 
         from genlab import mlflow_model
 
-        with self._lock:
+        with self._writing():
             mlflow.set_tracking_uri(self.uri)
             with mlflow.start_run(run_id=self.run_id):  # leaving it marks the run FINISHED; active() settles it
                 mlflow_model.log(family, example, registered_name)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        with self._lock:
+        with self._writing():
             self.client.log_text(self.run_id, text, artifact_file)
 
     def finish(self, status: str = "FINISHED") -> None:
-        with self._lock:
+        with self._writing():
             self.client.set_terminated(self.run_id, status)
 
     def reopen(self) -> None:
         """RUNNING again: a resume continues a run that a Ctrl-C or a divergence closed."""
-        with self._lock:
+        with self._writing():
             self.client.update_run(self.run_id, status="RUNNING")
 
     def metric_steps(self, key: str) -> set[int]:
-        return {m.step for m in self.client.get_metric_history(self.run_id, key)}
+        with store_errors(self.uri):
+            return {m.step for m in self.client.get_metric_history(self.run_id, key)}
 
     @contextlib.contextmanager
     def active(self) -> Iterator[MlflowTracker]:
@@ -173,12 +254,20 @@ class MlflowTracker:
         try:
             yield self
         except KeyboardInterrupt:
-            self.finish("KILLED")
+            self._close_failed("KILLED")
             raise
         except BaseException:
-            self.finish("FAILED")
+            self._close_failed("FAILED")
             raise
         self.finish("FINISHED")
+
+    def _close_failed(self, status: str) -> None:
+        """Best effort: when the store itself failed, the original error is the one to show; the run stays
+        RUNNING until a resume continues it or the next training closes it (genlab.resume)."""
+        try:
+            self.finish(status)
+        except TrackingError as exc:
+            print(f"could not mark MLflow run {self.run_id} {status}: {exc}", file=sys.stderr)
 
 
 def run_tags(
@@ -255,7 +344,7 @@ def relocate(root: Path | None = None) -> int:
     try:
         if not con.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'experiments'").fetchone():
             return 0  # a store whose creation was interrupted: MLflow creates its tables on first use
-        found = con.execute("SELECT artifact_location FROM experiments WHERE name = ?", (EXPERIMENT,)).fetchone()
+        found = con.execute("SELECT artifact_location FROM experiments WHERE name = ?", (experiment_name(),)).fetchone()
         old = found[0] if found else None
         if not old or old == new or not old.endswith("/mlartifacts"):
             return 0
@@ -277,7 +366,7 @@ def ui_url(port: int = 5000) -> str:
     start page is its GenAI dashboard, where runs do not appear)."""
     from mlflow import MlflowClient
 
-    experiment = MlflowClient(tracking_uri()).get_experiment_by_name(EXPERIMENT)
+    experiment = MlflowClient(tracking_uri()).get_experiment_by_name(experiment_name())
     where = f"experiments/{experiment.experiment_id}/runs" if experiment else "experiments"
     return f"http://127.0.0.1:{port}/#/{where}?workflowType=machine_learning"
 

@@ -1,0 +1,376 @@
+"""A team's MLflow tracking server: PostgreSQL as the backend store (runs and registered models), artifacts stored and
+served by the server (`--artifacts-destination`), logins by MLflow's basic-auth app. Listens on 127.0.0.1
+unless GENLAB_SERVER_HOST says otherwise.
+
+    MLFLOW_AUTH_ADMIN_PASSWORD=... python -m genlab.server start   # `make server`; `stop`, `status`
+
+PostgreSQL comes from the pgserver wheel (its server binaries, pinned in requirements.lock): `make setup`
+installs it on any Linux or macOS machine, as any user, without apt or root. PostgreSQL refuses to run as
+root, so as root its processes run as the system account `genlab-postgres` (created if missing).
+
+Everything lives under one git-ignored folder (GENLAB_SERVER_DIR, default <repo>/.server): pgdata/,
+artifacts/, logs/ and secrets/ (the database password and the web app's secret key, generated here, mode
+0600). The admin password is never stored by genlab: MLflow reads MLFLOW_AUTH_ADMIN_PASSWORD (or the file
+GENLAB_ADMIN_PASSWORD_FILE names) once, to create the admin account on the first start.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from genlab.errors import GenlabError
+
+PG_ACCOUNT = "genlab-postgres"  # PostgreSQL's processes when started by root
+DB_USER = "genlab"
+# Runs and the model registry. Users and permissions stay in SQLite beside the server (secrets/users.db): MLflow
+# answers a request whose user store is unreachable with 401, which its client does not retry, so with users
+# in PostgreSQL a short database outage would fail every run; with them here, it is a 500, retried.
+DATABASES = ("mlflow",)
+START_TIMEOUT = 180.0  # seconds for the web app to answer /health (a busy 2-core machine needs ~30)
+
+
+class ServerError(GenlabError):
+    """The tracking server or its database cannot be set up, started or reached."""
+
+
+def postgres_bin(name: str) -> str:
+    spec = importlib.util.find_spec("pgserver")  # located, not imported: importing it starts its own manager
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError("PostgreSQL binaries not found: the pgserver package is missing (run `make setup`)")
+    return str(Path(spec.submodule_search_locations[0]) / "pginstall" / "bin" / name)
+
+
+@dataclass
+class Server:
+    root: Path
+    host: str = "127.0.0.1"
+    port: int = 5050
+    pg_port: int = 5433
+
+    @classmethod
+    def from_env(cls) -> Server:
+        env = os.environ
+        return cls(
+            root=Path(env.get("GENLAB_SERVER_DIR") or ".server").resolve(),  # `make server` runs in the repo root
+            host=env.get("GENLAB_SERVER_HOST", "127.0.0.1"),
+            port=int(env.get("GENLAB_SERVER_PORT", "5050")),
+            pg_port=int(env.get("GENLAB_POSTGRES_PORT", "5433")),
+        )
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    def db_uri(self, database: str) -> str:
+        # No password here: the URI lands on the command line; libpq reads it from PGPASSFILE.
+        return f"postgresql://{DB_USER}@127.0.0.1:{self.pg_port}/{database}"
+
+    # -- PostgreSQL ---------------------------------------------------------------------------------------
+
+    def _pg_user(self) -> dict:
+        return {"user": PG_ACCOUNT, "group": PG_ACCOUNT} if os.geteuid() == 0 else {}
+
+    def _pg(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(args, capture_output=True, text=True, **self._pg_user())
+        if check and proc.returncode != 0:
+            raise ServerError(f"{Path(args[0]).name} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout}")
+        return proc
+
+    def _owned_by_pg(self, path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(path, PG_ACCOUNT, PG_ACCOUNT)
+        return path
+
+    def _ensure_pg_account(self) -> None:
+        if os.geteuid() != 0:
+            return
+        import pwd
+
+        try:
+            pwd.getpwnam(PG_ACCOUNT)
+        except KeyError:
+            print(f"PostgreSQL does not run as root: creating the system account {PG_ACCOUNT}")
+            subprocess.run(
+                ["useradd", "--system", "--user-group", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_ACCOUNT],
+                check=True,
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.chmod(0o755)
+        blocked = [p for p in [self.root, *self.root.parents] if not os.stat(p).st_mode & 0o001]
+        if blocked:
+            raise ServerError(
+                f"{PG_ACCOUNT} cannot reach {self.root}: {blocked[-1]} is not searchable by other users "
+                f"(chmod o+x {blocked[-1]}, set GENLAB_SERVER_DIR elsewhere, or run as a non-root user)"
+            )
+
+    def pgpass(self) -> Path:
+        return self.root / "secrets" / "pgpass"
+
+    def init_postgres(self) -> None:
+        """initdb with a generated password (SCRAM) for DB_USER, kept in PGPASSFILE format for libpq."""
+        self._ensure_pg_account()
+        secret_dir = self.root / "secrets"
+        secret_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        password = secrets.token_urlsafe(24)
+        pwfile = self._owned_by_pg(self.root / "init") / "pw"  # initdb reads the password from a file
+        _write_secret(pwfile, password)
+        if os.geteuid() == 0:
+            shutil.chown(pwfile, PG_ACCOUNT, PG_ACCOUNT)
+        self._owned_by_pg(self.pgdata).chmod(0o700)
+        _write_secret(self.pgpass(), f"127.0.0.1:*:*:{DB_USER}:{password}\n")
+        try:
+            self._pg(
+                postgres_bin("initdb"),
+                "-D",
+                str(self.pgdata),
+                "-U",
+                DB_USER,
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "--encoding=UTF8",
+                "--no-instructions",
+            )
+        finally:
+            shutil.rmtree(pwfile.parent)
+
+    @property
+    def pgdata(self) -> Path:
+        return self.root / "pgdata"
+
+    def _psql(self, sql: str) -> str:
+        env = {**os.environ, "PGPASSFILE": str(self.pgpass())}
+        proc = subprocess.run(
+            [
+                postgres_bin("psql"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.pg_port),
+                "-U",
+                DB_USER,
+                "-d",
+                "postgres",
+                "-w",
+                "-tA",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        if proc.returncode != 0:
+            raise ServerError(f"psql {sql!r} failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def postgres_running(self) -> bool:
+        return (
+            self.pgdata.is_dir()
+            and self._pg(postgres_bin("pg_ctl"), "-D", str(self.pgdata), "status", check=False).returncode == 0
+        )
+
+    def start_postgres(self) -> None:
+        if self.postgres_running():
+            return
+        log = self._owned_by_pg(self.root / "logs" / "postgres") / "postgres.log"
+        # Loopback TCP only, and no Unix socket: a socket directory would need to be writable by PG_ACCOUNT.
+        options = f"-h 127.0.0.1 -p {self.pg_port} -k ''"
+        proc = self._pg(
+            postgres_bin("pg_ctl"), "-D", str(self.pgdata), "-l", str(log), "-o", options, "-w", "start", check=False
+        )
+        if proc.returncode != 0:
+            tail = log.read_text()[-2000:] if log.exists() else ""
+            raise ServerError(f"PostgreSQL did not start on 127.0.0.1:{self.pg_port} (log {log}):\n{tail}")
+
+    def stop_postgres(self, mode: str = "fast") -> None:
+        if self.postgres_running():
+            self._pg(postgres_bin("pg_ctl"), "-D", str(self.pgdata), "-m", mode, "-w", "stop")
+
+    # -- MLflow ---------------------------------------------------------------------------------------------
+
+    def _pidfile(self) -> Path:
+        return self.root / "mlflow.pid"
+
+    def mlflow_pid(self) -> int | None:
+        try:
+            pid = int(self._pidfile().read_text())
+            os.kill(pid, 0)
+            return pid
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            return None
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def start_mlflow(self, admin_password: str | None) -> None:
+        if self.mlflow_pid() is not None and self.healthy():
+            return
+        auth_ini = self.root / "secrets" / "auth.ini"
+        _write_secret(
+            auth_ini,
+            "[mlflow]\n"
+            "default_permission = READ\n"  # everyone logged in may read every run; only owners write
+            f"database_uri = sqlite:///{self.root / 'secrets' / 'users.db'}\n"
+            "admin_username = admin\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n",
+        )
+        key_file = self.root / "secrets" / "flask_secret_key"
+        if not key_file.exists():
+            _write_secret(key_file, secrets.token_hex(32))
+        env = {
+            **os.environ,
+            "PGPASSFILE": str(self.pgpass()),
+            "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": key_file.read_text(),
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",  # GenAI job workers: ~8 processes genlab never uses
+        }
+        env.pop("MLFLOW_TRACKING_URI", None)
+        if admin_password is not None:
+            env["MLFLOW_AUTH_ADMIN_PASSWORD"] = admin_password
+        artifacts = self.root / "artifacts"
+        artifacts.mkdir(parents=True, exist_ok=True)
+        log = self.root / "logs" / "mlflow.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--app-name",
+            "basic-auth",
+            "--host",
+            self.host,
+            "--port",
+            str(self.port),
+            "--workers",
+            "2",
+            "--backend-store-uri",
+            self.db_uri("mlflow"),
+            "--artifacts-destination",
+            artifacts.as_uri(),
+        ]
+        with open(log, "ab") as out:
+            # umask 077: the user store, artifacts and logs it creates are the server account's alone.
+            proc = subprocess.Popen(
+                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, umask=0o077
+            )
+        self._pidfile().write_text(str(proc.pid))
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self.healthy():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                self.stop_mlflow()
+                raise ServerError(f"the MLflow server did not start on {self.url} (log {log}):\n{_tail(log)}")
+            time.sleep(0.5)
+
+    def stop_mlflow(self, sig: int = signal.SIGTERM) -> None:
+        """Stop the web app and its workers (its own process group)."""
+        pid = self.mlflow_pid()
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + 10  # uvicorn waits for open keep-alive connections: cut that short
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+        self._pidfile().unlink(missing_ok=True)
+
+    # -- both -----------------------------------------------------------------------------------------------
+
+    def start(self, admin: str | None = None) -> None:
+        """Start what is not running; the first start creates the cluster and needs the admin password
+        (`admin`, else from the environment: admin_password)."""
+        first = not (self.pgdata / "PG_VERSION").exists()
+        password = admin or admin_password(required=first)
+        if first:
+            if self.pgdata.exists():
+                shutil.rmtree(self.pgdata)  # a first start killed inside initdb: nothing in it yet
+            print(f"creating the PostgreSQL cluster in {self.pgdata}")
+            self.init_postgres()
+        self.start_postgres()
+        existing = self._psql("SELECT datname FROM pg_database").split()
+        for database in DATABASES:
+            if database not in existing:
+                self._psql(f"CREATE DATABASE {database}")
+        self.start_mlflow(password)
+
+    def stop(self) -> None:
+        self.stop_mlflow()
+        self.stop_postgres()
+
+
+def admin_password(required: bool = True) -> str | None:
+    """MLflow's admin password from MLFLOW_AUTH_ADMIN_PASSWORD or the file GENLAB_ADMIN_PASSWORD_FILE."""
+    if os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
+        return os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    if os.environ.get("GENLAB_ADMIN_PASSWORD_FILE"):
+        path = Path(os.environ["GENLAB_ADMIN_PASSWORD_FILE"])
+        if not path.is_file():
+            raise ServerError(f"GENLAB_ADMIN_PASSWORD_FILE={path}: no such file")
+        return path.read_text().strip()
+    if required:
+        raise ServerError(
+            "the first start creates MLflow's admin account and needs its password (at least 12 characters): "
+            "set MLFLOW_AUTH_ADMIN_PASSWORD, or GENLAB_ADMIN_PASSWORD_FILE to a file holding it"
+        )
+    return None
+
+
+def _write_secret(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def _tail(path: Path, chars: int = 3000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+
+def main(argv: list[str]) -> None:
+    server = Server.from_env()
+    if argv == ["start"]:
+        server.start()
+        print(
+            f"MLflow tracking server on {server.url} (PostgreSQL on 127.0.0.1:{server.pg_port}, data in "
+            f"{server.root}); to track into it:\n  export MLFLOW_TRACKING_URI={server.url} "
+            "MLFLOW_TRACKING_USERNAME=<user> MLFLOW_TRACKING_PASSWORD=<password>"
+        )
+    elif argv == ["stop"]:
+        server.stop()
+        print("stopped the MLflow server and PostgreSQL")
+    elif argv == ["status"]:
+        print(f"PostgreSQL on 127.0.0.1:{server.pg_port}: {'running' if server.postgres_running() else 'stopped'}")
+        print(f"MLflow on {server.url}: {'up' if server.healthy() else 'down'}")
+    else:
+        sys.exit("usage: python -m genlab.server start | stop | status")
+
+
+if __name__ == "__main__":
+    from genlab.errors import exit_on_error
+
+    exit_on_error(lambda: main(sys.argv[1:]))

@@ -1,0 +1,265 @@
+"""The team set-up for real: PostgreSQL + MLflow's tracking server with basic-auth (genlab.server) on loopback,
+a tiny experiment tracked into it by `dvc repro`, read back over the REST API, its security and its faults."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from genlab.server import Server
+
+from conftest import Project, assert_one_point_per_step
+
+pytestmark = pytest.mark.slow
+EPOCHS = 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Team:
+    """The server and two accounts: alice (runs the experiments) and bob (may only read)."""
+
+    def __init__(self, server: Server, admin: str):
+        self.server, self.admin = server, admin
+        self.alice, self.bob = ("alice", secrets.token_urlsafe(16)), ("bob", secrets.token_urlsafe(16))
+        self.secrets = [admin, self.alice[1], self.bob[1]]
+
+    def env(self, user: tuple[str, str]) -> dict[str, str]:
+        return {
+            "MLFLOW_TRACKING_URI": self.server.url,
+            "MLFLOW_TRACKING_USERNAME": user[0],
+            "MLFLOW_TRACKING_PASSWORD": user[1],
+        }
+
+    def api(self, method: str, path: str, user: tuple[str, str] | None, **kwargs) -> requests.Response:
+        return requests.request(method, f"{self.server.url}/api/2.0/mlflow/{path}", auth=user, timeout=60, **kwargs)
+
+    def client(self, user: tuple[str, str], monkeypatch):
+        from mlflow import MlflowClient
+
+        for key, value in self.env(user).items():
+            monkeypatch.setenv(key, value)
+        return MlflowClient(self.server.url)
+
+
+@pytest.fixture(scope="module")
+def team():
+    # As root, PostgreSQL runs as another account, which must be able to reach its folder (pytest's is 0700).
+    root = Path(tempfile.mkdtemp(prefix="genlab-server-"))
+    root.chmod(0o755)
+    server = Server(root / "server", port=_free_port(), pg_port=_free_port())
+    admin = secrets.token_urlsafe(16)
+    server.start(admin)
+    team = Team(server, admin)
+    for name, password in (team.alice, team.bob):
+        response = team.api("POST", "users/create", ("admin", admin), json={"username": name, "password": password})
+        assert response.status_code == 200, response.text
+    yield team
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def alice_project(project: Project, team: Team, request) -> Project:
+    project.env.update(team.env(team.alice))
+    project.env["MLFLOW_EXPERIMENT_NAME"] = request.node.name  # the tests share the server: one experiment each
+    return project
+
+
+def _runs(team: Team, project: Project) -> list[dict]:
+    name, user = project.env["MLFLOW_EXPERIMENT_NAME"], team.alice
+    experiment = team.api("GET", "experiments/get-by-name", user, params={"experiment_name": name}).json()
+    found = team.api("POST", "runs/search", user, json={"experiment_ids": [experiment["experiment"]["experiment_id"]]})
+    return found.json().get("runs", [])
+
+
+def _wait_for_queue(project: Project, timeout: float = 900) -> str:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = project.run("dvc", "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            return status
+        time.sleep(2)
+    raise AssertionError(f"queue still busy after {timeout} s:\n{status}")
+
+
+def test_repro_report_and_four_queued_experiments_against_the_server(alice_project, team, monkeypatch):
+    repro = alice_project.run("dvc", "repro")
+    report = alice_project.run("python", "stages/report.py", "--dataset", "digits", "--family", "vae")
+    assert "1 run(s) from " + team.server.url in report.stdout
+
+    (run,) = _runs(team, alice_project)
+    run_id = run["info"]["run_id"]
+    assert run["info"]["status"] == "FINISHED"
+    assert run["info"]["artifact_uri"].startswith("mlflow-artifacts:/")  # stored by the server, not the client
+    metrics = {m["key"]: m["value"] for m in run["data"]["metrics"]}
+    assert "test/elbo" in metrics and "val/elbo" in metrics
+    history = team.api("GET", "metrics/get-history", team.alice, params={"run_id": run_id, "metric_key": "val/elbo"})
+    assert sorted(m["step"] for m in history.json()["metrics"]) == list(range(1, EPOCHS + 1))
+    client = team.client(team.alice, monkeypatch)
+    assert_one_point_per_step(client, client.get_run(run_id), EPOCHS)
+
+    def listing(path: str = "") -> list[str]:
+        got = team.api("GET", "artifacts/list", team.alice, params={"run_id": run_id, "path": path}).json()
+        return [f["path"] for f in got.get("files", [])]
+
+    images = [p for p in listing("images") if p.endswith(".png")]
+    assert images and "model_file/model.pt" in listing("model_file")
+    served = requests.get(
+        f"{team.server.url}/get-artifact", params={"run_id": run_id, "path": images[0]}, auth=team.alice, timeout=60
+    )
+    assert served.status_code == 200 and served.content.startswith(b"\x89PNG")
+    registered = team.api("GET", "registered-models/search", team.alice).json()
+    assert registered.get("registered_models"), registered
+
+    # The MLflow model loads back from the server and generates.
+    import mlflow.pyfunc
+
+    loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    assert loaded.metadata.run_id == run_id
+
+    # No credential in the run, the outputs, the console or the server's logs.
+    recorded = json.dumps(run["data"])
+    texts = [recorded, repro.stdout, repro.stderr, report.stdout, report.stderr]
+    for path in [*alice_project.root.rglob("*"), *(team.server.root / "logs").rglob("*")]:
+        if path.is_file() and path.stat().st_size < 50_000_000:
+            texts.append(path.read_bytes().decode("latin-1"))
+    for secret in team.secrets:
+        assert not any(secret in text for text in texts)
+
+    # Four queued experiments, two at a time: four more complete runs.
+    alice_project.commit("baseline results")
+    betas = ("0.5", "1.5", "2.0", "3.0")
+    for beta in betas:
+        alice_project.run("dvc", "exp", "run", "--queue", "-S", f"vae.beta={beta}")
+    alice_project.run("dvc", "queue", "start", "-j", "2")
+    status = _wait_for_queue(alice_project)
+    assert status.count("Success") == 4, status
+    runs = _runs(team, alice_project)
+    queued = [r for r in runs if any(t["key"] == "dvc.exp_name" for t in r["data"].get("tags", []))]
+    assert sorted({p["key"]: p["value"] for p in r["data"]["params"]}["vae.beta"] for r in queued) == list(betas)
+    assert len(runs) == 5 and all(r["info"]["status"] == "FINISHED" for r in runs)
+    for run in queued:
+        assert_one_point_per_step(client, client.get_run(run["info"]["run_id"]), EPOCHS)
+
+
+def test_anonymous_and_other_users_cannot_change_the_experiment(alice_project, team):
+    name = alice_project.env["MLFLOW_EXPERIMENT_NAME"]
+    experiment_id = team.api("POST", "experiments/create", team.alice, json={"name": name}).json()["experiment_id"]
+    run_id = team.api("POST", "runs/create", team.alice, json={"experiment_id": experiment_id}).json()["run"]["info"][
+        "run_id"
+    ]
+
+    assert team.api("POST", "runs/search", None, json={"experiment_ids": [experiment_id]}).status_code == 401
+    assert team.api("GET", "runs/get", ("alice", "not-her-password"), params={"run_id": run_id}).status_code == 401
+    # bob reads (the server's default permission) but writes, deletes and tags nothing of alice's.
+    assert team.api("GET", "runs/get", team.bob, params={"run_id": run_id}).status_code == 200
+    refused = [
+        team.api("POST", "runs/create", team.bob, json={"experiment_id": experiment_id}),
+        team.api("POST", "runs/delete", team.bob, json={"run_id": run_id}),
+        team.api("POST", "runs/set-tag", team.bob, json={"run_id": run_id, "key": "x", "value": "y"}),
+        team.api("POST", "runs/log-metric", team.bob, json={"run_id": run_id, "key": "x", "value": 1, "timestamp": 0}),
+        team.api("POST", "experiments/delete", team.bob, json={"experiment_id": experiment_id}),
+    ]
+    assert [r.status_code for r in refused] == [403] * len(refused)
+    run = team.api("GET", "runs/get", team.alice, params={"run_id": run_id}).json()["run"]
+    assert run["info"]["lifecycle_stage"] == "active" and "x" not in str(run["data"])
+    # ... and genlab tells bob why when he tries to train into alice's experiment.
+    alice_project.env.update(team.env(team.bob))
+    alice_project.stage("download")
+    refused_train = alice_project.stage("train", check=False)
+    assert refused_train.returncode == 2, refused_train.stderr
+    assert f"user 'bob' may not change experiment '{name}'" in refused_train.stderr
+    assert "Traceback" not in refused_train.stderr
+
+
+def test_server_and_database_listen_on_loopback_only(team):
+    listening = {
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port in (team.server.port, team.server.pg_port)
+    }
+    assert listening == {("127.0.0.1", team.server.port), ("127.0.0.1", team.server.pg_port)}
+    assert (team.server.root / "secrets").stat().st_mode & 0o777 == 0o700
+    assert all(p.stat().st_mode & 0o077 == 0 for p in (team.server.root / "secrets").iterdir())
+
+
+def _train_in_background(project: Project, epochs: int):
+    project.set_params({"train": {"epochs": epochs}})
+    project.stage("download")
+    return project.popen("python", "stages/train.py")
+
+
+def _wait_for_epoch(project: Project, proc, epoch: int, timeout: float = 300) -> None:
+    import torch
+
+    ckpt = project.root / "checkpoints" / "train.pt"
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists():
+            try:
+                if torch.load(ckpt, weights_only=True)["epoch"] >= epoch:
+                    return
+            except (EOFError, RuntimeError):  # caught mid-replace
+                pass
+        time.sleep(0.05)
+    raise AssertionError(f"training did not reach epoch {epoch}: {proc.poll()} {proc.stdout.read()}")
+
+
+def _assert_one_complete_run(team: Team, project: Project, epochs: int, monkeypatch) -> None:
+    (run,) = _runs(team, project)
+    assert run["info"]["status"] == "FINISHED"
+    client = team.client(team.alice, monkeypatch)
+    assert_one_point_per_step(client, client.get_run(run["info"]["run_id"]), epochs)
+
+
+@pytest.mark.parametrize("what", ["mlflow", "postgres"])
+def test_a_server_or_database_outage_mid_run_loses_no_metric(alice_project, team, what, monkeypatch):
+    """Killed (SIGKILL / PostgreSQL's immediate stop) and back 5 s later: MLflow's client retries meanwhile, so
+    the run continues and every epoch's metrics arrive once."""
+    epochs = 12
+    proc = _train_in_background(alice_project, epochs)
+    _wait_for_epoch(alice_project, proc, 3)
+    if what == "mlflow":
+        team.server.stop_mlflow(signal.SIGKILL)
+        time.sleep(5)
+        team.server.start_mlflow(None)
+    else:
+        team.server.stop_postgres("immediate")
+        time.sleep(5)
+        team.server.start_postgres()
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out
+    _assert_one_complete_run(team, alice_project, epochs, monkeypatch)
+
+
+def test_a_server_gone_for_good_stops_training_clearly_and_resume_completes_the_run(alice_project, team, monkeypatch):
+    alice_project.env.update({"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"})
+    epochs = 12
+    proc = _train_in_background(alice_project, epochs)
+    _wait_for_epoch(alice_project, proc, 3)
+    team.server.stop_mlflow(signal.SIGKILL)
+    try:
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        team.server.start_mlflow(None)
+    assert proc.returncode == 2 and "did not answer" in out and "train.resume: true continues it" in out, out
+    assert not (alice_project.root / "models/model.pt").exists()
+    alice_project.set_params({"train": {"resume": True}})
+    resumed = alice_project.stage("train")
+    assert "resuming from checkpoints/train.pt" in resumed.stdout
+    _assert_one_complete_run(team, alice_project, epochs, monkeypatch)
