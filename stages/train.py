@@ -36,8 +36,10 @@ def write_curves(where: paths.ModelPaths, table: pd.DataFrame, curves: dict[str,
             curve.dropna(subset=list(cols), how="all").to_csv(tmp, index=False)
 
 
-def write_outputs(where: paths.ModelPaths, history: list[dict], curves: dict[str, str], fingerprint: dict) -> None:
-    """train.json holds the metrics of the epoch whose weights the model keeps: the last, or the selected one."""
+def write_outputs(where, family, history, view, data_md5, upstream_md5, fingerprint, run_id: str) -> None:
+    """The model file and the metrics; train.json holds the metrics of the epoch whose weights the model keeps:
+    the last, or the selected one."""
+    save_model(where, family, view, data_md5, upstream_md5)
     kept = next((row for row in history if row.get("selected")), history[-1])
     summary = {"epochs": len(history)}
     if "selected" in kept:
@@ -49,7 +51,8 @@ def write_outputs(where: paths.ModelPaths, history: list[dict], curves: dict[str
     table = pd.DataFrame(history)
     with atomic.atomic_path(where.history) as tmp:
         table.to_csv(tmp, index=False)
-    write_curves(where, table, curves)
+    write_curves(where, table, family.curves)
+    atomic.write_json(where.run_info, {"run_id": run_id})
 
 
 def registered_model_name(cfg, where: paths.ModelPaths) -> str:
@@ -120,8 +123,20 @@ def train(args, cfg, world: distributed.World, device) -> None:
         )
         return
 
-    state = world.broadcast(resume.resumable_state(where, cfg.train, key, family.name))
+    inputs = resume.inputs_digest(key, data.checksum, upstream_md5)
     fingerprint = machine.fingerprint(device)
+    done = resume.finished_state(where, inputs) if os.environ.get("DVC_STAGE") and world.size == 1 else None
+    if done is not None:  # DVC reran train after a kill cut it off between train's end and dvc.lock
+        history = fit(
+            family, source, cfg.train, cfg.seed, key=key, checkpoint_path=None, tracker=NullTracker(), resume_state=done
+        )
+        write_outputs(where, family, history, view, data.checksum, upstream_md5, fingerprint, done["run_id"])
+        print(
+            f"MLflow run {done['run_id']} already finished training from these params, data and code: its outputs "
+            f"are restored from {where.checkpoint}, no new run (delete that file to train again)"
+        )
+        return
+    state = world.broadcast(resume.resumable_state(where, cfg.train, key, family.name))
     if state is not None:
         tracker = resume.reopen(state, cfg.train)
         tracker.set_tags({"genlab.resumed_on": machine.describe(fingerprint)})
@@ -153,17 +168,15 @@ def train(args, cfg, world: distributed.World, device) -> None:
             scorer=scorer,
             world=world,
         )
-        save_model(where, family, view, data.checksum, upstream_md5)
-        write_outputs(where, history, family.curves, fingerprint)
+        write_outputs(where, family, history, view, data.checksum, upstream_md5, fingerprint, tracker.run_id)
         selected = [row["epoch"] for row in history if row.get("selected")]
         if selected:
             tracker.set_tags({"genlab.selected_epoch": selected[0]})
-        atomic.write_json(where.run_info, {"run_id": tracker.run_id})
         tracker.log_artifact(where.model, "model_file")  # "model" is the MLflow model below
         example = mlflow_model.example_input(family, data.to_unit(data.test.images[:2]))
         tracker.log_model(family, example, registered_model_name(cfg, where))
         tracker.log_artifact(where.history, "metrics")
-    resume.finished(where, tracker.run_id)
+    resume.finished(where, tracker.run_id, inputs)
 
 
 if __name__ == "__main__":

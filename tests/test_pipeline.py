@@ -203,11 +203,14 @@ def test_killed_training_resumes_to_the_same_final_metrics(project):
     expected = {p: (project.root / p).read_text() for p in ("metrics/train.json", "metrics/train_history.csv")}
     for p in expected:
         (project.root / p).unlink()
-    ckpt = project.root / "checkpoints" / "train.pt"
-    assert not ckpt.exists()  # a finished run leaves nothing to resume
+    ckpt, marker = project.root / "checkpoints" / "train.pt", project.root / "checkpoints" / "run.json"
+    finished = json.loads(marker.read_text())  # the final checkpoint stays, marked finished: nothing to resume
+    assert finished["finished"] and torch.load(ckpt, weights_only=True)["run_id"] == finished["run_id"]
 
     proc = project.popen("python", "stages/train.py")
-    while proc.poll() is None and not ckpt.exists():
+    while proc.poll() is None and not (
+        ckpt.exists() and json.loads(marker.read_text())["run_id"] != finished["run_id"]
+    ):
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -277,7 +280,12 @@ def test_resume_continues_only_its_own_run_and_closes_killed_ones(project):
     # Run D is killed after a few epochs; it resumes only to at least as many epochs as it holds.
     project.set_params({"train": {"epochs": 40, "resume": False}})
     proc = project.popen("python", "stages/train.py")
-    _kill_when(proc, lambda: ckpt.exists() and torch.load(ckpt, weights_only=True)["epoch"] >= 2, "epoch 2")
+
+    def own_epoch_2():  # run C's final checkpoint stays until run D replaces it
+        state = torch.load(ckpt, weights_only=True) if ckpt.exists() else {}
+        return state.get("run_id") not in (None, new) and state["epoch"] >= 2
+
+    _kill_when(proc, own_epoch_2, "epoch 2")
     killed_at, d = torch.load(ckpt, weights_only=True)["epoch"], marked_run()
     assert 2 <= killed_at < 40
     project.set_params({"train": {"epochs": 1, "resume": True}})
@@ -292,6 +300,44 @@ def test_resume_continues_only_its_own_run_and_closes_killed_ones(project):
     assert resumed.data.tags["genlab.epochs_after_resume"] == "45"
     assert_one_point_per_step(client, resumed, 45)
     assert len(pd.read_csv(root / "metrics/train_history.csv")) == 45
+
+
+def _same_tensors(a, b) -> bool:
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_tensors(a[k], b[k]) for k in a)
+    return torch.equal(a, b)
+
+
+def test_a_kill_between_train_and_dvc_lock_restores_the_outputs_instead_of_a_duplicate_run(project):
+    """The window bench/faults.py found: train finished (run FINISHED, outputs written) but DVC was killed
+    before writing dvc.lock, so DVC runs train again. That rerun restores the outputs; only new inputs retrain."""
+    project.run("dvc", "repro", "train")
+    outputs = ("metrics/train.json", "metrics/train_history.csv", "models/run.json", "metrics/machine.json")
+    expected = {p: (project.root / p).read_bytes() for p in outputs}
+    weights = torch.load(project.root / "models/model.pt", weights_only=True)["model"]
+
+    def forget_train_in_lock():  # = the kill came after train's command, before DVC recorded it
+        lock = yaml.safe_load((project.root / "dvc.lock").read_text())
+        del lock["stages"]["train"]
+        (project.root / "dvc.lock").write_text(yaml.safe_dump(lock))
+
+    forget_train_in_lock()
+    out = project.run("dvc", "repro", "train").stdout
+    assert "already finished training from these params, data and code" in out and "epoch 1/" not in out, out
+    assert {p: (project.root / p).read_bytes() for p in outputs} == expected
+    restored = torch.load(project.root / "models/model.pt", weights_only=True)["model"]
+    assert _same_tensors(restored, weights)
+    client = project.mlflow()
+    (run,) = client.search_runs([client.get_experiment_by_name("genlab").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert_one_point_per_step(client, run, EPOCHS)
+
+    # Changed code is a new input: DVC's rerun trains a new run.
+    with open(project.root / "src/genlab/training.py", "a") as f:
+        f.write("\n# changed\n")
+    forget_train_in_lock()
+    assert "epoch 3/3" in project.run("dvc", "repro", "train").stdout
+    assert len(client.search_runs([client.get_experiment_by_name("genlab").experiment_id])) == 2
 
 
 def test_bad_params_fail_with_the_key_named_and_overwrite_nothing(project):

@@ -5,11 +5,17 @@ and a checkpoint resumes only that run. Whatever else a start finds (a run kille
 checkpoint, a checkpoint of another or of a finished run, an unfinished run while train.resume is
 false) is closed or deleted before a new run starts, so no run inherits another's epochs and none
 stays RUNNING for ever.
+
+A finished run keeps its final checkpoint, with a digest of everything it was trained from: a kill
+after training ended but before DVC wrote dvc.lock makes DVC run train again, and that rerun restores
+the outputs from the checkpoint instead of training a duplicate run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from genlab import atomic, checkpoint, tracking
@@ -89,7 +95,31 @@ def started(where: ModelPaths, run_id: str) -> None:
     atomic.write_json(where.training_run, {"run_id": run_id})
 
 
-def finished(where: ModelPaths, run_id: str) -> None:
-    """Nothing is left to resume: the model is in its model file and the run is closed."""
-    where.checkpoint.unlink(missing_ok=True)
-    atomic.write_json(where.training_run, {"run_id": run_id, "finished": True})
+def inputs_digest(key: str, data_md5: str, upstream_md5: dict[str, str]) -> str:
+    """What DVC reruns train for, in one digest: params (the resume key), data, upstream models and code."""
+    digest = hashlib.sha256(json.dumps([key, data_md5, sorted(upstream_md5.items())]).encode())
+    package = Path(__file__).resolve().parent
+    stage = package.parents[1] / "stages" / "train.py"
+    for path in sorted([*package.rglob("*.py"), *([stage] if stage.exists() else [])]):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def finished(where: ModelPaths, run_id: str, inputs: str) -> None:
+    """Nothing is left to resume: the model is in its model file and the run is closed. The final checkpoint
+    stays, for `finished_state`."""
+    atomic.write_json(where.training_run, {"run_id": run_id, "finished": True, "inputs": inputs})
+
+
+def finished_state(where: ModelPaths, inputs: str) -> dict[str, Any] | None:
+    """The final checkpoint of a FINISHED run trained from exactly `inputs`, if there is one."""
+    try:
+        marker = json.loads(where.training_run.read_text())
+    except (OSError, ValueError):
+        return None
+    if not marker.get("finished") or marker.get("inputs") != inputs or not where.checkpoint.exists():
+        return None
+    state = checkpoint.load(where.checkpoint, fix="delete it to train afresh")
+    if state.get("run_id") != marker["run_id"] or _status(marker["run_id"]) != "FINISHED":
+        return None
+    return state
