@@ -359,6 +359,19 @@ def test_bad_params_fail_with_the_key_named_and_overwrite_nothing(project):
     for path, data in kept.items():
         assert (project.root / path).read_bytes() == data, path
 
+    # A model file of another family, or from a newer genlab: evaluate says which and writes nothing.
+    kept_eval = (project.root / "metrics/eval.json").read_bytes()
+    project.set_params({"model": {"family": "gan"}})
+    proc = project.stage("evaluate", check=False)
+    assert proc.returncode == 2 and "holds a vae model but the family asked for is gan" in proc.stderr, proc.stderr
+    (project.root / "params.yaml").write_text(backup)
+    model = project.root / "models/model.pt"
+    torch.save({**torch.load(model, weights_only=True), "format_version": 2}, model)
+    proc = project.stage("evaluate", check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "written by a newer genlab (format 2; this code reads 1)" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and (project.root / "metrics/eval.json").read_bytes() == kept_eval
+
 
 def test_gan_experiment_runs_end_to_end_through_dvc(project):
     project.run("dvc", "repro")

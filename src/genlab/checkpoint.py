@@ -37,9 +37,14 @@ def load(path: str | Path, what: str = "checkpoint", fix: str = RETRAIN) -> dict
         raise CheckpointError(
             f"{what} {path} is corrupted or not a genlab file ({f'{name}: {detail}' if detail else name}): {fix}"
         ) from None
-    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+    version = state.get("format_version") if isinstance(state, dict) else None
+    if isinstance(version, int) and version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{what} {path} has format {state.get('format_version') if isinstance(state, dict) else '?'}, "
-            f"expected {FORMAT_VERSION}: {fix}"
+            f"{what} {path} was written by a newer genlab (format {version}; this code reads {FORMAT_VERSION}): "
+            f"update this checkout (git pull) to read it, or {fix}"
+        )
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{what} {path} has format {'?' if version is None else version}, expected {FORMAT_VERSION}: {fix}"
         )
     return state
