@@ -68,9 +68,9 @@ ENV = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "
 ENV["PATH"] = str(Path(sys.executable).parent) + os.pathsep + ENV.get("PATH", "")
 
 
-def template() -> Path:
+def template(name: str = "template") -> Path:
     """A clone of HEAD with the tiny params and its upstream stages run (shared by every trial)."""
-    where = OUT / "template"
+    where = OUT / name
     shutil.rmtree(where, ignore_errors=True)
     run(REPO, "git", "clone", "-q", str(REPO), str(where))
     params = yaml.safe_load((where / "params.yaml").read_text())
@@ -140,8 +140,8 @@ def readable(where: Path) -> list[str]:
     return bad
 
 
-def mlflow_state(where: Path, epochs: int) -> tuple[str, int, bool, int]:
-    """(final run status, runs left RUNNING, one point per epoch per metric, runs in all)."""
+def mlflow_state(where: Path, epochs: int) -> tuple[str, int, bool, str]:
+    """(final run status, runs left RUNNING, one point per epoch per metric, runs in all with their statuses)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{where / 'mlflow.db'}")
@@ -153,7 +153,9 @@ def mlflow_state(where: Path, epochs: int) -> tuple[str, int, bool, int]:
         for key in run_.data.metrics
         if not key.startswith("test/")
     ) and any(key.startswith("test/") for key in run_.data.metrics)
-    return run_.info.status, sum(r.info.status == "RUNNING" for r in runs), single, len(runs)
+    statuses = sorted(r.info.status for r in runs)
+    counted = ", ".join(f"{statuses.count(s)} {s}" for s in dict.fromkeys(statuses))
+    return run_.info.status, statuses.count("RUNNING"), single, f"{len(runs)} ({counted})"
 
 
 def main() -> None:
@@ -176,7 +178,9 @@ def main() -> None:
     duration = time.perf_counter() - began
     expected = {p: (reference / p).read_bytes() for p in COMPARED}
     print(f"uninterrupted dvc repro (train, evaluate, sample): {duration:.1f} s")
-    columns = "kill | stage killed | metrics same | final run | RUNNING left | 1 point per epoch | runs | unreadable"
+    columns = (
+        "kill | stage killed | metrics same | final run | RUNNING left | 1 point per epoch | runs (status) | unreadable"
+    )
     print(f"| # | {columns} |")
     print("|---|---|---|---|---|---|---|---|---|")
 

@@ -118,9 +118,9 @@ def _explain(exc: Exception, uri: str) -> str:
         )
     if "Max retries exceeded" in str(exc) or "Failed to establish" in str(exc):
         return (
-            f"the MLflow tracking server {where} did not answer, retried for minutes: start it (`make server`) or "
-            "point MLFLOW_TRACKING_URI at a running one; a training stopped by this keeps its last checkpoint, "
-            "and train.resume: true continues it, logging what is missing"
+            f"the MLflow tracking server {where} did not answer, after MLflow's retries (MLFLOW_HTTP_REQUEST_MAX_"
+            "RETRIES): start it (`make server`) or point MLFLOW_TRACKING_URI at a running one; a training stopped "
+            "by this keeps its last checkpoint, and train.resume: true continues it, logging what is missing"
         )
     return f"the MLflow store {where} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
 
@@ -266,8 +266,12 @@ class MlflowTracker:
         RUNNING until a resume continues it or the next training closes it (genlab.resume)."""
         try:
             self.finish(status)
-        except TrackingError as exc:
-            print(f"could not mark MLflow run {self.run_id} {status}: {exc}", file=sys.stderr)
+        except TrackingError:
+            print(
+                f"could not mark MLflow run {self.run_id} {status} either: it stays RUNNING until a resume continues "
+                "it or the next new run closes it",
+                file=sys.stderr,
+            )
 
 
 def run_tags(
