@@ -223,7 +223,12 @@ def test_train_processes_starts_workers_and_a_killed_worker_resumes_to_the_unint
     # Kill worker 1 mid-run: the run fails, and the last checkpoint is whole.
     ckpt = project.root / "checkpoints" / "train.pt"
     proc = project.popen(sys.executable, "stages/train.py")
-    while proc.poll() is None and not (ckpt.exists() and torch.load(ckpt, weights_only=True)["epoch"] >= 3):
+
+    def own_epoch_3():  # the first run's final checkpoint stays until this run replaces it
+        state = torch.load(ckpt, weights_only=True) if ckpt.exists() else {}
+        return state.get("run_id") not in (None, run.info.run_id) and state["epoch"] >= 3
+
+    while proc.poll() is None and not own_epoch_3():
         time.sleep(0.05)
     os.kill(_worker_pids(proc.pid)[1], signal.SIGKILL)
     log = proc.communicate(timeout=120)[0]

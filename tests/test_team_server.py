@@ -126,10 +126,16 @@ def test_repro_report_and_four_queued_experiments_against_the_server(alice_proje
     registered = team.api("GET", "registered-models/search", team.alice).json()
     assert registered.get("registered_models"), registered
 
-    # The MLflow model loads back from the server and generates.
+    # The MLflow model loads back from the server (set explicitly: MLflow keeps a URI set earlier in the process
+    # over the environment's).
     import mlflow.pyfunc
 
-    loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(team.server.url)
+    try:
+        loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    finally:
+        mlflow.set_tracking_uri(previous)
     assert loaded.metadata.run_id == run_id
 
     # No credential in the run, the outputs, the console or the server's logs.
