@@ -122,8 +122,6 @@ class Server:
     def init_postgres(self) -> None:
         """initdb with a generated password (SCRAM) for DB_USER, kept in PGPASSFILE format for libpq."""
         self._ensure_pg_account()
-        secret_dir = self.root / "secrets"
-        secret_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         password = secrets.token_urlsafe(24)
         pwfile = self._owned_by_pg(self.root / "init") / "pw"  # initdb reads the password from a file
         _write_secret(pwfile, password)
@@ -194,8 +192,7 @@ class Server:
             postgres_bin("pg_ctl"), "-D", str(self.pgdata), "-l", str(log), "-o", options, "-w", "start", check=False
         )
         if proc.returncode != 0:
-            tail = log.read_text()[-2000:] if log.exists() else ""
-            raise ServerError(f"PostgreSQL did not start on 127.0.0.1:{self.pg_port} (log {log}):\n{tail}")
+            raise ServerError(f"PostgreSQL did not start on 127.0.0.1:{self.pg_port} (log {log}):\n{_tail(log)}")
 
     def stop_postgres(self, mode: str = "fast") -> None:
         if self.postgres_running():
