@@ -12,8 +12,10 @@ import contextlib
 import importlib.metadata
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -254,12 +256,15 @@ class MlflowTracker:
         try:
             yield self
         except KeyboardInterrupt:
-            self._close_failed("KILLED")
+            with signals_held():
+                self._close_failed("KILLED")
             raise
         except BaseException:
-            self._close_failed("FAILED")
+            with signals_held():
+                self._close_failed("FAILED")
             raise
-        self.finish("FINISHED")
+        with signals_held():
+            self.finish("FINISHED")
 
     def _close_failed(self, status: str) -> None:
         """Best effort: when the store itself failed, the original error is the one to show; the run stays
@@ -272,6 +277,26 @@ class MlflowTracker:
                 "it or the next new run closes it",
                 file=sys.stderr,
             )
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """SIGTERM/SIGINT arriving in the block are handled after it. torchrun sends SIGTERM to the other workers
+    when one dies, often while rank 0 is already marking the run FAILED after the broken collective: the
+    handler's SystemExit would cut that write short and leave the run RUNNING."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread runs Python's signal handlers (and may replace them)
+        return
+    caught: list[int] = []
+    held = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in held}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)
 
 
 def run_tags(
