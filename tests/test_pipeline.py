@@ -179,13 +179,7 @@ def test_four_queued_experiments_two_at_a_time_all_land_complete_in_the_main_sto
     betas = ("0.5", "1.5", "2.0", "3.0")
     for beta in betas:
         project.run("dvc", "exp", "run", "--queue", "-S", f"vae.beta={beta}")
-    project.run("dvc", "queue", "start", "-j", "2")
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        status = project.run("dvc", "queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(2)
+    status = project.run_queue(jobs=2)
     assert status.count("Success") == 4, status
     client = project.mlflow()
     runs = client.search_runs([client.get_experiment_by_name("genlab").experiment_id])

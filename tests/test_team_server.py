@@ -87,16 +87,6 @@ def _runs(team: Team, project: Project) -> list[dict]:
     return found.json().get("runs", [])
 
 
-def _wait_for_queue(project: Project, timeout: float = 900) -> str:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        status = project.run("dvc", "queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            return status
-        time.sleep(2)
-    raise AssertionError(f"queue still busy after {timeout} s:\n{status}")
-
-
 def test_repro_report_and_four_queued_experiments_against_the_server(alice_project, team, monkeypatch):
     repro = alice_project.run("dvc", "repro")
     report = alice_project.run("python", "stages/report.py", "--dataset", "digits", "--family", "vae")
@@ -152,8 +142,7 @@ def test_repro_report_and_four_queued_experiments_against_the_server(alice_proje
     betas = ("0.5", "1.5", "2.0", "3.0")
     for beta in betas:
         alice_project.run("dvc", "exp", "run", "--queue", "-S", f"vae.beta={beta}")
-    alice_project.run("dvc", "queue", "start", "-j", "2")
-    status = _wait_for_queue(alice_project)
+    status = alice_project.run_queue(jobs=2)
     assert status.count("Success") == 4, status
     runs = _runs(team, alice_project)
     queued = [r for r in runs if any(t["key"] == "dvc.exp_name" for t in r["data"].get("tags", []))]
