@@ -81,5 +81,7 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def torch_save(obj: Any, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # Through a file object, torch.save names the zip's folder "archive"; given the (random) temporary
+    # path it would name it after that, and two saves of the same weights would differ in their bytes.
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
