@@ -238,7 +238,7 @@ class MlflowTracker:
             self.client.log_text(self.run_id, text, artifact_file)
 
     def finish(self, status: str = "FINISHED") -> None:
-        with self._writing():
+        with signals_held(), self._writing():
             self.client.set_terminated(self.run_id, status)
 
     def reopen(self) -> None:
@@ -256,15 +256,12 @@ class MlflowTracker:
         try:
             yield self
         except KeyboardInterrupt:
-            with signals_held():
-                self._close_failed("KILLED")
+            self._close_failed("KILLED")
             raise
         except BaseException:
-            with signals_held():
-                self._close_failed("FAILED")
+            self._close_failed("FAILED")
             raise
-        with signals_held():
-            self.finish("FINISHED")
+        self.finish("FINISHED")
 
     def _close_failed(self, status: str) -> None:
         """Best effort: when the store itself failed, the original error is the one to show; the run stays
@@ -283,7 +280,7 @@ class MlflowTracker:
 def signals_held() -> Iterator[None]:
     """SIGTERM/SIGINT arriving in the block are handled after it. torchrun sends SIGTERM to the other workers
     when one dies, often while rank 0 is already marking the run FAILED after the broken collective: the
-    handler's SystemExit would cut that write short and leave the run RUNNING."""
+    handler's SystemExit would cut that write (`finish`) short and leave the run RUNNING."""
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread runs Python's signal handlers (and may replace them)
         return
