@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -74,23 +75,21 @@ class Project:
         the exchange file unlocked: dvc-task issue 73): that worker never hears the shutdown and idles
         forever after the queue is empty, its experiments done. So nothing waits on the workers' pipes,
         and workers still there half a minute after the queue emptied are stopped here."""
-        log = (self.root.parent / "queue-start.log").open("w")
-        subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=self.root, env=self.env, stdout=log,
-                       stderr=subprocess.STDOUT, check=True, timeout=120)  # fmt: skip
+        with (self.root.parent / "queue-start.log").open("w") as log:
+            subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=self.root, env=self.env, stdout=log,
+                           stderr=subprocess.STDOUT, check=True, timeout=120)  # fmt: skip
         deadline = time.time() + timeout
         while (status := self.run("dvc", "queue", "status").stdout) and ("Queued" in status or "Running" in status):
             if time.time() > deadline:
                 raise AssertionError(f"queue still busy after {timeout} s:\n{status}")
             time.sleep(2)
-        workers = [json.loads(f.read_text())["pid"] for f in (self.root / ".dvc/tmp/exps/celery").glob("*.json")]
-        for pid in workers:
-            for _ in range(60):
-                if not Path(f"/proc/{pid}").exists():
-                    break
-                time.sleep(0.5)
-            else:
-                print(f"queue worker {pid} still running after the queue emptied: stopped (dvc-task issue 73)")
-                os.kill(pid, signal.SIGTERM)
+        workers = []
+        for record in (self.root / ".dvc/tmp/exps/celery").glob("*.json"):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                workers.append(psutil.Process(json.loads(record.read_text())["pid"]))
+        for worker in psutil.wait_procs(workers, timeout=30)[1]:
+            print(f"queue worker {worker.pid} still running after the queue emptied: stopped (dvc-task issue 73)")
+            worker.terminate()
         return status
 
     def stage(self, name: str, check: bool = True) -> subprocess.CompletedProcess:
