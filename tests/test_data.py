@@ -6,6 +6,7 @@ import functools
 import hashlib
 import http.server
 import io
+import os
 import pickle
 import re
 import shutil
@@ -21,7 +22,7 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from genlab.config import config_from_dict
-from genlab.data import DATA_FILE, MANIFEST_FILE, PreparedData, load_prepared, prepare
+from genlab.data import DATA_FILE, MANIFEST_FILE, PreparedData, image_folder, load_prepared, prepare
 from genlab.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -335,12 +336,72 @@ def _png_bytes(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
+def _file_bytes(frames: list[Image.Image], format: str) -> bytes:
+    out = io.BytesIO()
+    frames[0].save(out, format=format, save_all=len(frames) > 1, append_images=frames[1:])
+    return out.getvalue()
+
+
+def _uint32_tiff(values: np.ndarray) -> bytes:
+    """A TIFF of unsigned 32-bit pixels: Pillow writes its 'I' mode as signed, so its SampleFormat is patched."""
+    signed = _file_bytes([Image.fromarray(values.astype(np.uint32).view(np.int32))], "TIFF")
+    sample_format_signed = b"\x53\x01\x03\x00\x01\x00\x00\x00\x02\x00"  # tag 339, SHORT, 1 value: 2
+    assert signed.count(sample_format_signed) == 1
+    return signed.replace(sample_format_signed, sample_format_signed[:-2] + b"\x01\x00")
+
+
+def _symlink_to(target: str):
+    """A BAD_INPUTS maker: a symlink to target, relative to the image folder."""
+    return lambda folder, path: path.symlink_to(folder / target)
+
+
+def _frames(*values: int) -> list[Image.Image]:
+    return [Image.new("L", (10, 10), v) for v in values]
+
+
+# name: (path in the image folder, its content (bytes, a maker or None: see below), why, listed in the manifest as)
 BAD_INPUTS = {
-    "not an image": ("cat/broken.png", b"not a png", "not an image Pillow can read"),
-    "truncated": ("cat/cut.png", _png_bytes(Image.new("L", (64, 64), 9).rotate(30))[:-40], "truncated"),
-    "1x1": ("cat/pixel.png", _png_bytes(Image.new("L", (1, 1), 9)), "1x1 pixels, under 8 a side"),
-    "bomb": ("cat/huge.png", None, "decompression-bomb limit"),
-    "empty class": ("bird/readme.txt", b"no images here", "bird/ (no usable image)"),
+    "not an image": ("cat/broken.png", b"not a png", "not an image Pillow can read", None),
+    "truncated": ("cat/cut.png", _png_bytes(Image.new("L", (64, 64), 9).rotate(30))[:-40], "truncated", None),
+    "1x1": ("cat/pixel.png", _png_bytes(Image.new("L", (1, 1), 9)), "1x1 pixels, under 8 a side", None),
+    "bomb": ("cat/huge.png", None, "decompression-bomb limit", None),
+    "empty class": ("bird/readme.txt", b"no images here", "bird/ (no usable image)", "bird/"),
+    "float above 1": (
+        "cat/float.tif",
+        _file_bytes([Image.fromarray(np.full((10, 10), 200.5, np.float32))], "TIFF"),
+        "32-bit float pixels from 200.5 to 200.5, outside [0, 1]",
+        None,
+    ),
+    "float NaN": (
+        "cat/nan.tif",
+        _file_bytes([Image.fromarray(np.full((10, 10), np.nan, np.float32))], "TIFF"),
+        "32-bit float pixels from nan to nan, outside [0, 1]",
+        None,
+    ),
+    "signed 32-bit": (
+        "cat/signed.tif",
+        _file_bytes([Image.fromarray(np.full((10, 10), 1000, np.int32))], "TIFF"),
+        "signed 32-bit integer pixels",
+        None,
+    ),
+    "animated GIF": ("cat/anim.gif", _file_bytes(_frames(0, 128, 255), "GIF"), "multi-page GIF of 3 frames", None),
+    "multi-page TIFF": ("cat/pages.tif", _file_bytes(_frames(0, 255), "TIFF"), "multi-page TIFF of 2 frames", None),
+    "animated PNG": ("cat/anim.png", _file_bytes(_frames(0, 255), "PNG"), "multi-page PNG of 2 frames", None),
+    "content is not what the name says": (
+        "cat/disguised.png",
+        _file_bytes(_frames(50), "PCX"),  # stands for EPS, which Pillow would hand to Ghostscript
+        "its content is PCX, not one of PNG, JPEG",
+        None,
+    ),
+    "broken image symlink": ("cat/gone.png", _symlink_to("nowhere.png"), "broken symlink: ", None),
+    "broken class-folder symlink": ("bird", _symlink_to("unmounted/birds"), "bird/ (broken symlink: ", "bird/"),
+    "symlink loop": ("cat/again", _symlink_to("cat"), "cat/again/ (symlink loop: links back to cat/)", "cat/again/"),
+    "a class linking to another": (
+        "kitty",
+        _symlink_to("cat"),
+        "kitty/ (links to a folder already read as cat/)",
+        "kitty/",
+    ),
 }
 
 
@@ -351,12 +412,15 @@ def test_image_folder_bad_input_fails_by_default_and_is_left_out_and_listed_when
         (folder / cls).mkdir(parents=True)
         for i in range(4):
             Image.new("L", (10, 10), 30 * i).save(folder / cls / f"{i}.png")
-    rel, content, why = BAD_INPUTS[bad]
+    rel, content, why, listed = BAD_INPUTS[bad]
     (folder / rel).parent.mkdir(exist_ok=True)
     if content is None:  # a PNG header claiming more pixels than Pillow's limit (lowered to keep the file small)
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50 * 50)
         content = _png_bytes(Image.new("L", (80, 80)))
-    (folder / rel).write_bytes(content)
+    if callable(content):
+        content(folder, folder / rel)
+    else:
+        (folder / rel).write_bytes(content)
     out = tmp_path / "out"
     with pytest.raises(
         DataError, match=rf"1 input\(s\) in .*cannot be used: .*{re.escape(why)}.*data.skip_unreadable: true"
@@ -365,9 +429,86 @@ def test_image_folder_bad_input_fails_by_default_and_is_left_out_and_listed_when
     assert not out.exists()
 
     data = _prepared(tmp_path, path=str(folder), name="image_folder", image_size=8, skip_unreadable=True)
-    left_out = {**data.manifest["skipped_files"], **{f"{d}/": "" for d in data.manifest["empty_class_folders"]}}
-    assert list(left_out) == [rel if bad != "empty class" else "bird/"]
-    assert data.manifest["classes"] == ["cat", "dog"] and sum(data.manifest["split_sizes"].values()) == 8
+    manifest = data.manifest
+    left_out = {
+        **manifest["skipped_files"],
+        **manifest["skipped_folders"],
+        **{f"{d}/": "" for d in manifest["empty_class_folders"]},
+    }
+    assert list(left_out) == [listed or rel]
+    assert manifest["classes"] == ["cat", "dog"] and sum(manifest["split_sizes"].values()) == 8
+
+
+def _load(tmp_path, **data):
+    return image_folder.load(_cfg(name="image_folder", image_size=8, **data))
+
+
+def test_image_folder_turns_photos_upright_by_their_exif_orientation(tmp_path):
+    (tmp_path / "photos").mkdir()
+    sideways = np.zeros((10, 20), np.uint8)
+    sideways[:, :10] = 255  # as the sensor stored it: left half white
+    exif = Image.new("L", (1, 1)).getexif()
+    exif[0x0112] = 6  # Orientation: shown rotated 90° clockwise, so the white half is on top
+    Image.fromarray(sideways).save(tmp_path / "photos" / "phone.jpg", exif=exif, quality=95)
+    (image,) = _load(tmp_path, path=str(tmp_path / "photos")).train.images[:, 0].int()
+    assert image[:3].min() > 200 and image[-3:].max() < 50
+
+
+def test_image_folder_scales_float_and_32_bit_greyscale_by_their_range(tmp_path):
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    for name, value in {"a": 0.0, "b": 0.8, "c": 1.0}.items():  # float TIFFs in [0, 1]
+        Image.fromarray(np.full((10, 10), value, np.float32)).save(folder / f"{name}.tif")
+    for name, value in {"d": 100 * 16843009, "e": 200 * 16843009, "f": 2**32 - 1}.items():  # > 2**31 too
+        (folder / f"{name}.tif").write_bytes(_uint32_tiff(np.full((10, 10), value)))
+    images = _load(tmp_path, path=str(folder)).train.images
+    assert images.flatten(1).float().mean(1).tolist() == [0, 204, 255, 100, 200, 255]  # round(0.8 * 255) = 204
+
+
+def test_image_folder_follows_a_symlinked_class_folder(tmp_path):
+    elsewhere = tmp_path / "disk" / "dogs"
+    elsewhere.mkdir(parents=True)
+    Image.new("L", (10, 10), 200).save(elsewhere / "rex.png")
+    (tmp_path / "images" / "cat").mkdir(parents=True)
+    Image.new("L", (10, 10), 20).save(tmp_path / "images" / "cat" / "tom.png")
+    (tmp_path / "images" / "dog").symlink_to(elsewhere)
+    raw = _load(tmp_path, path=str(tmp_path / "images"))
+    assert raw.classes == ["cat", "dog"] and list(raw.source_md5) == ["cat/tom.png", "dog/rex.png"]
+    assert raw.train.labels.tolist() == [0, 1] and raw.extra["skipped_folders"] == {}
+
+
+def test_image_folder_reads_a_camera_mpo_and_a_png_named_jpg_as_single_images(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    # A camera JPEG carrying a second picture (a preview, a depth map): not an animation, its first frame is it.
+    frames = [Image.new("RGB", (10, 10), (v, v, v)) for v in (60, 250)]
+    (folder / "camera.jpg").write_bytes(_file_bytes(frames, "MPO"))
+    (folder / "renamed.jpg").write_bytes(_png_bytes(Image.new("L", (10, 10), 90)))
+    raw = _load(tmp_path, path=str(folder))
+    assert raw.train.images.flatten(1).float().mean(1).round().tolist() == [60, 90]
+
+
+def test_image_folder_lists_a_file_or_folder_it_may_not_read(tmp_path, monkeypatch):
+    folder = _image_folder(tmp_path / "images")
+    denied = {folder / "cat" / "nested", folder / "dog" / "1.png"}
+    real_scandir, real_read_bytes = os.scandir, Path.read_bytes
+
+    def refuse(real):
+        def call(path):
+            if Path(path) in denied:
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path)
+
+        return call
+
+    monkeypatch.setattr(os, "scandir", refuse(real_scandir))
+    monkeypatch.setattr(Path, "read_bytes", refuse(real_read_bytes))
+    raw = _load(tmp_path, path=str(folder), skip_unreadable=True)
+    assert raw.extra["skipped_folders"] == {"cat/nested/": "cannot be listed: Permission denied"}
+    assert raw.extra["skipped_files"] == {
+        "dog/1.png": "Permission denied",
+        "dog/broken.png": "not an image Pillow can read",
+    }
 
 
 def test_image_folder_missing_or_without_images_raises(tmp_path):
