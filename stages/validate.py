@@ -7,15 +7,16 @@ written here, so DVC runs this stage first and stops here, before it touches any
 (validated/<stage>.yaml) holds exactly the keys that stage reads — of the family sections, only the
 active family's — so DVC reruns a stage when, and only when, one of its values changes: editing gan.*
 leaves a VAE pipeline up to date. validated/<family>/<stage>.yaml is the same for a stage that names
-its family (`--family`), as a second model of a two-model pipeline does.
+its family (`--family`), as a second model of a two-model pipeline does. validated/params.json holds the
+text read, which later stages run by DVC must still find in params.yaml (`genlab.params_guard`).
 """
 
 from pathlib import Path
 
 import yaml
 
-from genlab import atomic, paths
-from genlab.config import FAMILY_STAGES, load_config, stage_view
+from genlab import atomic, params_guard, paths
+from genlab.config import FAMILY_STAGES, config_from_dict, parse_params, read_params_text, stage_view
 from genlab.errors import ConfigError, exit_on_error
 from genlab.models import FAMILIES
 from genlab.runtime import resolve_device
@@ -27,7 +28,9 @@ def _write(path: Path, view: dict) -> None:
 
 
 def run() -> None:
-    cfg = load_config(paths.PARAMS)
+    text = read_params_text(paths.PARAMS)
+    params_guard.check_experiment(text)
+    cfg = config_from_dict(parse_params(text, str(paths.PARAMS)), require_all=True)
     resolve_device(cfg.device)  # cuda on a machine without one
     if cfg.data.name == "image_folder" and not Path(cfg.data.path).expanduser().is_dir():
         raise ConfigError(f"data.path = {cfg.data.path!r} is not an existing folder of images")
@@ -39,6 +42,7 @@ def run() -> None:
     for family in FAMILIES:
         for stage in FAMILY_STAGES:
             _write(paths.stage_view(stage, family), stage_view(cfg, stage, family))
+    params_guard.record(text)  # what every later stage run by DVC must still find in params.yaml
 
 
 if __name__ == "__main__":

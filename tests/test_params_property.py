@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
+from typing import Optional
 
 import pytest
 from hypothesis import given, settings
@@ -88,3 +89,35 @@ def test_params_yaml_that_is_not_a_yaml_mapping_is_refused(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ConfigError, match="not valid YAML|must be a mapping"):
         load_config(path)
+
+
+def _lists_of_int() -> list[str]:
+    hints = typing.get_type_hints(Config)
+    return [
+        f"{top.name}.{f.name}"
+        for top in dataclasses.fields(Config)
+        if dataclasses.is_dataclass(hints[top.name])
+        for f in dataclasses.fields(hints[top.name])
+        if typing.get_type_hints(hints[top.name])[f.name] == list[int]
+    ]
+
+
+def _hint(key: str):
+    *section, name = key.split(".")
+    return typing.get_type_hints(typing.get_type_hints(Config)[section[0]] if section else Config)[name]
+
+
+INTEGER = sorted(k for k in NUMERIC if _hint(k) in (int, Optional[int]))
+
+
+def test_every_count_has_a_maximum_that_a_typo_cannot_pass():
+    """train.epochs: 1000000000000 trained until killed; every integer key and list of integers has a maximum."""
+    assert {"seed", "train.epochs", "train.batch_size", "vae.iw_samples", "gan.n_critic"} <= set(INTEGER)
+    for key in INTEGER:
+        with pytest.raises(ConfigError, match=rf"'{key}' = 1000000000000 is out of range: expected an integer in"):
+            config_from_dict(_raw(key, 10**12))
+    assert len(_lists_of_int()) >= 6
+    for key in _lists_of_int():
+        for value in ([10**12], [1] * 100):
+            with pytest.raises(ConfigError, match=rf"'{key}' = .* is out of range: expected a list of 1 to \d+"):
+                config_from_dict(_raw(key, value))

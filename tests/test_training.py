@@ -272,7 +272,7 @@ def test_unreadable_model_file_advises_retraining_never_an_unsafe_load(tmp_path,
         ({"vae": {"latent_dim": 2.5}}, ["vae.latent_dim", "an integer"]),
         ({"vae": {"arch": "resnet"}}, ["vae.arch", "'mlp'", "'conv'"]),
         ({"data": {"binarize": True}}, ["data.binarize", "'none'", "'dynamic'"]),
-        ({"train": {"batch_size": 0}}, ["train.batch_size", ">= 1"]),
+        ({"train": {"batch_size": 0}}, ["train.batch_size", "an integer in [1, "]),
         ({"trian": {}}, ["trian", "allowed"]),
         ({"data": {"name": "image_folder"}}, ["data.path"]),
         ({"device": "tpu"}, ["device", "cuda"]),
@@ -298,10 +298,9 @@ def test_a_batch_larger_than_the_training_split_is_refused(digits, tmp_path):
     assert not (tmp_path / "train.pt").exists()
 
 
-def test_committed_params_yaml_is_valid_and_numbers_in_strings_are_read(tmp_path):
+def test_committed_params_yaml_is_valid(tmp_path):
     cfg = load_config(Path(__file__).resolve().parents[1] / "params.yaml")
-    assert cfg.model.family == "vae"
-    assert config_from_dict({"vae": {"lr": "1e-3"}}).vae.lr == 1e-3
+    assert cfg.model.family == "vae"  # a quoted number is refused now: tests/test_params_reading.py
 
 
 def test_params_yaml_must_set_every_key(tmp_path):

@@ -13,12 +13,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional
 
-import yaml
-
+from genlab import params_guard, paths
 from genlab.data import DATASETS
 from genlab.errors import ConfigError
 from genlab.models import FAMILIES
-from genlab.schema import at_least, build, in_unit, key, positive, positive_list, reference, view
+from genlab.schema import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MAX_IMAGES,
+    MAX_WIDTH,
+    TYPE_RULE,
+    between,
+    build,
+    in_unit,
+    key,
+    positive,
+    positive_list,
+    reference,
+    view,
+)
 
 MODEL_STAGES = ("classifier", "perceptual", "tokenize", "train", "evaluate", "sample")  # stages running networks
 FAMILY_STAGES = ("train", "evaluate", "sample")  # the stages that read the active family's section
@@ -31,14 +44,15 @@ class DataConfig:
     root: str = key("data/raw", doc="download cache for the torchvision datasets")
     mirror: Optional[str] = key(None, doc="directory or URL that replaces the official download location")
     path: Optional[str] = key(None, doc="image_folder: the folder of images (subfolders = classes)")
-    image_size: int = key(28, at_least(4), doc="image_folder: images are resized to image_size x image_size")
+    image_size: int = key(28, between(4, 1024), doc="image_folder: images are resized to image_size x image_size")
     channels: Literal[1, 3] = key(1, doc="image_folder: 1 = grayscale, 3 = RGB")
     val_fraction: float = key(0.1, in_unit(), doc="carved from the train split with a seeded permutation")
     test_fraction: float = key(0.2, in_unit(), doc="datasets without an official test split (digits, image_folder)")
     skip_unreadable: bool = key(
         False,
-        doc="image_folder: leave out unreadable, truncated, tiny (< 8 px) or oversized images and empty class "
-        "folders (listed in the manifest, counted on the MLflow run) instead of failing",
+        doc="image_folder: leave out the inputs it cannot use (unreadable, truncated, tiny (< 8 px), oversized, "
+        "animated or multi-page, pixels without a known range, broken or repeated folder links, empty class "
+        "folders: README, Data) instead of failing; they are listed in the manifest and counted on the MLflow run",
     )
     binarize: Literal["none", "dynamic"] = key(
         "none", stages=("train",), doc="dynamic: a fresh Bernoulli draw each time an image is seen"
@@ -60,8 +74,8 @@ class TrainConfig:
     """The shared loop's settings; each family's optimiser settings (lr, betas) are in its own section."""
 
     STAGES: ClassVar = ("train",)
-    epochs: int = key(100, at_least(1))
-    batch_size: int = key(64, at_least(1))
+    epochs: int = key(100, between(1, MAX_EPOCHS))
+    batch_size: int = key(64, between(1, MAX_BATCH))
     lr_schedule: Literal["constant", "cosine"] = key("cosine", doc="every optimiser's lr; cosine decays to 0 per step")
     grad_clip: Optional[float] = key(None, doc="clip each optimiser's gradient norm to this (null = off)")
     precision: Literal["fp32", "bf16", "fp16"] = key(
@@ -70,7 +84,7 @@ class TrainConfig:
         "fp16 needs CUDA (loss scaling)",
     )
     compile: bool = key(False, doc="torch.compile the family's networks (first steps slower: compilation)")
-    processes: int = key(1, at_least(1), doc="data-parallel workers (torchrun); batch_size is the global batch")
+    processes: int = key(1, between(1, 256), doc="data-parallel workers (torchrun); batch_size is the global batch")
     resume: bool = key(False, doc="continue from checkpoints/train.pt into the same MLflow run")
 
     def check(self, prefix: str) -> None:
@@ -91,11 +105,11 @@ class ClassifierConfig:
     """The domain classifier whose features and class probabilities score generated samples."""
 
     STAGES: ClassVar = ("classifier",)
-    epochs: int = key(10, at_least(1))
-    batch_size: int = key(64, at_least(1))
+    epochs: int = key(10, between(1, MAX_EPOCHS))
+    batch_size: int = key(64, between(1, MAX_BATCH))
     lr: float = key(2e-3, positive(), doc="Adam, cosine-decayed to 0 over the run")
-    channels: list[int] = key([32, 64], positive_list(), doc="conv widths")
-    features: int = key(128, at_least(2), doc="penultimate width: the feature space of FID, precision/recall")
+    channels: list[int] = key([32, 64], positive_list(MAX_WIDTH), doc="conv widths")
+    features: int = key(128, between(2, MAX_WIDTH), doc="penultimate width: the feature space of FID, precision/recall")
 
 
 @dataclass(frozen=True)
@@ -104,16 +118,18 @@ class PerceptualConfig(ClassifierConfig):
     with it): never the domain classifier, which judges the results, since a loss and its judge must differ."""
 
     STAGES: ClassVar = ("perceptual",)
-    epochs: int = key(10, at_least(1))
-    channels: list[int] = key([16, 32], positive_list(), doc="conv widths; its feature maps enter the distance")
-    features: int = key(64, at_least(2))
+    epochs: int = key(10, between(1, MAX_EPOCHS))
+    channels: list[int] = key(
+        [16, 32], positive_list(MAX_WIDTH), doc="conv widths; its feature maps enter the distance"
+    )
+    features: int = key(64, between(2, MAX_WIDTH))
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
     STAGES: ClassVar = ("evaluate",)
-    batch_size: int = key(256, at_least(1))
-    num_samples: int = key(2000, at_least(10), doc="generated images scored against as many test images")
+    batch_size: int = key(256, between(1, MAX_BATCH))
+    num_samples: int = key(2000, between(10, MAX_IMAGES), doc="generated images scored against as many test images")
     inception_fid: bool = key(False, doc="also the standard Inception-v3 FID (slow on CPU)")
     inception_weights: Optional[str] = key(None, doc="local pt_inception-2015-12-05 weights file")
 
@@ -121,11 +137,11 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class SampleConfig:
     STAGES: ClassVar = ("sample",)
-    n: int = key(64, at_least(1), doc="images in samples/samples.png")
-    interpolation_steps: int = key(10, at_least(2))
-    interpolation_pairs: int = key(8, at_least(1))
+    n: int = key(64, between(1, 1024), doc="images in samples/samples.png")
+    interpolation_steps: int = key(10, between(2, 100))
+    interpolation_pairs: int = key(8, between(1, 64))
     latent_map: Literal["pca", "tsne"] = key("pca", doc="families with an encoder")
-    class_samples: int = key(1000, at_least(1), doc="generated images classified for class_histogram.png")
+    class_samples: int = key(1000, between(1, MAX_IMAGES), doc="generated images classified for class_histogram.png")
 
 
 SEED_RANGE = ((lambda v: 0 <= v < 2**32), "an integer in [0, 4294967295]")
@@ -186,15 +202,69 @@ def stage_view(cfg: Config, stage: str, family: str | None = None) -> dict[str, 
     return out
 
 
-def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Config:
-    """Read params.yaml, which must set every key; `overrides` maps dotted keys to values."""
+# A params file is a few KiB; anything far larger is a mistake (a dataset or log pasted or linked in),
+# and reading it whole would only delay the error.
+MAX_PARAMS_BYTES = 1 << 20
+
+
+def read_params_text(path: str | Path = "params.yaml") -> str:
+    """params.yaml's text, or a ConfigError saying why it cannot be read: stages run by hand get the
+    message validate gives under DVC, not an IsADirectoryError or UnicodeDecodeError."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        if path.stat().st_size > MAX_PARAMS_BYTES:
+            raise ConfigError(f"params file {path} is {path.stat().st_size} bytes: a params file is at most 1 MiB")
+        data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"params file {path} not found: run from the repository root") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"params file {path} is not valid YAML: {exc}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"params file {path} is a directory: it must be a YAML file") from None
+    except OSError as exc:  # permissions, a dangling link, an I/O error
+        raise ConfigError(f"params file {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"params file {path} is not UTF-8 text (byte {data[exc.start]:#04x} on line {line}): save it as UTF-8"
+        ) from None
+
+
+def parse_params(text: str, source: str = "params.yaml") -> dict[str, Any]:
+    """`text` read as DVC reads params files (ruamel.yaml, YAML 1.2, safe), so that genlab validates
+    and trains with the very values DVC records and compares: PyYAML's YAML 1.1 reads `010` as 8 and
+    `1:40` as 100 where DVC reads 10 and the string "1:40". A duplicated key is an error, as in DVC."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.constructor import DuplicateKeyError
+    from ruamel.yaml.error import YAMLError
+
+    try:
+        raw = YAML(typ="safe").load(text)  # dvc/utils/serialize/_yaml.py: parse_yaml
+    except DuplicateKeyError as exc:
+        # PyYAML kept the last of two values silently; DVC refuses the file ("structure is corrupted").
+        raise ConfigError(
+            f"params file {source} sets a key twice: {exc.problem} on line {exc.problem_mark.line + 1}; keep one"
+        ) from None
+    except YAMLError as exc:
+        where = str(exc).replace('"<unicode string>"', source)
+        raise ConfigError(f"params file {source} is not valid YAML: {where}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"params file {source} must be a mapping of keys to values, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: str | Path = "params.yaml", overrides: dict[str, Any] | None = None) -> Config:
+    """Read params.yaml, which must set every key; `overrides` maps dotted keys to values.
+
+    Under DVC, params.yaml must still hold what the validate stage read (`params_guard`): another
+    `dvc exp run -S` in this workspace may have rewritten it since."""
+    path = Path(path)
+    text = read_params_text(path)
+    raw = parse_params(text, str(path))
+    if path == paths.PARAMS:
+        params_guard.check_unchanged(text)
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, leaf = dotted.split(".")
@@ -215,6 +285,11 @@ def reference_markdown() -> str:
         "it current). *Stages* are the DVC stages that read a key: a change reruns those stages and what",
         "depends on their outputs, nothing else. A family's section is read only while that family is active",
         "(`model.family`), or by a stage that names the family (`--family`).",
+        "",
+        "params.yaml is read as DVC reads it (YAML 1.2, ruamel.yaml): `010` is 10, `1:40` and `yes` are strings,",
+        "`1e3` is a number, a key set twice is an error. " + TYPE_RULE,
+        "Every count has a maximum (*accepts*), so that a typo such as `train.epochs: 1000000000000` is refused",
+        "instead of training until killed; raise one in the key's declaration if you truly need more.",
         "",
         "| key | accepts | default | stages | meaning |",
         "|---|---|---|---|---|",

@@ -45,6 +45,10 @@ def exit_on_error(stage) -> None:
 
     try:
         stage()
+        if os.environ.get("DVC_STAGE"):
+            from genlab import params_guard  # imports this module
+
+            params_guard.check()  # a stage ends well only on the params validate read (issue 23.17)
     except GenlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         if os.environ.get("DVC_STAGE"):

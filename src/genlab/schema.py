@@ -26,6 +26,13 @@ STAGES = ("download", "classifier", "perceptual", "tokenize", "train", "evaluate
 
 Check = tuple[Callable[[Any], bool], str]  # (predicate, what is allowed)
 
+# Maxima of counts, so that a typo (an extra 000) is refused, not trained until killed (issue 23.3).
+MAX_EPOCHS = 10_000  # the default experiment runs 100 epochs in about a minute on digits
+MAX_BATCH = 131_072
+MAX_IMAGES = 100_000  # generated or scored images: the FID literature's protocol is 50 000
+MAX_WIDTH = 4_096  # layer widths, features, latent dimensions
+MAX_STEPS = 10_000  # diffusion timesteps and sampler steps
+
 
 def key(default: Any, check: Check | None = None, *, stages: tuple[str, ...] | None = None, doc: str = "") -> Any:
     """A params key: its default, an optional range check and the stages that read it (None: the section's)."""
@@ -35,9 +42,15 @@ def key(default: Any, check: Check | None = None, *, stages: tuple[str, ...] | N
     return field(default=default, metadata=metadata)
 
 
-def at_least(low: int | float) -> Check:
-    kind = "an integer" if isinstance(low, int) else "a number"
-    return (lambda v: v >= low), f"{kind} >= {low:g}"
+def at_least(low: float) -> Check:
+    """A number >= low, no maximum: for float keys. Integer keys (counts) take `between`."""
+    return (lambda v: v >= low), f"a number >= {low:g}"
+
+
+def between(low: int, high: int) -> Check:
+    """A count in [low, high]: the maximum is there so that a typo (an extra 000) is refused instead of
+    training, allocating or sampling until the machine gives up."""
+    return (lambda v: low <= v <= high), f"an integer in [{low}, {high}]"
 
 
 def positive() -> Check:
@@ -55,8 +68,12 @@ def optional(check: Check) -> Check:
     return (lambda v: v is None or pred(v)), f"{allowed} or null"
 
 
-def positive_list() -> Check:
-    return (lambda v: len(v) >= 1 and min(v) >= 1), "a non-empty list of positive integers"
+def positive_list(high: int, length: int = 8) -> Check:
+    """Widths or multipliers: 1 to `length` integers, each in [1, high]."""
+    return (
+        (lambda v: 1 <= len(v) <= length and min(v) >= 1 and max(v) <= high),
+        f"a list of 1 to {length} integers in [1, {high}]",
+    )
 
 
 def describe(tp: Any) -> str:
@@ -71,7 +88,15 @@ def describe(tp: Any) -> str:
     return {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}[tp]
 
 
+TYPE_RULE = (
+    "A value must have the declared type; the one conversion is an integer where a number is declared. So "
+    "`true`/`false` only where true or false is declared (no 0/1), no `100.0` where an integer is declared and no "
+    'quoted number (`"1e-3"`): DVC compares params with Python\'s `==`, for which `1`, `1.0` and `true` are equal.'
+)
+
+
 def coerce(name: str, value: Any, tp: Any) -> Any:
+    """`value` if it has type `tp` by TYPE_RULE, else a ConfigError naming the key and what it accepts."""
     origin = typing.get_origin(tp)
     bad = ConfigError(f"params key '{name}' = {value!r} is invalid: expected {describe(tp)}")
     if origin is Literal:
@@ -93,13 +118,11 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
             return value
         raise bad
     if tp is float:
-        # YAML reads '1e-3' as a string; accept numeric strings, since that is what users write.
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        # The one conversion TYPE_RULE allows: an integer is a number. A string is not, even "1e-3":
+        # YAML 1.2 (DVC's reader and ours) already reads 1e-3 as a float.
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
-        try:
-            number = float(value)
-        except ValueError:
-            raise bad from None
+        number = float(value)
         # inf would pass open-ended ranges (lr > 0) and NaN fails them only by accident of how it compares.
         if not math.isfinite(number):
             raise bad
@@ -123,19 +146,37 @@ def missing(cls: type, raw: dict[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
-def build(cls: type, raw: Any, prefix: str, require_all: bool) -> Any:
-    """A section instance from `raw`: unknown keys, wrong types, missing keys (if required), ranges are errors."""
+def _key_name(prefix: str, key: Any) -> str:
+    """An unknown key as the user can see it: quoted when it holds spaces or tabs, typed when not a string."""
+    if not isinstance(key, str):
+        return f"{prefix}{key!r} (YAML type {type(key).__name__}, not a string)"
+    name = prefix + key
+    return name if key.isprintable() and not any(c.isspace() for c in key) else repr(name)
+
+
+def refuse_unknown(cls: type, raw: Any, prefix: str = "") -> None:
+    """Unknown keys at any depth, before any missing one: `"epochs ": 3` is first of all a misspelt key."""
     where = prefix.rstrip(".") or "<root>"
     if not isinstance(raw, dict):
         raise ConfigError(f"params key '{where}' must be a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted((k for k in raw if k not in fields), key=str)  # YAML keys may be numbers, null, lists
     if unknown:
         raise ConfigError(
-            f"unknown params key(s) {', '.join(prefix + k for k in unknown)}; "
+            f"unknown params key(s) {', '.join(_key_name(prefix, k) for k in unknown)}; "
             f"allowed under '{where}': {', '.join(fields)}"
         )
+    for name in fields:
+        if dataclasses.is_dataclass(hints[name]) and isinstance(raw.get(name), dict):
+            refuse_unknown(hints[name], raw[name], f"{prefix}{name}.")
+
+
+def build(cls: type, raw: Any, prefix: str, require_all: bool) -> Any:
+    """A section instance from `raw`: unknown keys, wrong types, missing keys (if required), ranges are errors."""
+    refuse_unknown(cls, raw, prefix)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     absent = missing(cls, raw, prefix) if require_all else []
     if absent:
         raise ConfigError(

@@ -21,7 +21,7 @@ from genlab.models.ema import EMA
 from genlab.models.unet import UNet
 from genlab.processes.gaussian_diffusion import GaussianDiffusion
 from genlab.runtime import stream
-from genlab.schema import at_least, in_unit, key, positive, positive_list
+from genlab.schema import MAX_STEPS, at_least, between, in_unit, key, positive, positive_list
 from genlab.visualise import save_grid, save_labelled_rows
 
 TRAJECTORY_ROWS, TRAJECTORY_FRAMES = 8, 11
@@ -33,23 +33,25 @@ class DDPMConfig(FamilyConfig):
     schedule: Literal["linear", "cosine"] = key(
         "linear", doc="linear: beta 1e-4 -> 0.02 (Ho et al.); cosine: Nichol & Dhariwal"
     )
-    timesteps: int = key(1000, at_least(2))
+    timesteps: int = key(1000, between(2, MAX_STEPS))
     prediction: Literal["eps", "v"] = key("eps")
-    channels: int = key(32, at_least(1), doc="U-Net base width")
-    channel_mults: list[int] = key([1, 2], positive_list(), doc="width multiplier per resolution")
-    res_blocks: int = key(1, at_least(1), doc="residual blocks per resolution")
+    channels: int = key(32, between(1, 1024), doc="U-Net base width")
+    channel_mults: list[int] = key([1, 2], positive_list(16), doc="width multiplier per resolution")
+    res_blocks: int = key(1, between(1, 16), doc="residual blocks per resolution")
     attention: bool = key(True, doc="self-attention at the lowest resolution")
     ema_decay: float = key(0.999, in_unit(closed_low=True), doc="EMA weights used for evaluation and sampling")
     lr: float = key(1e-3, positive(), doc="Adam")
-    snapshot_steps: int = key(10, at_least(1), doc="DDIM steps for the per-epoch sample grid")
+    snapshot_steps: int = key(10, between(1, MAX_STEPS), doc="DDIM steps for the per-epoch sample grid")
     sampler_steps: int = key(
-        50, at_least(1), stages=SAMPLING, doc="sampler steps (= timesteps with eta 1: ancestral DDPM)"
+        50, between(1, MAX_STEPS), stages=SAMPLING, doc="sampler steps (= timesteps with eta 1: ancestral DDPM)"
     )
     eta: float = key(0.0, at_least(0.0), stages=SAMPLING, doc="DDIM noise (0 = deterministic, 1 = DDPM variance)")
     bound_strata: int = key(
-        100, at_least(0), stages=("evaluate",), doc="timesteps per test image for the bound (0 = all)"
+        100, between(0, MAX_STEPS), stages=("evaluate",), doc="timesteps per test image for the bound (0 = all)"
     )
-    steps_grid: list[int] = key([10, 50, 1000], positive_list(), stages=("sample",), doc="quality-vs-steps grid")
+    steps_grid: list[int] = key(
+        [10, 50, 1000], positive_list(MAX_STEPS), stages=("sample",), doc="quality-vs-steps grid"
+    )
 
     def check(self, prefix: str) -> None:
         for name in ("snapshot_steps", "sampler_steps"):

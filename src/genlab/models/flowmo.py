@@ -42,7 +42,18 @@ from genlab.models.perceptual import PerceptualDistance
 from genlab.processes import rectified_flow as rf
 from genlab.quality.reconstruction import psnr
 from genlab.runtime import stream
-from genlab.schema import at_least, in_unit, key, optional, positive
+from genlab.schema import (
+    MAX_EPOCHS,
+    MAX_IMAGES,
+    MAX_STEPS,
+    MAX_WIDTH,
+    at_least,
+    between,
+    in_unit,
+    key,
+    optional,
+    positive,
+)
 from genlab.visualise import plot_token_usage, save_labelled_rows
 
 SAMPLING = ("evaluate", "sample")
@@ -52,16 +63,16 @@ NOISE_DRAWS = 6  # decodings of one image in samples/noise_draws.png
 @dataclass(frozen=True)
 class FlowMoConfig(FamilyConfig):
     decoder: Literal["flow", "regression"] = key("flow", doc="flow (FlowMo) | regression (the one-pass baselines)")
-    patch: int = key(2, at_least(1), doc="patch size; must divide the image size")
-    tokens: int = key(4, at_least(1), doc="latent tokens per image")
-    bits: int = key(6, at_least(1), doc="bits per token: bits per pixel = tokens * bits / (H * W)")
-    group: int = key(3, at_least(1), doc="bits per LFQ entropy group (2^group codes; divides bits); a token id")
-    encoder_width: int = key(64, at_least(8), doc="encoder transformer width")
-    encoder_depth: int = key(2, at_least(1), doc="encoder blocks")
-    encoder_heads: int = key(4, at_least(1), doc="encoder attention heads; width / heads must be even and >= 4")
-    decoder_width: int = key(64, at_least(8), doc="decoder transformer width")
-    decoder_depth: int = key(3, at_least(1), doc="decoder blocks")
-    decoder_heads: int = key(4, at_least(1), doc="decoder attention heads; width / heads must be even and >= 4")
+    patch: int = key(2, between(1, 64), doc="patch size; must divide the image size")
+    tokens: int = key(4, between(1, 1024), doc="latent tokens per image")
+    bits: int = key(6, between(1, 64), doc="bits per token: bits per pixel = tokens * bits / (H * W)")
+    group: int = key(3, between(1, 16), doc="bits per LFQ entropy group (2^group codes; divides bits); a token id")
+    encoder_width: int = key(64, between(8, MAX_WIDTH), doc="encoder transformer width")
+    encoder_depth: int = key(2, between(1, 64), doc="encoder blocks")
+    encoder_heads: int = key(4, between(1, 64), doc="encoder attention heads; width / heads must be even and >= 4")
+    decoder_width: int = key(64, between(8, MAX_WIDTH), doc="decoder transformer width")
+    decoder_depth: int = key(3, between(1, 64), doc="decoder blocks")
+    decoder_heads: int = key(4, between(1, 64), doc="decoder attention heads; width / heads must be even and >= 4")
     lr: float = key(5e-4, positive(), doc="Adam, stage 1A")
     beta1: float = key(0.9, in_unit(closed_low=True))
     beta2: float = key(0.95, in_unit(closed_low=True))
@@ -74,18 +85,24 @@ class FlowMoConfig(FamilyConfig):
     uniform_share: float = key(
         rf.UNIFORM_SHARE, in_unit(closed_low=True), doc="share of t ~ U(0, 1), else logit-normal"
     )
-    pretrain_epochs: int = key(90, at_least(1), doc="stage 1A; the epochs after it (to train.epochs) are stage 1B")
-    freeze_encoder_after: Optional[int] = key(None, optional(at_least(0)), doc="1A epochs before the encoder freezes")
+    pretrain_epochs: int = key(
+        90, between(1, MAX_EPOCHS), doc="stage 1A; the epochs after it (to train.epochs) are stage 1B"
+    )
+    freeze_encoder_after: Optional[int] = key(
+        None, optional(between(0, MAX_EPOCHS)), doc="1A epochs before the encoder freezes"
+    )
     posttrain_lr: float = key(2.5e-4, positive(), doc="Adam, stage 1B (FlowMo: half the 1A lr)")
     sample_weight: float = key(0.01, at_least(0.0), doc="1B: lambda_sample, weight of the sampled image's distance")
-    posttrain_steps: int = key(rf.POSTTRAIN_STEPS, at_least(1), doc="1B: k, Euler steps differentiated through")
+    posttrain_steps: int = key(rf.POSTTRAIN_STEPS, between(1, 100), doc="1B: k, Euler steps differentiated through")
     checkpoint_chain: bool = key(True, doc="1B: recompute each step's activations in backward (less memory)")
     snapshot_steps: int = key(
-        8, at_least(1), doc="sampler steps of in-training reconstructions (grids, val PSNR, rFID)"
+        8, between(1, 1000), doc="sampler steps of in-training reconstructions (grids, val PSNR, rFID)"
     )
-    eval_every: int = key(1, at_least(0), doc="epochs between val rFID checks (0 = never; the last epoch always)")
-    fid_samples: int = key(500, at_least(10), doc="validation images reconstructed for each check")
-    sampler_steps: int = key(rf.STEPS, at_least(1), stages=SAMPLING, doc="Euler steps of reconstructions")
+    eval_every: int = key(
+        1, between(0, MAX_EPOCHS), doc="epochs between val rFID checks (0 = never; the last epoch always)"
+    )
+    fid_samples: int = key(500, between(10, MAX_IMAGES), doc="validation images reconstructed for each check")
+    sampler_steps: int = key(rf.STEPS, between(1, MAX_STEPS), stages=SAMPLING, doc="Euler steps of reconstructions")
     rho: float = key(rf.RHO, positive(), stages=SAMPLING, doc="time grid t_i = (i/n)^rho (1 = uniform)")
     guidance: float = key(rf.GUIDANCE, at_least(0.0), stages=SAMPLING, doc="classifier-free guidance w (1 = none)")
     guidance_sigma: Optional[list[float]] = key(

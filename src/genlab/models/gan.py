@@ -16,7 +16,7 @@ from genlab.models.base import DataSpec, Family, FamilyConfig, Generative, Optim
 from genlab.models.ema import EMA
 from genlab.models.gan_losses import LOSSES, discriminator_loss, generator_loss, gradient_penalty, mean_output
 from genlab.models.gan_nets import Discriminator, Generator
-from genlab.schema import at_least, in_unit, key, optional, positive
+from genlab.schema import MAX_EPOCHS, MAX_IMAGES, MAX_WIDTH, at_least, between, in_unit, key, optional, positive
 
 
 @dataclass(frozen=True)
@@ -24,9 +24,11 @@ class GANConfig(FamilyConfig):
     """DCGAN (seed 001) with its own optimiser settings."""
 
     loss: Literal[LOSSES] = key("bce", doc="bce = non-saturating G loss; minimax = the original log(1 - D(G(z)))")
-    latent_dim: int = key(100, at_least(1))
-    width: int = key(64, at_least(1), doc="channels of D's first conv layer and G's last, doubled per halving")
-    n_critic: Optional[int] = key(None, optional(at_least(1)), doc="D steps per G step; null = 5 for wgan-gp, else 1")
+    latent_dim: int = key(100, between(1, MAX_WIDTH))
+    width: int = key(64, between(1, 1024), doc="channels of D's first conv layer and G's last, doubled per halving")
+    n_critic: Optional[int] = key(
+        None, optional(between(1, 100)), doc="D steps per G step; null = 5 for wgan-gp, else 1"
+    )
     gp_weight: float = key(10.0, at_least(0.0), doc="wgan-gp: lambda of the gradient penalty")
     spectral_norm: bool = key(False, doc="spectral normalisation on D's layers (then D has no BatchNorm)")
     lr: float = key(2e-4, positive(), doc="Adam, both networks, as in DCGAN")
@@ -34,9 +36,9 @@ class GANConfig(FamilyConfig):
     beta2: float = key(0.999, in_unit(closed_low=True))
     ema_decay: float = key(0.999, in_unit(closed_low=True), doc="EMA copy of G, used for every sample")
     eval_every: int = key(
-        5, at_least(0), doc="epochs between domain-FID checks in training (0 = never; the last always)"
+        5, between(0, MAX_EPOCHS), doc="epochs between domain-FID checks in training (0 = never; the last always)"
     )
-    fid_samples: int = key(1000, at_least(10), doc="samples per check, against as many validation images")
+    fid_samples: int = key(1000, between(10, MAX_IMAGES), doc="samples per check, against as many validation images")
 
 
 class GAN(Family, Generative):

@@ -34,7 +34,7 @@ from genlab.models.ema import EMA
 from genlab.models.maskgit_nets import MaskedTokenTransformer
 from genlab.processes import masked_tokens as mt
 from genlab.runtime import stream
-from genlab.schema import at_least, in_unit, key, positive
+from genlab.schema import MAX_EPOCHS, MAX_IMAGES, MAX_WIDTH, at_least, between, in_unit, key, positive
 
 SAMPLING = ("evaluate", "sample")
 NUM_CLASSES = 10  # the datasets' classes (digits, MNIST-style, CIFAR-10); labels beyond are an error
@@ -43,9 +43,9 @@ NUM_CLASSES = 10  # the datasets' classes (digits, MNIST-style, CIFAR-10); label
 @dataclass(frozen=True)
 class MaskGITConfig(FamilyConfig):
     tokenizer: str = key("models/tokenizer.pt", doc="the trained tokenizer (a genlab model file) it models")
-    width: int = key(128, at_least(8))
-    depth: int = key(4, at_least(1))
-    heads: int = key(4, at_least(1))
+    width: int = key(128, between(8, MAX_WIDTH))
+    depth: int = key(4, between(1, 64))
+    heads: int = key(4, between(1, 64))
     dropout: float = key(0.1, in_unit(closed_low=True))
     class_conditional: bool = key(True, doc="condition on the class label (classifier-free guidance when sampling)")
     label_drop: float = key(0.1, in_unit(closed_low=True), doc="share of labels replaced by the null class in training")
@@ -53,14 +53,18 @@ class MaskGITConfig(FamilyConfig):
     beta1: float = key(0.9, in_unit(closed_low=True))
     beta2: float = key(0.96, in_unit(closed_low=True))
     ema_decay: float = key(0.999, in_unit(closed_low=True), doc="EMA of the weights, used to evaluate and sample")
-    snapshot_steps: int = key(8, at_least(1), doc="decoding steps of the per-epoch sample grid")
-    eval_every: int = key(0, at_least(0), doc="epochs between sample FID checks (0 = never; the last epoch always)")
-    fid_samples: int = key(200, at_least(10))
-    decode_steps: int = key(12, at_least(1), stages=SAMPLING, doc="T: parallel decoding steps")
+    snapshot_steps: int = key(8, between(1, 1000), doc="decoding steps of the per-epoch sample grid")
+    eval_every: int = key(
+        0, between(0, MAX_EPOCHS), doc="epochs between sample FID checks (0 = never; the last epoch always)"
+    )
+    fid_samples: int = key(200, between(10, MAX_IMAGES))
+    decode_steps: int = key(12, between(1, 1000), stages=SAMPLING, doc="T: parallel decoding steps")
     temperature: float = key(1.0, at_least(0.0), stages=SAMPLING, doc="token sampling temperature (0 = argmax)")
     choice_temperature: float = key(mt.CHOICE_TEMPERATURE, at_least(0.0), stages=SAMPLING, doc="confidence noise")
     guidance: float = key(0.0, at_least(0.0), stages=SAMPLING, doc="classifier-free guidance w (0 = none)")
-    nll_orders: int = key(1, at_least(1), stages=("evaluate",), doc="random orders averaged in the likelihood bound")
+    nll_orders: int = key(
+        1, between(1, 1000), stages=("evaluate",), doc="random orders averaged in the likelihood bound"
+    )
 
     def check(self, prefix: str) -> None:
         if self.width % self.heads:
