@@ -144,9 +144,16 @@ def mlflow_state(where: Path, epochs: int) -> tuple[str, int, bool, str]:
     """(final run status, runs left RUNNING, one point per epoch per metric, runs in all with their statuses)."""
     from mlflow import MlflowClient
 
+    from genlab.data.checksums import md5_file
+    from genlab.trained import MODEL_MD5_TAG
+
     client = MlflowClient(f"sqlite:///{where / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("genlab").experiment_id])
-    final = json.loads((where / "models/run.json").read_text())["run_id"]
+    experiment = client.get_experiment_by_name("genlab").experiment_id
+    runs = client.search_runs([experiment])
+    model_md5 = md5_file(where / "models/model.pt")  # the train run is found by its model file, as evaluate does
+    final = client.search_runs(
+        [experiment], f"tags.`{MODEL_MD5_TAG}` = '{model_md5}'", order_by=["attributes.start_time DESC"]
+    )[0].info.run_id
     run_ = client.get_run(final)
     single = all(
         sorted(m.step for m in client.get_metric_history(final, key)) == list(range(1, epochs + 1))

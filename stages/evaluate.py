@@ -23,7 +23,7 @@ from genlab.quality.scoring import (
 )
 from genlab.runtime import stream
 from genlab.sources import source_for
-from genlab.trained import Trained, load_trained, read_run_id, stage_args
+from genlab.trained import Trained, load_trained, stage_args
 
 
 def image_quality(t: Trained, batch_size: int) -> dict[str, float]:
@@ -71,7 +71,7 @@ def run() -> None:
     atomic.write_json(t.paths.eval_metrics, {"test": results})
     print(" ".join(f"test/{k} {v:.4f}" for k, v in results.items()))
 
-    tracker = tracking.attach(read_run_id(t.paths))
+    tracker = tracking.attach(t.run_id)
     tracker.log_metrics({f"test/{k}": v for k, v in results.items()})
     convention = family.data_convention(binarize)
     if convention:

@@ -20,7 +20,7 @@ from genlab.models.base import Encoder, ExtraFigures, Generative, Reconstructor
 from genlab.quality.classifier import load_classifier
 from genlab.quality.scoring import class_frequencies, sample_in_batches
 from genlab.runtime import stream, stream_seed
-from genlab.trained import Trained, load_trained, read_run_id, stage_args
+from genlab.trained import Trained, load_trained, stage_args
 from genlab.visualise import plot_class_histogram, plot_curves, plot_latent_map, save_grid
 
 
@@ -72,11 +72,12 @@ def run() -> None:
         family.figures(out, cfg.seed, test[:16])
     history = pd.read_csv(t.paths.history).to_dict("records")
     plot_curves(history, family.curves, out / "curves.png")
-    print(f"wrote {', '.join(sorted(p.name for p in out.glob('*.png')))} to {out}/")
 
-    tracker = tracking.attach(read_run_id(t.paths))
+    tracker = tracking.attach(t.run_id)
     for png in sorted(out.glob("*.png")):
-        tracker.log_artifact(png, "samples")
+        tracker.log_artifact(png, "samples")  # checked: a full store is an error here, not a 0-byte figure there
+    names = ", ".join(sorted(p.name for p in out.glob("*.png")))
+    print(f"wrote {names} to {out}/ and to MLflow run {tracker.run_id} (artifacts: samples/)")
 
 
 if __name__ == "__main__":

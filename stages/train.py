@@ -10,18 +10,18 @@ import subprocess
 import sys
 
 import pandas as pd
-import yaml
 
-from genlab import atomic, distributed, machine, mlflow_model, paths, resume, tracking, upstream
-from genlab.config import config_from_dict, stage_view
+from genlab import atomic, distributed, machine, mlflow_model, params_guard, paths, resume, tracking, upstream
+from genlab.config import config_from_dict, parse_params, stage_view
 from genlab.data import load_prepared
+from genlab.data.checksums import md5_file
 from genlab.errors import GenlabError, exit_on_error
 from genlab.models import DataSpec, build_family
 from genlab.quality.scoring import fid_monitor
 from genlab.runtime import seed_everything
 from genlab.sources import input_levels, source_for
-from genlab.trained import save_model, stage_args, stage_config
-from genlab.training import NullTracker, fit, resume_key
+from genlab.trained import MODEL_MD5_TAG, save_model, stage_args, stage_config
+from genlab.training import NullTracker, check_trainable, fit, resume_key
 
 
 def write_curves(where: paths.ModelPaths, table: pd.DataFrame, curves: dict[str, str]) -> None:
@@ -36,9 +36,10 @@ def write_curves(where: paths.ModelPaths, table: pd.DataFrame, curves: dict[str,
             curve.dropna(subset=list(cols), how="all").to_csv(tmp, index=False)
 
 
-def write_outputs(where, family, history, view, data_md5, upstream_md5, fingerprint, run_id: str) -> None:
+def write_outputs(where, family, history, view, data_md5, upstream_md5, fingerprint) -> None:
     """The model file and the metrics; train.json holds the metrics of the epoch whose weights the model keeps:
-    the last, or the selected one."""
+    the last, or the selected one. No run id: these are DVC outputs, and a random id in them would change
+    dvc.lock on every retrain (evaluate and sample find the run by the model file's md5, genlab.trained)."""
     save_model(where, family, view, data_md5, upstream_md5)
     kept = next((row for row in history if row.get("selected")), history[-1])
     summary = {"epochs": len(history)}
@@ -52,7 +53,6 @@ def write_outputs(where, family, history, view, data_md5, upstream_md5, fingerpr
     with atomic.atomic_path(where.history) as tmp:
         table.to_csv(tmp, index=False)
     write_curves(where, table, family.curves)
-    atomic.write_json(where.run_info, {"run_id": run_id})
 
 
 def registered_model_name(cfg, where: paths.ModelPaths) -> str:
@@ -67,8 +67,8 @@ def committed_view(cfg) -> dict | None:
     if proc.returncode != 0:
         return None  # no commit yet (or not a git repository): nothing to compare
     try:
-        committed = config_from_dict(yaml.safe_load(proc.stdout) or {})
-    except (GenlabError, yaml.YAMLError):
+        committed = config_from_dict(parse_params(proc.stdout))  # read as DVC reads it
+    except GenlabError:
         return None  # a commit whose params this code no longer reads
     return stage_view(dataclasses.replace(committed, model=cfg.model), "train")
 
@@ -107,6 +107,8 @@ def train(args, cfg, world: distributed.World, device) -> None:
         classifier = family.upstreams["classifier"]
         scorer = fid_monitor(classifier, data.to_unit(data.val.images), family.fid_samples, device, cfg.seed)
     source = source_for(family, data, cfg.data.binarize, upstream_md5)
+    # Every check before the first side effect (a new MLflow run, the old checkpoint deleted by resume.started).
+    check_trainable(cfg.train, source, device)
     if not world.main:  # the other workers train and leave tracking and every file to rank 0
         state = world.broadcast(None)
         fit(
@@ -130,7 +132,7 @@ def train(args, cfg, world: distributed.World, device) -> None:
         history = fit(
             family, source, cfg.train, cfg.seed, key=key, checkpoint_path=None, tracker=NullTracker(), resume_state=done
         )
-        write_outputs(where, family, history, view, data.checksum, upstream_md5, fingerprint, done["run_id"])
+        write_outputs(where, family, history, view, data.checksum, upstream_md5, fingerprint)
         print(
             f"MLflow run {done['run_id']} already finished training from these params, data and code: its outputs "
             f"are restored from {where.checkpoint}, no new run (delete that file to train again)"
@@ -145,7 +147,9 @@ def train(args, cfg, world: distributed.World, device) -> None:
         tags.update({f"genlab.upstream.{name}_md5": md5 for name, md5 in upstream_md5.items()})
         tags.update(upstream.run_links(family))
         tags.update({"genlab.world_size": str(world.size), "genlab.backend": world.backend or "none"})
-        left_out = len(data.manifest.get("skipped_files", {})) + len(data.manifest.get("empty_class_folders", []))
+        left_out = sum(
+            len(data.manifest.get(k, ())) for k in ("skipped_files", "skipped_folders", "empty_class_folders")
+        )
         if left_out:  # data.skip_unreadable: the manifest lists them
             tags["genlab.data_left_out"] = str(left_out)
         name = tracking.run_name(cfg, tags, view, committed_view(cfg))
@@ -168,10 +172,13 @@ def train(args, cfg, world: distributed.World, device) -> None:
             scorer=scorer,
             world=world,
         )
-        write_outputs(where, family, history, view, data.checksum, upstream_md5, fingerprint, tracker.run_id)
+        params_guard.check()  # params.yaml still holds what validate read: no outputs from another's -S
+        write_outputs(where, family, history, view, data.checksum, upstream_md5, fingerprint)
+        tags = {MODEL_MD5_TAG: md5_file(where.model)}  # how evaluate and sample find this run
         selected = [row["epoch"] for row in history if row.get("selected")]
         if selected:
-            tracker.set_tags({"genlab.selected_epoch": selected[0]})
+            tags["genlab.selected_epoch"] = selected[0]
+        tracker.set_tags(tags)
         tracker.log_artifact(where.model, "model_file")  # "model" is the MLflow model below
         example = mlflow_model.example_input(family, data.to_unit(data.test.images[:2]))
         tracker.log_model(family, example, registered_model_name(cfg, where))

@@ -100,11 +100,9 @@ def test_outputs_are_the_paths_the_code_writes():
     assert _outs("perceptual") == {paths.PERCEPTUAL.as_posix(), paths.PERCEPTUAL_METRICS.as_posix()}
     train = {
         files.model,
-        files.run_info,
         files.history,
         files.curves,
         files.machine,
-        files.checkpoint.parent,
         files.train_metrics,
     }
     assert _outs("train") == {p.as_posix() for p in train}

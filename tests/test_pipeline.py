@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from genlab import paths
+from genlab.data.checksums import md5_file
 
 from conftest import Project, assert_one_point_per_step
 
@@ -39,7 +40,6 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
         "data/prepared/dataset.pt",
         "data/prepared/manifest.json",
         "models/model.pt",
-        "models/run.json",
         "models/classifier.pt",
         "metrics/classifier.json",
         "metrics/train.json",
@@ -90,7 +90,7 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
     assert len(runs) == 1
     run = runs[0]
     run_id = run.info.run_id
-    assert json.loads((root / "models/run.json").read_text())["run_id"] == run_id
+    assert run.data.tags["genlab.model_md5"] == md5_file(root / "models/model.pt")  # how evaluate/sample find it
     for split in ("train", "val"):
         for name in ("loss", "elbo", "recon", "kl", "bpd"):
             metric = client.get_metric_history(run_id, f"{split}/{name}")
@@ -145,6 +145,32 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
         out = project.run("dvc", "repro").stdout
         ran = set(re.findall(r"Running stage '(\w+)'", out)) - {"validate"}
         assert ran == reruns, (change, out)
+
+
+def test_an_untouched_fresh_clone_retrains_to_a_clean_checkout_and_a_clean_run(project, tmp_path):
+    """`make run` on a fresh clone: no DVC cache, so train retrains; its outputs hold no random run id, so
+    dvc.lock stays as committed and the run is not dirty. The README's reset recipe then restores an
+    experiment's workspace, and neither command mentions pipelines/tokens, which never ran."""
+    project.run("dvc", "repro")
+    project.commit("results")
+    clone = Project(tmp_path / "clone")
+    project.run("git", "clone", "-q", str(project.root), str(clone.root))
+    assert "Running stage 'train'" in clone.run("dvc", "repro").stdout
+    assert clone.run("git", "status", "--porcelain").stdout == ""
+    client = clone.mlflow()
+    (run,) = client.search_runs([client.get_experiment_by_name("genlab").experiment_id])
+    assert run.data.tags["genlab.git_dirty"] == "false"
+    assert "samples/samples.png" in {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
+
+    samples = (clone.root / "samples/samples.png").read_bytes()
+    exp = clone.run("dvc", "exp", "run", "dvc.yaml", "-S", "sample.n=9")
+    assert (clone.root / "samples/samples.png").read_bytes() != samples
+    reset = clone.run("bash", "-c", "git checkout . && dvc checkout dvc.yaml")
+    for out in (exp, reset):
+        assert "No file hash info" not in out.stdout + out.stderr, out.stderr
+    assert (clone.root / "samples/samples.png").read_bytes() == samples
+    assert "Running stage" not in clone.run("dvc", "repro").stdout.replace("Running stage 'validate'", "")
+    assert clone.run("git", "status", "--porcelain").stdout == ""
 
 
 def test_exp_run_is_listed_by_exp_show_and_logged_to_the_main_store(project):
@@ -251,7 +277,7 @@ def test_resume_continues_only_its_own_run_and_closes_killed_ones(project):
 
     project.stage("download")
     project.stage("train")  # run A: finished, 3 epochs
-    first = json.loads((root / "models/run.json").read_text())["run_id"]
+    first = marked_run()
     # Run B is killed before its first checkpoint (an epoch of batch size 1 takes seconds).
     project.set_params({"train": {"epochs": 40, "batch_size": 1}})
     proc = project.popen("python", "stages/train.py")
@@ -262,7 +288,7 @@ def test_resume_continues_only_its_own_run_and_closes_killed_ones(project):
     project.set_params({"train": {"epochs": EPOCHS, "batch_size": 128, "resume": True}})
     out = project.stage("train").stdout
     assert "starting a new run" in out, out
-    new = json.loads((root / "models/run.json").read_text())["run_id"]
+    new = marked_run()
     assert len({first, killed, new}) == 3
     a, b, c = run(first), run(killed), run(new)
     assert a.info.status == "FINISHED" and a.data.params["train.epochs"] == str(EPOCHS)
@@ -306,7 +332,7 @@ def test_a_kill_between_train_and_dvc_lock_restores_the_outputs_instead_of_a_dup
     """The window bench/faults.py found: train finished (run FINISHED, outputs written) but DVC was killed
     before writing dvc.lock, so DVC runs train again. That rerun restores the outputs; only new inputs retrain."""
     project.run("dvc", "repro", "train")
-    outputs = ("metrics/train.json", "metrics/train_history.csv", "models/run.json", "metrics/machine.json")
+    outputs = ("metrics/train.json", "metrics/train_history.csv", "metrics/machine.json")
     expected = {p: (project.root / p).read_bytes() for p in outputs}
     weights = torch.load(project.root / "models/model.pt", weights_only=True)["model"]
 
@@ -337,11 +363,13 @@ def test_a_kill_between_train_and_dvc_lock_restores_the_outputs_instead_of_a_dup
 def test_bad_params_fail_with_the_key_named_and_overwrite_nothing(project):
     project.run("dvc", "repro")
     kept = {p: (project.root / p).read_bytes() for p in ("metrics/train.json", "models/model.pt")}
+    ckpt = {p: (project.root / p).read_bytes() for p in ("checkpoints/train.pt", "checkpoints/run.json")}
     for override, words in [
         ({"vae": {"latent_dim": "big"}}, ["vae.latent_dim", "an integer"]),
         ({"train": {"epoch": 3}}, ["train.epoch", "epochs"]),
         ({"data": {"name": "imagenet"}}, ["data.name", "mnist", "cifar10"]),
         ({"vae": {"lr": -1}}, ["vae.lr", "> 0"]),
+        ({"train": {"batch_size": 100000}}, ["train.batch_size = 100000 exceeds the", "training examples"]),
     ]:
         backup = (project.root / "params.yaml").read_text()
         project.set_params(override)
@@ -352,6 +380,20 @@ def test_bad_params_fail_with_the_key_named_and_overwrite_nothing(project):
         (project.root / "params.yaml").write_text(backup)
     for path, data in kept.items():
         assert (project.root / path).read_bytes() == data, path
+
+    # Under DVC, a check only train can make (the batch against the split it reads) fails before train's first
+    # side effect: the finished run's checkpoint stays, no MLflow run is created, and the printed recovery works.
+    backup = (project.root / "params.yaml").read_text()
+    project.set_params({"train": {"batch_size": 100000}})
+    failed = project.run("dvc", "repro", check=False)
+    assert failed.returncode != 0 and "exceeds the" in failed.stderr and "`dvc checkout train`" in failed.stderr
+    assert not (project.root / "models/model.pt").exists()  # DVC removed it before running train
+    assert {p: (project.root / p).read_bytes() for p in ckpt} == ckpt
+    client = project.mlflow()
+    assert len(client.search_runs([client.get_experiment_by_name("genlab").experiment_id])) == 1
+    (project.root / "params.yaml").write_text(backup)
+    project.run("dvc", "checkout", "train")
+    assert (project.root / "models/model.pt").read_bytes() == kept["models/model.pt"]
 
     # A model file of another family, or from a newer genlab: evaluate says which and writes nothing.
     kept_eval = (project.root / "metrics/eval.json").read_bytes()
@@ -432,7 +474,7 @@ def test_bad_params_stop_dvc_before_it_deletes_any_output(project):
     project.run("dvc", "repro")
     project.commit("baseline results")
     root = project.root
-    kept = ["models/model.pt", "models/run.json", "metrics/train.json", "metrics/train_history.csv", "data/prepared"]
+    kept = ["models/model.pt", "metrics/train.json", "metrics/train_history.csv", "data/prepared"]
     files = sorted(
         p for rel in [*kept, "metrics/curves"] for p in [root / rel, *(root / rel).rglob("*")] if p.is_file()
     )
@@ -457,9 +499,8 @@ def test_two_trained_models_coexist_in_one_pipeline(project):
     default, second = paths.model_paths(), paths.model_paths("gan")
     renames = {
         getattr(default, f).as_posix(): getattr(second, f).as_posix()
-        for f in ("model", "run_info", "train_metrics", "history", "curves", "machine", "eval_metrics", "samples")
+        for f in ("model", "train_metrics", "history", "curves", "machine", "eval_metrics", "samples")
     }
-    renames[default.checkpoint.parent.as_posix()] = second.checkpoint.parent.as_posix()
 
     def rename(entry):
         if isinstance(entry, dict):

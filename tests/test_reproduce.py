@@ -139,3 +139,50 @@ def test_bands_pass_another_kernel_path_and_fail_a_doubled_lr(project):
     )
     assert "reproduction (bands of 5 seeds" in doubled.stdout and "FAILED" in doubled.stdout
     assert "determinism (rerun vs the committed run (same machine kind)): FAILED" in doubled.stdout
+
+
+def test_a_rerun_that_leaves_changes_fails_on_the_same_machine_kind_and_lists_drift_on_another():
+    from genlab.reproduce import leftover_changes
+
+    porcelain = "M  dvc.lock\n M metrics/eval.json\n?? stray.txt\n"
+    assert leftover_changes("", same_kind=True) == ([], [])
+    assert leftover_changes(porcelain, same_kind=True) == (["M  dvc.lock", " M metrics/eval.json", "?? stray.txt"], [])
+    # Another machine kind: its numbers (and their md5s in dvc.lock) legitimately differ; nothing else may.
+    assert leftover_changes(porcelain, same_kind=False) == (["?? stray.txt"], ["M  dvc.lock", " M metrics/eval.json"])
+
+
+def test_a_forced_rerun_trains_instead_of_restoring_the_last_finished_run(tmp_path, monkeypatch):
+    """genlab.resume restores a finished run's outputs when DVC reruns train on the same inputs; the second
+    rerun of the determinism check must train, or two reruns agree only because one copied the other."""
+    import genlab.reproduce as reproduce
+
+    monkeypatch.chdir(tmp_path)
+    marker = FILES.training_run
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"run_id": "r", "finished": True, "inputs": "x"}))
+    calls = []
+    monkeypatch.setattr(reproduce.subprocess, "run", lambda cmd, **kw: calls.append((cmd, marker.exists())))
+    reproduce._repro()
+    assert calls == [(["dvc", "repro", "--force"], False)]
+    marker.write_text(json.dumps({"run_id": "killed"}))  # an unfinished run: its checkpoint is to resume
+    reproduce._repro()
+    assert calls[-1] == (["dvc", "repro", "--force"], True)
+
+
+def test_the_git_dirty_tag_ignores_what_the_pipeline_writes(tmp_path):
+    from genlab.tracking import git_state
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    for rel in ("dvc.lock", "metrics/eval.json", "pipelines/tokens/dvc.lock", "src/model.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("committed\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@e", "commit", "-qm", "x")
+    for rel in ("dvc.lock", "metrics/eval.json", "pipelines/tokens/dvc.lock"):  # DVC rewrites these mid-pipeline
+        (tmp_path / rel).write_text("rewritten\n")
+    assert git_state(tmp_path / "pipelines")[1] is False
+    (tmp_path / "src/model.py").write_text("edited\n")
+    assert git_state(tmp_path)[1] is True

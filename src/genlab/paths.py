@@ -31,7 +31,6 @@ class ModelPaths:
 
     name: str
     model: Path
-    run_info: Path  # the MLflow run the model belongs to
     checkpoint: Path
     training_run: Path  # the unfinished run the checkpoint belongs to, until it finishes
     train_metrics: Path
@@ -47,7 +46,6 @@ def model_paths(name: str = DEFAULT_MODEL) -> ModelPaths:
         return ModelPaths(
             name,
             Path("models/model.pt"),
-            Path("models/run.json"),
             Path("checkpoints/train.pt"),
             Path("checkpoints/run.json"),
             Path("metrics/train.json"),
@@ -62,7 +60,6 @@ def model_paths(name: str = DEFAULT_MODEL) -> ModelPaths:
     return ModelPaths(
         name,
         Path(f"models/{name}.pt"),
-        Path(f"models/{name}.run.json"),
         Path(f"checkpoints-{name}/train.pt"),
         Path(f"checkpoints-{name}/run.json"),
         Path(f"metrics/{name}/train.json"),

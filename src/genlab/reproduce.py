@@ -1,6 +1,6 @@
-"""The CI experiment rerun: two checks of the committed default experiment, each proving one thing.
+"""The CI experiment rerun: checks of the committed default experiment, each proving one thing.
 
-    python -m genlab.reproduce                    # rerun the pipeline (dvc repro -f), then both checks
+    python -m genlab.reproduce                    # rerun the pipeline (dvc repro -f), then the checks
     python -m genlab.reproduce --no-run           # check the working tree's metrics without rerunning
     python -m genlab.reproduce expected [--seeds 8 --k 4]   # rebuild metrics/expected.json (make expected)
 
@@ -9,6 +9,9 @@ determinism   same machine kind, bit-exact. Float32 training is chaotic, so equa
               libraries). When the committed metrics/machine.json equals the rerun's, the rerun must
               equal the committed files byte for byte; otherwise the pipeline runs a second time here
               and the two reruns must be byte-identical.
+clean         the rerun (or, with --no-run, the `make run` before it) leaves `git status --porcelain` empty
+              on the same machine kind: an untouched clone must not look dirty to its next run. On another
+              machine kind dvc.lock and metrics/ legitimately differ; they are listed, and anything else fails.
 reproduction  any machine. Every number with a band in metrics/expected.json must lie inside it. A band
               is mean ± k·sd over N seeds of the committed experiment (the data split held fixed), so
               it measures how far a run can move for reasons that are not a change of params or code;
@@ -18,6 +21,7 @@ reproduction  any machine. Every number with a band in metrics/expected.json mus
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import math
@@ -35,6 +39,7 @@ import pandas as pd
 import yaml
 
 from genlab import atomic, machine, paths
+from genlab.config import parse_params
 
 FILES = paths.MODEL_FILES
 COMPARED = [FILES.train_metrics, FILES.eval_metrics, FILES.history]
@@ -157,7 +162,28 @@ def _read(root: Path = Path()) -> dict[Path, str]:
 
 
 def _repro() -> None:
+    # A forced rerun must train: the finished run's checkpoint (genlab.resume.finished_state) would otherwise
+    # restore the previous rerun's outputs, and two "reruns" would agree without the second one training.
+    # An unfinished run's marker stays: its checkpoint is still someone's to resume.
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(FILES.training_run.read_text()).get("finished"):
+            FILES.training_run.unlink()
     subprocess.run(["dvc", "repro", "--force"], check=True)
+
+
+# What a rerun may legitimately change on another machine kind: its numbers, and their md5s in dvc.lock.
+_DRIFTS = ("dvc.lock", "metrics/")
+
+
+def leftover_changes(porcelain: str, same_kind: bool) -> tuple[list[str], list[str]]:
+    """(changes that fail, changes expected on another machine kind) in `git status --porcelain` after a rerun.
+    On the same machine kind an untouched clone's rerun must leave the checkout as committed: anything it
+    changes (dvc.lock, a metric, a file no .gitignore covers) would make the next run's commit dirty."""
+    lines = [line for line in porcelain.splitlines() if line.strip()]
+    if same_kind:
+        return lines, []
+    drift = [line for line in lines if line[3:].startswith(_DRIFTS)]
+    return [line for line in lines if line not in drift], drift
 
 
 # --- the checks -----------------------------------------------------------------------------------
@@ -193,7 +219,23 @@ def check(rerun: bool) -> int:
     )
 
     ok = _determinism(committed, here, same_kind, rerun)
-    return 0 if _reproduction(expected_text, here) and ok else 1
+    ok = _reproduction(expected_text, here) and ok
+    return 0 if _clean(same_kind) and ok else 1
+
+
+def _clean(same_kind: bool) -> bool:
+    failing, drift = leftover_changes(_git("status", "--porcelain"), same_kind)
+    if drift:
+        print(f"git status: {len(drift)} file(s) differ from the commit, as expected on another machine kind:")
+        for line in drift:
+            print(f"  {line}")
+    print(
+        "clean checkout after the rerun: "
+        + ("passed" if not failing else f"FAILED, the rerun left {len(failing)} change(s) (git status --porcelain)")
+    )
+    for line in failing:
+        print(f"  {line}")
+    return not failing
 
 
 def _determinism(committed: dict[Path, str], here: dict[Path, str], same_kind: bool, rerun: bool) -> bool:
@@ -258,7 +300,7 @@ def _seed_run(seed: int, root: Path) -> dict[Path, str]:
             )
         outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", []) + stage.get("metrics", [])]
         if paths.PREPARED_DIR.as_posix() in outs:
-            params = yaml.safe_load((clone / paths.PARAMS).read_text())
+            params = parse_params((clone / paths.PARAMS).read_text())
             (clone / paths.PARAMS).write_text(yaml.safe_dump({**params, "seed": seed}, sort_keys=False))
         if FILES.eval_metrics.as_posix() in outs:
             return _read(clone)
@@ -274,7 +316,7 @@ def build_expected(seeds: int, k: float) -> int:
         print("commit the default experiment's metrics first (`dvc repro`, then git add metrics/)", file=sys.stderr)
         return 2
     epochs = history_epochs(int(json.loads(committed[FILES.train_metrics])["epochs"]))
-    base = yaml.safe_load(_committed(paths.PARAMS))["seed"]
+    base = parse_params(_committed(paths.PARAMS))["seed"]  # read as DVC and the stages read it
     runs = []
     with tempfile.TemporaryDirectory(prefix="genlab-expected-") as tmp:
         for seed in range(base, base + seeds):

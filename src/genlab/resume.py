@@ -20,7 +20,7 @@ from typing import Any
 
 from genlab import atomic, checkpoint, tracking
 from genlab.config import TrainConfig
-from genlab.errors import TrackingError
+from genlab.errors import CheckpointError, TrackingError
 from genlab.paths import ModelPaths
 from genlab.training import check_resumable
 
@@ -119,7 +119,13 @@ def finished_state(where: ModelPaths, inputs: str) -> dict[str, Any] | None:
         return None
     if not marker.get("finished") or marker.get("inputs") != inputs or not where.checkpoint.exists():
         return None
-    state = checkpoint.load(where.checkpoint, fix="delete it to train afresh")
+    try:
+        state = checkpoint.load(where.checkpoint, fix="not restoring the finished run from it, training afresh")
+    except CheckpointError as exc:
+        # Only a shortcut past a retrain is lost (the new run's `started` deletes the file); refusing would
+        # leave the user stuck until they deleted the file by hand.
+        print(exc)
+        return None
     if state.get("run_id") != marker["run_id"] or _status(marker["run_id"]) != "FINISHED":
         return None
     return state

@@ -9,14 +9,20 @@ a project lands in one place. Each write takes a file lock because SQLite with s
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import os
 import platform
+import posixpath
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import unittest.mock
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -26,9 +32,10 @@ from typing import Any
 import torch
 from filelock import FileLock
 
-from genlab import machine
+from genlab import atomic, machine
 from genlab.config import Config
-from genlab.errors import TrackingError
+from genlab.data.checksums import md5_file
+from genlab.errors import StorageError, TrackingError
 from genlab.paths import ModelPaths
 from genlab.visualise import to_grid
 
@@ -60,14 +67,19 @@ def tracking_uri(root: Path | None = None) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root or repo_root()) / 'mlflow.db'}"
 
 
+_PIPELINE_WRITES = (":(top,exclude,glob)**/dvc.lock", ":(top,exclude)metrics")
+
+
 def git_state(cwd: str | Path | None = None) -> tuple[str, bool]:
-    """(commit, dirty) of the checkout that runs the stage; ('unknown', True) outside git."""
+    """(commit, dirty) of the checkout that runs the stage; ('unknown', True) outside git. Dirty means the
+    sources differ from the commit: what the pipeline itself writes (dvc.lock, metrics/) does not count, since
+    DVC rewrites dvc.lock after each stage, before train asks (a stale lock made an untouched clone dirty)."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
         ).stdout.strip()
         status = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)", *_PIPELINE_WRITES],
             cwd=cwd,
             capture_output=True,
             text=True,
@@ -107,6 +119,14 @@ def display_uri(uri: str) -> str:
 
 def _explain(exc: Exception, uri: str) -> str:
     where, code = display_uri(uri), getattr(exc, "error_code", "")
+    db = _sqlite_path(uri)
+    if db is not None and any(sign in str(exc) for sign in _DAMAGED):
+        return _damaged(db, next(sign for sign in _DAMAGED if sign in str(exc)))
+    if "Current state is deleted" in str(exc):
+        return (
+            f"{str(exc).splitlines()[0]} (deleted in the MLflow UI?): restore it there (Deleted runs, Restore) or "
+            "with `mlflow runs restore --run-id <id>`, or retrain (`dvc repro -f train`) for a new run"
+        )
     if code == "UNAUTHENTICATED" or " 401 " in str(exc):
         return (
             f"the tracking server {where} refused the login (HTTP 401): set MLFLOW_TRACKING_USERNAME and "
@@ -132,10 +152,12 @@ def store_errors(uri: str) -> Iterator[None]:
     """MLflow's failures as a TrackingError that says what to do (a GenlabError: no traceback, exit 2)."""
     import requests
     from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
     try:
         yield
-    except (MlflowException, requests.RequestException) as exc:  # the latter from artifact uploads
+    # requests' from artifact uploads; SQLAlchemy's raw ones when MLflow opens an SQLite file it cannot read
+    except (MlflowException, requests.RequestException, SQLAlchemyError, sqlite3.Error) as exc:
         raise TrackingError(_explain(exc, uri)) from exc
 
 
@@ -155,15 +177,254 @@ def check_server(uri: str) -> None:
         ) from exc
 
 
+# What SQLite says of a file that is not (or no longer) a whole database: a truncated or overwritten mlflow.db.
+_DAMAGED = ("database disk image is malformed", "file is not a database")
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of an sqlite:/// store; None for any other store."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def backup_path(db: Path) -> Path:
+    return db.with_name(db.name + ".bak")
+
+
+def _damaged(db: Path, detail: str) -> str:
+    copy = backup_path(db)
+    if copy.is_file():
+        restore = f"genlab's backup {copy} of {time.strftime('%d %b %Y %H:%M', time.localtime(copy.stat().st_mtime))}"
+    else:
+        restore = f"a copy of your own (genlab made none: `python -m genlab.tracking backup` writes {copy.name})"
+    return (
+        f"the MLflow store {db} is damaged ({detail}). Its runs are only in this file (DVC does not track it): "
+        f"restore {restore} over it, or move it aside (`mv {db.name} {db.name}.damaged`) to start an empty store"
+    )
+
+
+def _read_store(db: Path) -> str | None:
+    """Check `db` as SQLite reads it; its MLflow schema revision (None before MLflow created its tables)."""
+    try:
+        con = sqlite3.connect(db, timeout=60)  # waits for a writer's commit; rolls back a killed one's journal
+        try:
+            problems = [row[0] for row in con.execute("PRAGMA quick_check(3)")]
+            if problems != ["ok"]:
+                raise TrackingError(_damaged(db, "; ".join(problems)))
+            if not con.execute("SELECT 1 FROM sqlite_master WHERE name = 'alembic_version'").fetchone():
+                return None
+            found = con.execute("SELECT version_num FROM alembic_version").fetchone()
+            return found[0] if found else None
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorname", "") in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+            raise TrackingError(_damaged(db, str(exc))) from None
+        raise TrackingError(f"could not read the MLflow store {db}: {exc}") from None
+
+
+def check_store(uri: str) -> None:
+    """Before MLflow opens an SQLite store: a damaged file, a directory or a schema of a newer MLflow is a
+    clear error (MLflow's own is a traceback or says to downgrade nothing); a schema of an older MLflow is
+    migrated, as MLflow only tells one to do, after a backup (migrations are not transactional)."""
+    db = _sqlite_path(uri)
+    if db is None or not db.exists():
+        return  # another kind of store, or a new one: MLflow creates it
+    if not db.is_file():
+        raise TrackingError(
+            f"the MLflow store {db} is not a file (a directory?): move it away, and MLflow creates a new store there"
+        )
+    revision = _read_store(db)
+    if revision is None:
+        return  # created but killed before its tables: MLflow creates them on first use
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
+
+    script = ScriptDirectory.from_config(_get_alembic_config(db_url=""))
+    head = script.get_current_head()
+    if revision == head:
+        return
+    if revision not in {rev.revision for rev in script.walk_revisions()}:
+        import mlflow
+
+        raise TrackingError(
+            f"the MLflow store {db} has schema revision {revision}, which MLflow {mlflow.__version__} does not know: "
+            "a newer MLflow wrote it. Track with that MLflow version, or restore a copy of the store from before"
+            + (f" (genlab's backup: {backup_path(db)})" if backup_path(db).is_file() else "")
+        )
+    _migrate(db, revision, head)
+
+
+def _migrate(db: Path, revision: str, head: str) -> None:
+    import sqlalchemy
+    from mlflow.store.db.utils import _upgrade_db
+
+    with FileLock(str(db.with_name(".mlflow.lock"))):
+        if _read_store(db) != revision:
+            return  # another process migrated it while this one waited
+        copy = _backup(db)
+        engine = sqlalchemy.create_engine(f"sqlite:///{db}")
+        try:
+            _upgrade_db(engine)
+        finally:
+            engine.dispose()
+    print(f"migrated the MLflow store {db} from schema {revision} to {head}; the store as it was: {copy}")
+
+
+def backup(db: Path | None) -> Path:
+    """Copy the SQLite store `db` to <db>.bak with SQLite's backup API, which copies a consistent state while
+    others write. Only a store that reads whole replaces the backup."""
+    if db is None:
+        raise TrackingError(
+            f"the MLflow store {display_uri(tracking_uri())} is not an SQLite file: back it up where it runs"
+        )
+    if not db.is_file():
+        raise TrackingError(f"no MLflow store to back up: {db} is not a file")
+    with FileLock(str(db.with_name(".mlflow.lock"))):
+        return _backup(db)
+
+
+def _backup(db: Path) -> Path:
+    _read_store(db)
+    copy = backup_path(db)
+    with atomic.atomic_path(copy) as tmp:
+        source, target = sqlite3.connect(db), sqlite3.connect(tmp)
+        try:
+            source.backup(target)
+        finally:
+            source.close()
+            target.close()
+    return copy
+
+
+# Artifacts are checked after each upload: a full disk (or a server's) once left the run's figures as 0-byte files.
+
+
+def store_file(repo: Any, local: Path, artifact_dir: str | None, owner: str, md5: bool = False) -> None:
+    """Upload `local` into `artifact_dir` of `repo` (an MLflow ArtifactRepository) and check that the store holds
+    all of it: its size, and its md5 when `md5`. A stored file of the same name is copied first and put back
+    when the new one is not whole."""
+    name = posixpath.join(artifact_dir, local.name) if artifact_dir else local.name
+    size, digest = local.stat().st_size, md5_file(local) if md5 else None
+    try:
+        with tempfile.TemporaryDirectory() as tmp, _previous(repo, name, Path(tmp)) as undo:
+            try:
+                repo.log_artifact(str(local), artifact_dir)
+                problem = _mismatch(repo, name, size, digest, Path(tmp) / "check")
+            except OSError as exc:  # a full disk, a read-only folder
+                problem = exc.strerror or str(exc)
+            except BaseException:  # the store refused (a TrackingError follows), Ctrl-C: no half file either
+                undo()
+                raise
+            if problem is None:
+                return
+            kept = undo()
+    except OSError as exc:  # no room for the copy of the previous one: nothing was uploaded
+        problem, kept = exc.strerror or str(exc), f"nothing was uploaded: the {name} stored before is as it was"
+    where = repo.artifact_uri
+    if hasattr(repo, "artifact_dir"):
+        there = next(p for p in (Path(repo.artifact_dir), *Path(repo.artifact_dir).parents) if p.exists())
+        where = f"{repo.artifact_dir} ({shutil.disk_usage(there).free / 2**20:.1f} MiB free)"
+    raise StorageError(
+        f"artifact {name} of MLflow {owner} was not stored whole in {display_uri(where)}: {problem}; {kept}. "
+        "Free some space there (or make it writable) and rerun the stage"
+    )
+
+
+def _mismatch(repo: Any, name: str, size: int, digest: str | None, scratch: Path) -> str | None:
+    """What the stored `name` lacks compared with its source; None when it is whole."""
+    stored = {info.path: info.file_size for info in repo.list_artifacts(posixpath.dirname(name) or None)}
+    if stored.get(name) != size:
+        return f"the store holds {stored.get(name, 'none')} of its {size} bytes"
+    if digest is not None:
+        found = md5_file(_fetch(repo, name, scratch))
+        if found != digest:
+            return f"its md5 there is {found}, not {digest}"
+    return None
+
+
+@contextlib.contextmanager
+def _previous(repo: Any, name: str, scratch: Path) -> Iterator[Any]:
+    """Keep a copy of the stored `name` that an upload replaces (a copy, not a link: a writer that truncates the
+    file in place would empty a link too); yields what puts it back, or removes a partial new one where there
+    was none, and says which."""
+    folder, local = posixpath.dirname(name) or None, getattr(repo, "artifact_dir", None)
+    target = Path(local) / name if local is not None else None
+    if target is not None and target.is_file():
+        copy = scratch / "previous" / target.name
+        copy.parent.mkdir()
+        shutil.copyfile(target, copy)
+    elif target is None and name in {info.path for info in repo.list_artifacts(folder)}:
+        copy = _fetch(repo, name, scratch / "previous")
+    elif target is not None:
+        yield lambda: _undone(lambda: target.unlink(missing_ok=True), "there was none of it before, nor is there now")
+        return
+    else:
+        yield lambda: "there was none of that name before"
+        return
+    size, digest = copy.stat().st_size, md5_file(copy)
+
+    def put_back() -> None:
+        if _mismatch(repo, name, size, digest, scratch / "recheck") is None:
+            return  # the failed upload left it as it was
+        if target is None:
+            repo.log_artifact(str(copy), folder)
+            return
+        target.unlink(missing_ok=True)  # frees what the partial file took, on a full disk
+        with atomic.atomic_path(target) as tmp:
+            shutil.copyfile(copy, tmp)
+
+    yield lambda: _undone(put_back, f"the {name} stored before is kept")
+
+
+def _fetch(repo: Any, name: str, scratch: Path) -> Path:
+    """The stored `name` as a local file: itself in a local store, else a download into `scratch`."""
+    if getattr(repo, "artifact_dir", None) is not None:
+        return Path(repo.artifact_dir) / name
+    scratch.mkdir(exist_ok=True)
+    with unittest.mock.patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):  # not per file
+        return Path(repo.download_artifacts(name, str(scratch)))
+
+
+def _undone(undo: Any, done: str) -> str:
+    try:
+        undo()
+    except Exception as exc:  # the store that failed the upload may well fail this too
+        return f"undoing it failed too ({getattr(exc, 'strerror', None) or exc})"
+    return done
+
+
+@functools.cache
+def _verifying_client() -> type:
+    """MlflowClient whose artifact uploads go through `store_file`: MLflow's log_image, log_text and log_dict
+    upload through its log_artifact, a logged model's files through log_model_artifacts."""
+    from mlflow import MlflowClient
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    class VerifyingClient(MlflowClient):
+        def _repo(self, location: str) -> Any:
+            return get_artifact_repository(location, tracking_uri=self.tracking_uri)
+
+        def log_artifact(self, run_id: str, local_path: str, artifact_path: str | None = None, md5: bool = False):
+            repo = self._repo(self.get_run(run_id).info.artifact_uri)
+            store_file(repo, Path(local_path), artifact_path, f"run {run_id}", md5)
+
+        def log_model_artifacts(self, model_id: str, local_dir: str, artifact_path: str | None = None) -> None:
+            repo = self._repo(self.get_logged_model(model_id).artifact_location)
+            for path in sorted(p for p in Path(local_dir).rglob("*") if p.is_file()):
+                folder = path.parent.relative_to(local_dir).as_posix()
+                parts = [part for part in (artifact_path, folder) if part and part != "."]
+                store_file(repo, path, posixpath.join(*parts) if parts else None, f"model {model_id}")
+
+    return VerifyingClient
+
+
 class MlflowTracker:
     """One MLflow run, written through a lock. Implements training.Tracker."""
 
     def __init__(self, run_id: str, uri: str, root: Path):
-        from mlflow import MlflowClient  # imported late: it costs ~2 s and tests of other parts skip it
-
         self.run_id = run_id
         self.uri = uri
-        self.client = MlflowClient(uri)
+        self.client = _verifying_client()(uri)  # MLflow imported late: it costs ~2 s and tests of other parts skip it
         self._lock = _store_lock(uri, root)
 
     @contextlib.contextmanager
@@ -180,6 +441,7 @@ class MlflowTracker:
         root = repo_root()
         uri = tracking_uri(root)
         check_server(uri)
+        check_store(uri)
         local = uri.startswith("sqlite")
         with _store_lock(uri, root), store_errors(uri):
             if local:
@@ -218,20 +480,43 @@ class MlflowTracker:
                 self.client.set_tag(self.run_id, key, str(value))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """genlab's own files (figures, metrics, the model file) are checked by md5, not only by size."""
         with self._writing():
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            self.client.log_artifact(self.run_id, str(path), artifact_path, md5=True)
 
     def log_model(self, family: Any, example: torch.Tensor, registered_name: str | None) -> None:
         """The trained family as the run's MLflow model `model` (genlab.mlflow_model), a version of
-        `registered_name` in the model registry."""
+        `registered_name` in the model registry unless that name is another user's on a server (then a warning)."""
         import mlflow
+        from mlflow.exceptions import MlflowException
 
         from genlab import mlflow_model
 
+        # MLflow's log_model makes its own client and uploads from a folder gone when it returns: it gets the
+        # verifying client class for the call, so that the files are checked while they are there.
         with self._writing():
             mlflow.set_tracking_uri(self.uri)
-            with mlflow.start_run(run_id=self.run_id):  # leaving it marks the run FINISHED; active() settles it
-                mlflow_model.log(family, example, registered_name)
+            verifying = unittest.mock.patch.object(mlflow, "MlflowClient", _verifying_client())
+            # Leaving start_run marks the run FINISHED; active() settles it.
+            with verifying, mlflow.start_run(run_id=self.run_id):
+                info = mlflow_model.log(family, example, None)
+            if registered_name is None:
+                return
+            try:  # registered apart, so that a refusal costs the registration only, not the trained run
+                mlflow.register_model(info.model_uri, registered_name)
+            except MlflowException as exc:
+                if exc.error_code != "PERMISSION_DENIED":
+                    raise
+                # On a shared server a name belongs to whoever created it first; others may only read it.
+                user = os.environ.get("MLFLOW_TRACKING_USERNAME", "?")
+                print(
+                    f"warning: user {user!r} may not register models as {registered_name!r} on "
+                    f"{display_uri(self.uri)} (HTTP 403: another user created that name, or an admin reserved "
+                    f"it): the run's model is logged but not registered. Once its owner or an admin grants "
+                    f"{user!r} EDIT on it (docs/team.md), mlflow.register_model('runs:/{self.run_id}/model', "
+                    f"{registered_name!r}) registers it",
+                    file=sys.stderr,
+                )
 
     def log_text(self, text: str, artifact_file: str) -> None:
         with self._writing():
@@ -343,7 +628,9 @@ def run_name(cfg: Config, tags: dict[str, str], view: dict[str, Any], committed:
 def attach(run_id: str) -> MlflowTracker:
     """Re-open the run a previous stage created (evaluate and sample add to the train run)."""
     root = repo_root()
-    return MlflowTracker(run_id, tracking_uri(root), root)
+    uri = tracking_uri(root)
+    check_store(uri)
+    return MlflowTracker(run_id, uri, root)
 
 
 # MLflow records artifact locations as absolute file:// URIs; these columns hold them (MLflow 3).
@@ -359,12 +646,11 @@ def relocate(root: Path | None = None) -> int:
     """Point an SQLite store's artifact locations at <root>/mlartifacts after the repository moved (or was
     copied): MLflow keeps absolute paths, so a moved store would look for its images in the old place.
     Returns the number of rows rewritten (0 when nothing pointed elsewhere)."""
-    import sqlite3
-
     root = (root or repo_root()).resolve()
     db = root / "mlflow.db"
     if not db.is_file():
         return 0
+    _read_store(db)  # a damaged file: a clear error instead of SQLite's traceback from the queries below
     new = (root / "mlartifacts").as_uri()
     con = sqlite3.connect(db)
     try:
@@ -392,17 +678,28 @@ def ui_url(port: int = 5000) -> str:
     start page is its GenAI dashboard, where runs do not appear)."""
     from mlflow import MlflowClient
 
-    experiment = MlflowClient(tracking_uri()).get_experiment_by_name(experiment_name())
+    uri = tracking_uri()
+    check_store(uri)
+    with store_errors(uri):
+        experiment = MlflowClient(uri).get_experiment_by_name(experiment_name())
     where = f"experiments/{experiment.experiment_id}/runs" if experiment else "experiments"
     return f"http://127.0.0.1:{port}/#/{where}?workflowType=machine_learning"
 
 
-if __name__ == "__main__":  # python -m genlab.tracking relocate | url
-    import sys
-
+def _main() -> None:
     if sys.argv[1:] == ["relocate"]:
+        check_store(tracking_uri())  # `make ui` runs this first: a store of an older MLflow is migrated here
         print(f"rewrote {relocate()} artifact location(s) to {(repo_root() / 'mlartifacts').as_uri()}")
     elif sys.argv[1:] == ["url"]:
         print(f"genlab's runs (Model training view): {ui_url()}")
+    elif sys.argv[1:] == ["backup"]:
+        copy = backup(_sqlite_path(tracking_uri()))
+        print(f"backed up the MLflow store to {copy} (to restore it, with no run writing: copy it over the store)")
     else:
-        sys.exit("usage: python -m genlab.tracking relocate | url")
+        sys.exit("usage: python -m genlab.tracking relocate | url | backup")
+
+
+if __name__ == "__main__":  # python -m genlab.tracking relocate | url | backup
+    from genlab.errors import exit_on_error
+
+    exit_on_error(_main)

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from genlab import checkpoint, paths, upstream
+from genlab import checkpoint, paths, tracking, upstream
 from genlab.config import Config, load_config
 from genlab.data import PreparedData, load_prepared
+from genlab.data.checksums import md5_file
 from genlab.errors import CheckpointError, ConfigError
 from genlab.models import FAMILIES, DataSpec, Family, build_family
 from genlab.runtime import resolve_device, seed_everything
@@ -98,6 +98,7 @@ class Trained:
     data: PreparedData
     paths: paths.ModelPaths
     upstream_md5: dict[str, str]  # the md5 of each upstream model file (genlab.upstream)
+    run_id: str  # the MLflow run that trained the model: evaluate and sample add to it
 
 
 def load_trained(stage: str, name: str, family: str | None) -> Trained:
@@ -119,19 +120,53 @@ def load_trained(stage: str, name: str, family: str | None) -> Trained:
             f"{checkpoint.RETRAIN}"
         )
     md5s = upstream.attach(model, device, data.checksum, cfg, recorded=saved.get("upstream_md5", {}))
-    return Trained(cfg, device, model, saved, data, where, md5s)
+    # Found before the stage computes or writes anything: a model without its run fails with nothing written.
+    return Trained(cfg, device, model, saved, data, where, md5s, read_run_id(where))
+
+
+MODEL_MD5_TAG = "genlab.model_md5"  # on the train run: the md5 of the model file it wrote
+
+
+def _run_of(model_file: Path) -> tuple[str | None, str]:
+    """(id of the latest FINISHED run tagged with the model file's md5, or None; the md5).
+
+    The model file is the link to its run, not a file holding the run id: an id is random per run, so a
+    DVC-tracked copy of it changed dvc.lock on every retrain, even one that reproduced the model byte for
+    byte (a fresh clone's `make run`). A model file restored by `dvc checkout` or `dvc exp apply` finds the
+    run that trained it; identical bytes from two runs (a deterministic retrain) are the same model, and the
+    latest run is the one that just trained it."""
+    from mlflow import MlflowClient  # imported late: it costs seconds, and load_model does not need it
+
+    md5 = md5_file(model_file)
+    uri = tracking.tracking_uri(tracking.repo_root())
+    with tracking.store_errors(uri):
+        client = MlflowClient(uri)
+        experiment = client.get_experiment_by_name(tracking.experiment_name())
+        if experiment is None:
+            return None, md5
+        runs = client.search_runs(
+            [experiment.experiment_id],
+            f"tags.`{MODEL_MD5_TAG}` = '{md5}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+    return (runs[0].info.run_id if runs else None), md5
 
 
 def read_run_id(where: paths.ModelPaths) -> str:
-    try:
-        return json.loads(where.run_info.read_text())["run_id"]
-    except (OSError, ValueError, KeyError):
-        raise CheckpointError(f"{where.run_info} is missing or unreadable: run the train stage first") from None
+    """The MLflow run that trained `where.model`: evaluate and sample add to it."""
+    if not where.model.is_file():
+        raise CheckpointError(f"{where.model} does not exist: run the train stage first (`dvc repro`)")
+    run_id, md5 = _run_of(where.model)
+    if run_id is None:
+        raise CheckpointError(
+            f"no finished MLflow run in {tracking.display_uri(tracking.tracking_uri())} trained {where.model} "
+            f"(md5 {md5}, tag {MODEL_MD5_TAG}): it was trained elsewhere or its run was deleted; point "
+            "MLFLOW_TRACKING_URI at the store that holds its run, or retrain it (`dvc repro --force` its train stage)"
+        )
+    return run_id
 
 
 def model_run_id(model_file) -> str | None:
-    """The MLflow run that trained the model in `model_file` (models/<name>.pt), if its run.json is there."""
-    try:
-        return read_run_id(paths.model_paths(Path(model_file).stem))
-    except CheckpointError:
-        return None
+    """The MLflow run that trained the model in `model_file` (models/<name>.pt), if the store holds it."""
+    return _run_of(Path(model_file))[0] if Path(model_file).is_file() else None

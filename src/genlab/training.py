@@ -161,6 +161,17 @@ def check_precision(precision: str, device: torch.device) -> None:
         )
 
 
+def check_trainable(train: TrainConfig, source: Source, device: torch.device) -> None:
+    """What `fit` would refuse, checked by the train stage before its first side effect (a new MLflow run,
+    the previous checkpoint deleted)."""
+    check_precision(train.precision, device)
+    n = len(source.train)
+    if train.batch_size > n:  # each batch would be the whole split: almost surely a typo
+        raise ConfigError(
+            f"train.batch_size = {train.batch_size} exceeds the {n} training examples: set it to at most {n}"
+        )
+
+
 def precision_context(precision: str, device: torch.device):
     """bf16/fp16: autocast of the forward passes (weights, optimiser state and backward stay float32); fp32: off."""
     return torch.autocast(device.type, dtype=AUTOCAST.get(precision, torch.bfloat16), enabled=precision in AUTOCAST)
@@ -260,7 +271,7 @@ def fit(
     only rank 0 logs, prints and writes the checkpoint, whose `worker_rngs` let every worker resume.
     """
     device = family.device
-    check_precision(train.precision, device)
+    check_trainable(train, source, device)
     if world.size > 1 and resume_state is None:
         family.load_state_dict(world.broadcast(family.state_dict()))  # one starting point, whatever each CPU drew
     if train.compile:
@@ -271,11 +282,6 @@ def fit(
     history: list[dict[str, Any]] = []
     done, best = 0, None
     train_stored = source.train.to(device)
-    if train.batch_size > len(train_stored):  # each batch would be the whole split: almost surely a typo
-        raise ConfigError(
-            f"train.batch_size = {train.batch_size} exceeds the {len(train_stored)} training examples: "
-            f"set it to at most {len(train_stored)}"
-        )
     fixed_batch = source.to_input(source.val[:SNAPSHOT_BATCH].to(device), stream(seed, "snapshot_batch", device))
     if resume_state is not None:
         check_resumable(resume_state, key, train.epochs, family.name)

@@ -66,7 +66,7 @@ def attach(
 
 def run_links(family: Family) -> dict[str, str]:
     """MLflow tags linking a run to the runs that trained its upstream genlab models (a tokenizer): the run
-    id beside each model file (models/<name>.run.json), the first one also as MLflow's parent run."""
+    that trained each model file (found by its md5, genlab.trained), the first one also as MLflow's parent run."""
     from genlab.trained import model_run_id
 
     tags = {}
