@@ -123,3 +123,14 @@ def test_the_params_reference_is_current_and_lists_every_key_of_params_yaml():
 
     documented = set(re.findall(r"^\| `([^`]+)`", reference_markdown(), re.M))
     assert documented == set(keys(raw))
+
+
+def test_bytecode_caches_are_no_part_of_a_code_dependency():
+    """A `__pycache__` written by an import must not change the hash of `src/genlab` (dvc.lock would differ on
+    every machine whose Python writes bytecode)."""
+    dvc = Path(sys.executable).with_name("dvc")
+    for path in ("src/genlab/__pycache__/config.cpython-311.pyc", "src/genlab/data/__pycache__/raw.cpython-313.pyc"):
+        proc = subprocess.run([dvc, "check-ignore", path], cwd=REPO, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, f"{path} is hashed by DVC: {proc.stdout}{proc.stderr}"
+    kept = subprocess.run([dvc, "check-ignore", "src/genlab/config.py"], cwd=REPO, capture_output=True, text=True)
+    assert kept.returncode == 1  # the sources themselves are still hashed
