@@ -153,9 +153,7 @@ def digits(tmp_path_factory):
     return load_prepared(out)
 
 
-@pytest.fixture
-def project(tmp_path) -> Project:
-    root = tmp_path / "repo"
+def _tiny_copy(root: Path) -> Project:
     for rel in _tracked_files():
         if rel.startswith(("metrics/", "bench/", "docs/")):
             continue  # outputs of the committed experiment and prose are not needed
@@ -167,3 +165,32 @@ def project(tmp_path) -> Project:
     proj.run("git", "init", "-q", "-b", "main")
     proj.commit("tiny copy")
     return proj
+
+
+@pytest.fixture
+def project(tmp_path) -> Project:
+    """A fresh copy of the repository with the tiny params, nothing run yet."""
+    return _tiny_copy(tmp_path / "repo")
+
+
+@pytest.fixture(scope="session")
+def _reproduced_once(tmp_path_factory) -> Path:
+    proj = _tiny_copy(tmp_path_factory.mktemp("reproduced") / "repo")
+    proj.run("dvc", "repro")
+    proj.commit("baseline results")
+    return proj.root
+
+
+@pytest.fixture
+def reproduced(_reproduced_once, tmp_path) -> Project:
+    """A copy of the tiny experiment after `dvc repro` with its results committed, as `project` would be after
+    those two steps: the repro runs once per session, each test gets its own copy (git, DVC cache, outputs and
+    the MLflow store, whose artifact locations are pointed at the copy)."""
+    from genlab.tracking import relocate
+
+    root = tmp_path / "repo"
+    # DVC's tmp/ holds the first run's locks and queue state, none of it part of the result
+    skip = lambda folder, names: ["tmp"] if Path(folder) == _reproduced_once / ".dvc" else []  # noqa: E731
+    shutil.copytree(_reproduced_once, root, symlinks=True, ignore=skip)
+    assert relocate(root) > 0
+    return Project(root)

@@ -25,6 +25,17 @@ def test_grid_enlarges_tiny_images_and_keeps_values():
     assert grid[2:58, 60:116].min() == 255 and grid[2:58, 2:58].max() == 0
 
 
+@pytest.mark.parametrize("n, channels, nrow", [(1, 1, None), (5, 1, None), (16, 3, None), (7, 1, 3), (2, 3, 1)])
+def test_grid_layout_is_torchvisions_make_grid(n, channels, nrow):
+    from torchvision.utils import make_grid  # genlab draws its own grids (torchvision's import costs seconds)
+
+    images = torch.rand(n, channels, 60, 60)
+    ours = to_grid(images, nrow)
+    theirs = make_grid(images, nrow=nrow or int(np.ceil(np.sqrt(n))), padding=2, pad_value=1.0)
+    theirs = (theirs * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    assert np.array_equal(ours, theirs)
+
+
 def test_save_grid_writes_a_png(tmp_path):
     save_grid(torch.rand(6, 3, 32, 32), tmp_path / "g.png", nrow=3)
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

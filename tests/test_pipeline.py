@@ -173,11 +173,9 @@ def test_an_untouched_fresh_clone_retrains_to_a_clean_checkout_and_a_clean_run(p
     assert clone.run("git", "status", "--porcelain").stdout == ""
 
 
-def test_exp_run_is_listed_by_exp_show_and_logged_to_the_main_store(project):
-    project.run("dvc", "repro")
-    project.commit("baseline results")
-    project.run("dvc", "exp", "run", "-S", "vae.latent_dim=2")
-    rows = json.loads(project.run("dvc", "exp", "show", "--json").stdout)
+def test_exp_run_is_listed_by_exp_show_and_logged_to_the_main_store(reproduced):
+    reproduced.run("dvc", "exp", "run", "-S", "vae.latent_dim=2")
+    rows = json.loads(reproduced.run("dvc", "exp", "show", "--json").stdout)
     found = []
     for row in rows:
         for exp in row.get("experiments") or []:
@@ -187,11 +185,11 @@ def test_exp_run_is_listed_by_exp_show_and_logged_to_the_main_store(project):
                 if latent == 2:
                     found.append(data["metrics"]["metrics/eval.json"]["data"]["test"]["elbo"])
     assert len(found) == 1, json.dumps(rows)[:2000]
-    project.run("dvc", "metrics", "diff")
-    project.run("dvc", "plots", "show", "-o", "plots_out")
-    assert (project.root / "plots_out" / "index.html").is_file()
+    reproduced.run("dvc", "metrics", "diff")
+    reproduced.run("dvc", "plots", "show", "-o", "plots_out")
+    assert (reproduced.root / "plots_out" / "index.html").is_file()
 
-    client = project.mlflow()
+    client = reproduced.mlflow()
     runs = client.search_runs([client.get_experiment_by_name("genlab").experiment_id])
     exp_runs = [r for r in runs if r.data.tags.get("dvc.exp_name")]
     assert len(runs) == 2 and len(exp_runs) == 1
@@ -199,15 +197,13 @@ def test_exp_run_is_listed_by_exp_show_and_logged_to_the_main_store(project):
     assert exp_runs[0].data.metrics["test/elbo"] == pytest.approx(found[0])
 
 
-def test_four_queued_experiments_two_at_a_time_all_land_complete_in_the_main_store(project):
-    project.run("dvc", "repro")
-    project.commit("baseline results")
+def test_four_queued_experiments_two_at_a_time_all_land_complete_in_the_main_store(reproduced):
     betas = ("0.5", "1.5", "2.0", "3.0")
     for beta in betas:
-        project.run("dvc", "exp", "run", "--queue", "-S", f"vae.beta={beta}")
-    status = project.run_queue(jobs=2)
+        reproduced.run("dvc", "exp", "run", "--queue", "-S", f"vae.beta={beta}")
+    status = reproduced.run_queue(jobs=2)
     assert status.count("Success") == 4, status
-    client = project.mlflow()
+    client = reproduced.mlflow()
     runs = client.search_runs([client.get_experiment_by_name("genlab").experiment_id])
     queued = [r for r in runs if r.data.tags.get("dvc.exp_name")]
     assert sorted(r.data.params["vae.beta"] for r in queued) == list(betas)
@@ -360,10 +356,9 @@ def test_a_kill_between_train_and_dvc_lock_restores_the_outputs_instead_of_a_dup
     assert len(client.search_runs([client.get_experiment_by_name("genlab").experiment_id])) == 2
 
 
-def test_bad_params_fail_with_the_key_named_and_overwrite_nothing(project):
-    project.run("dvc", "repro")
-    kept = {p: (project.root / p).read_bytes() for p in ("metrics/train.json", "models/model.pt")}
-    ckpt = {p: (project.root / p).read_bytes() for p in ("checkpoints/train.pt", "checkpoints/run.json")}
+def test_bad_params_fail_with_the_key_named_and_overwrite_nothing(reproduced):
+    kept = {p: (reproduced.root / p).read_bytes() for p in ("metrics/train.json", "models/model.pt")}
+    ckpt = {p: (reproduced.root / p).read_bytes() for p in ("checkpoints/train.pt", "checkpoints/run.json")}
     for override, words in [
         ({"vae": {"latent_dim": "big"}}, ["vae.latent_dim", "an integer"]),
         ({"train": {"epoch": 3}}, ["train.epoch", "epochs"]),
@@ -371,49 +366,47 @@ def test_bad_params_fail_with_the_key_named_and_overwrite_nothing(project):
         ({"vae": {"lr": -1}}, ["vae.lr", "> 0"]),
         ({"train": {"batch_size": 100000}}, ["train.batch_size = 100000 exceeds the", "training examples"]),
     ]:
-        backup = (project.root / "params.yaml").read_text()
-        project.set_params(override)
-        proc = project.stage("train", check=False)
+        backup = (reproduced.root / "params.yaml").read_text()
+        reproduced.set_params(override)
+        proc = reproduced.stage("train", check=False)
         assert proc.returncode == 2, proc.stderr
         assert all(w in proc.stderr for w in words), proc.stderr
         assert "Traceback" not in proc.stderr
-        (project.root / "params.yaml").write_text(backup)
+        (reproduced.root / "params.yaml").write_text(backup)
     for path, data in kept.items():
-        assert (project.root / path).read_bytes() == data, path
+        assert (reproduced.root / path).read_bytes() == data, path
 
     # Under DVC, a check only train can make (the batch against the split it reads) fails before train's first
     # side effect: the finished run's checkpoint stays, no MLflow run is created, and the printed recovery works.
-    backup = (project.root / "params.yaml").read_text()
-    project.set_params({"train": {"batch_size": 100000}})
-    failed = project.run("dvc", "repro", check=False)
+    backup = (reproduced.root / "params.yaml").read_text()
+    reproduced.set_params({"train": {"batch_size": 100000}})
+    failed = reproduced.run("dvc", "repro", check=False)
     assert failed.returncode != 0 and "exceeds the" in failed.stderr and "`dvc checkout train`" in failed.stderr
-    assert not (project.root / "models/model.pt").exists()  # DVC removed it before running train
-    assert {p: (project.root / p).read_bytes() for p in ckpt} == ckpt
-    client = project.mlflow()
+    assert not (reproduced.root / "models/model.pt").exists()  # DVC removed it before running train
+    assert {p: (reproduced.root / p).read_bytes() for p in ckpt} == ckpt
+    client = reproduced.mlflow()
     assert len(client.search_runs([client.get_experiment_by_name("genlab").experiment_id])) == 1
-    (project.root / "params.yaml").write_text(backup)
-    project.run("dvc", "checkout", "train")
-    assert (project.root / "models/model.pt").read_bytes() == kept["models/model.pt"]
+    (reproduced.root / "params.yaml").write_text(backup)
+    reproduced.run("dvc", "checkout", "train")
+    assert (reproduced.root / "models/model.pt").read_bytes() == kept["models/model.pt"]
 
     # A model file of another family, or from a newer genlab: evaluate says which and writes nothing.
-    kept_eval = (project.root / "metrics/eval.json").read_bytes()
-    project.set_params({"model": {"family": "gan"}})
-    proc = project.stage("evaluate", check=False)
+    kept_eval = (reproduced.root / "metrics/eval.json").read_bytes()
+    reproduced.set_params({"model": {"family": "gan"}})
+    proc = reproduced.stage("evaluate", check=False)
     assert proc.returncode == 2 and "holds a vae model but the family asked for is gan" in proc.stderr, proc.stderr
-    (project.root / "params.yaml").write_text(backup)
-    model = project.root / "models/model.pt"
+    (reproduced.root / "params.yaml").write_text(backup)
+    model = reproduced.root / "models/model.pt"
     torch.save({**torch.load(model, weights_only=True), "format_version": 2}, model)
-    proc = project.stage("evaluate", check=False)
+    proc = reproduced.stage("evaluate", check=False)
     assert proc.returncode == 2, proc.stderr
     assert "written by a newer genlab (format 2; this code reads 1)" in proc.stderr, proc.stderr
-    assert "Traceback" not in proc.stderr and (project.root / "metrics/eval.json").read_bytes() == kept_eval
+    assert "Traceback" not in proc.stderr and (reproduced.root / "metrics/eval.json").read_bytes() == kept_eval
 
 
-def test_gan_experiment_runs_end_to_end_through_dvc(project):
-    project.run("dvc", "repro")
-    project.commit("baseline results")
-    project.run("dvc", "exp", "run", "-S", "model.family=gan", "-S", "gan.loss=hinge")
-    root = project.root
+def test_gan_experiment_runs_end_to_end_through_dvc(reproduced):
+    reproduced.run("dvc", "exp", "run", "-S", "model.family=gan", "-S", "gan.loss=hinge")
+    root = reproduced.root
     history = pd.read_csv(root / "metrics/train_history.csv")
     assert list(history["epoch"]) == STEPS
     for name in ("d_loss", "g_loss", "d_real", "d_fake"):
@@ -436,7 +429,7 @@ def test_gan_experiment_runs_end_to_end_through_dvc(project):
         assert (root / f"samples/{name}.png").is_file(), name
     assert not (root / "samples/reconstructions.png").exists()
 
-    client = project.mlflow()
+    client = reproduced.mlflow()
     runs = client.search_runs([client.get_experiment_by_name("genlab").experiment_id], "tags.`genlab.family` = 'gan'")
     assert len(runs) == 1
     run = runs[0]
@@ -444,14 +437,12 @@ def test_gan_experiment_runs_end_to_end_through_dvc(project):
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/domain_fid")) == [2, 3]
     assert _image_steps(client, run.info.run_id) == {"samples": IMAGE_STEPS}
     assert run.data.metrics["test/domain_fid"] == pytest.approx(test["domain_fid"])
-    project.run("dvc", "plots", "show", "-o", "plots_out")
+    reproduced.run("dvc", "plots", "show", "-o", "plots_out")
 
 
-def test_ddpm_experiment_runs_end_to_end_through_dvc(project):
-    project.run("dvc", "repro")
-    project.commit("baseline results")
-    project.run("dvc", "exp", "run", "-S", "model.family=ddpm")
-    root = project.root
+def test_ddpm_experiment_runs_end_to_end_through_dvc(reproduced):
+    reproduced.run("dvc", "exp", "run", "-S", "model.family=ddpm")
+    root = reproduced.root
     history = pd.read_csv(root / "metrics/train_history.csv")
     assert list(history["epoch"]) == STEPS and history["train_loss"].notna().all()
     test = json.loads((root / "metrics/eval.json").read_text())["test"]
@@ -461,7 +452,7 @@ def test_ddpm_experiment_runs_end_to_end_through_dvc(project):
     for name in ("samples", "trajectory", "steps_grid", "interpolation_slerp", "class_histogram", "curves"):
         assert (root / f"samples/{name}.png").is_file(), name
 
-    client = project.mlflow()
+    client = reproduced.mlflow()
     runs = client.search_runs([client.get_experiment_by_name("genlab").experiment_id], "tags.`genlab.family` = 'ddpm'")
     assert len(runs) == 1
     run = runs[0]
@@ -470,10 +461,8 @@ def test_ddpm_experiment_runs_end_to_end_through_dvc(project):
     assert "17-level" in run.data.tags["genlab.data_convention"]
 
 
-def test_bad_params_stop_dvc_before_it_deletes_any_output(project):
-    project.run("dvc", "repro")
-    project.commit("baseline results")
-    root = project.root
+def test_bad_params_stop_dvc_before_it_deletes_any_output(reproduced):
+    root = reproduced.root
     kept = ["models/model.pt", "metrics/train.json", "metrics/train_history.csv", "data/prepared"]
     files = sorted(
         p for rel in [*kept, "metrics/curves"] for p in [root / rel, *(root / rel).rglob("*")] if p.is_file()
@@ -486,12 +475,12 @@ def test_bad_params_stop_dvc_before_it_deletes_any_output(project):
         ("data.val_fraction=0", "data.val_fraction"),
         ("model.family=foo", "model.family"),
     ]:
-        proc = project.run("dvc", "exp", "run", "-S", setting, check=False)
+        proc = reproduced.run("dvc", "exp", "run", "-S", setting, check=False)
         assert proc.returncode != 0, setting
         assert key in proc.stdout + proc.stderr, (setting, proc.stdout, proc.stderr)
         assert {p: p.read_bytes() for p in files if p.exists()} == before, setting
         assert all(p.exists() for p in files), setting
-        project.run("git", "checkout", "params.yaml")  # dvc leaves the bad value in the workspace
+        reproduced.run("git", "checkout", "params.yaml")  # dvc leaves the bad value in the workspace
 
 
 def test_two_trained_models_coexist_in_one_pipeline(project):

@@ -358,3 +358,21 @@ def test_run_names_put_the_changed_params_first():
         committed, {"genlab.model_name": "tokenizer"}, stage_view(committed, "train"), stage_view(committed, "train")
     )
     assert re.fullmatch(r"\d\d:\d\d:\d\d \d\d \w{3} 20\d\d \| tokenizer vae-digits", plain)  # the time first
+
+
+def test_a_stage_starts_with_deterministic_kernels_and_without_torchvision_or_dynamo():
+    """Every stage imports these and seeds; torchvision and torch._dynamo add seconds to each stage's start."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, torch\n"
+        "from genlab import config, models, tracking, training, trained, visualise\n"
+        "from genlab.runtime import seed_everything\n"
+        "seed_everything(0, 'model_init')\n"
+        "assert torch.are_deterministic_algorithms_enabled()\n"
+        "assert torch.is_deterministic_algorithms_warn_only_enabled()\n"
+        "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

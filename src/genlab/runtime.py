@@ -46,8 +46,18 @@ def seed_everything(seed: int, purpose: str) -> None:
     # Deterministic kernels make the same params on the same machine kind give identical metrics;
     # cuBLAS needs this workspace setting (read at CUDA start-up) to be deterministic.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic()
     torch.backends.cudnn.benchmark = False
+
+
+def deterministic(compiled: bool = False) -> None:
+    """Deterministic kernels, warning where an op has none. torch.use_deterministic_algorithms also sets
+    inductor's flag, which imports torch._dynamo: seconds of every stage's start for a flag that only the
+    kernels torch.compile generates read, so only a compiled run (`compiled=True`) pays for it."""
+    if compiled:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch._C._set_deterministic_algorithms(True, warn_only=True)
 
 
 class Rngs:

@@ -27,7 +27,7 @@ from genlab.distributed import SINGLE, World
 from genlab.errors import CheckpointError, ConfigError, DivergenceError
 from genlab.models import Family
 from genlab.models.ema import EMA
-from genlab.runtime import Rngs, stream
+from genlab.runtime import Rngs, deterministic, stream
 from genlab.sources import Source
 
 SNAPSHOT_BATCH = 32  # validation items shown in the per-epoch reconstruction grid
@@ -275,6 +275,7 @@ def fit(
     if world.size > 1 and resume_state is None:
         family.load_state_dict(world.broadcast(family.state_dict()))  # one starting point, whatever each CPU drew
     if train.compile:
+        deterministic(compiled=True)
         for module in family.modules.values():
             compile_networks(module)
     rngs = Rngs(seed, device, world.rank)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.utils import make_grid
 
 from genlab import atomic
 
@@ -25,9 +24,23 @@ def to_grid(images: torch.Tensor, nrow: int | None = None) -> np.ndarray:
     scale = max(1, -(-MIN_DISPLAY_SIZE // images.shape[-1]))
     if scale > 1:
         images = images.repeat_interleave(scale, dim=-1).repeat_interleave(scale, dim=-2)
-    grid = make_grid(images, nrow=nrow, padding=2, pad_value=1.0)
-    array = (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return array[..., :1].repeat(3, axis=2) if images.shape[1] == 1 else array
+    array = (_tile(images, nrow) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return array.repeat(3, axis=2) if images.shape[1] == 1 else array
+
+
+def _tile(images: torch.Tensor, nrow: int, padding: int = 2) -> torch.Tensor:
+    """torchvision.utils.make_grid's layout (white padding; one image alone unpadded), written here because
+    importing torchvision costs every stage seconds (it loads torch._dynamo)."""
+    if len(images) == 1:
+        return images[0]
+    n, channels, h, w = images.shape
+    cols, rows = min(nrow, n), math.ceil(n / min(nrow, n))
+    grid = images.new_ones((channels, rows * (h + padding) + padding, cols * (w + padding) + padding))
+    for k, image in enumerate(images):
+        row, col = divmod(k, cols)
+        top, left = row * (h + padding) + padding, col * (w + padding) + padding
+        grid[:, top : top + h, left : left + w] = image
+    return grid
 
 
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> None:
