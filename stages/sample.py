@@ -9,6 +9,9 @@ test images instead of prior draws; one that reconstructs adds reconstructions.p
 of its own draws them (the DDPM: trajectory.png and steps_grid.png).
 """
 
+import genlab  # noqa: F401  (first: it sets OpenMP's spin count, read when torch loads)
+
+# isort: split
 import numpy as np
 import pandas as pd
 import torch

@@ -9,6 +9,9 @@ tokenizer's EMA encoder, deterministically.
 
 import argparse
 
+import genlab  # noqa: F401  (first: it sets OpenMP's spin count, read when torch loads)
+
+# isort: split
 import torch
 
 from genlab import paths

@@ -134,3 +134,19 @@ def test_bytecode_caches_are_no_part_of_a_code_dependency():
         assert proc.returncode == 0, f"{path} is hashed by DVC: {proc.stdout}{proc.stderr}"
     kept = subprocess.run([dvc, "check-ignore", "src/genlab/config.py"], cwd=REPO, capture_output=True, text=True)
     assert kept.returncode == 1  # the sources themselves are still hashed
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (REPO / "stages").glob("*.py")))
+def test_every_stage_imports_genlab_before_torch(script):
+    """genlab/__init__ sets GOMP_SPINCOUNT, which libgomp reads once, when torch loads: a stage that imports
+    torch first trains 22x slower beside another busy job on 2 cores (bench/contention.py)."""
+    import ast
+
+    tops = [
+        alias.name if isinstance(node, ast.Import) else node.module
+        for node in ast.parse((REPO / "stages" / script).read_text()).body
+        if isinstance(node, (ast.Import, ast.ImportFrom))
+        for alias in (node.names if isinstance(node, ast.Import) else [node])
+    ]
+    roots = [name.split(".")[0] for name in tops if name]
+    assert "genlab" in roots and ("torch" not in roots or roots.index("genlab") < roots.index("torch")), roots
