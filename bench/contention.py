@@ -82,7 +82,8 @@ def main() -> None:
     parser.add_argument("--family", default="vae")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--threads", default="2", help=argparse.SUPPRESS)
-    parser.add_argument("--settings", default="libgomp=2+GOMP_SPINCOUNT=300000,genlab=2+GOMP_SPINCOUNT=1000,passive=2+OMP_WAIT_POLICY=PASSIVE,one=1")
+    settings = "libgomp=2+GOMP_SPINCOUNT=300000,genlab=2+GOMP_SPINCOUNT=1000,passive=2+OMP_WAIT_POLICY=PASSIVE,one=1"
+    parser.add_argument("--settings", default=settings)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--loop", action="store_true", help=argparse.SUPPRESS)
