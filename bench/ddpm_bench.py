@@ -26,7 +26,7 @@ from benchlib import build, classifier_for, prepared, test_metrics, train
 
 from genlab.config import config_from_dict
 from genlab.models import DataSpec, build_family
-from genlab.quality.scoring import domain_scores, real_pair, sample_in_batches
+from genlab.quality.scoring import image_scores, real_pair, sample_in_batches
 from genlab.runtime import resolve_device, seed_everything, stream
 from genlab.training import Optimisation
 
@@ -98,7 +98,8 @@ def quality(args, device, dataset: str, epochs: int) -> None:
     generated = sample_in_batches(family.sample, n, stream(cfg.seed, "eval_samples", device), 250)
     sample_s = time.perf_counter() - began
     test, train_images = real_pair(data, n, stream(cfg.seed, "real_train_pick"))
-    scores = domain_scores(classifier, generated, test, train_images)
+    train_all = data.to_unit(data.train.images)
+    scores = image_scores(classifier, test, cfg.seed, 0, train=train_images, train_all=train_all, generated=generated)
     steps = epochs * math.ceil(len(data.train) / 64)
     print(
         f"quality {dataset}: {epochs} epochs = {steps} steps ({train_s:.0f} s); bound on {n_test} test images, "

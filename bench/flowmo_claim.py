@@ -50,7 +50,7 @@ from genlab.models.flowmo import FlowMo
 from genlab.processes import rectified_flow as rf
 from genlab.quality.classifier import build_classifier, embed
 from genlab.quality.frechet import fid
-from genlab.quality.scoring import real_pair, reconstruct_in_batches, reconstruction_scores
+from genlab.quality.scoring import image_scores, real_pair, reconstruct_in_batches
 from genlab.runtime import resolve_device, stream
 from genlab.sources import Source, image_source
 from genlab.training import NullTracker, Optimisation, fit
@@ -137,7 +137,8 @@ def score(family: FlowMo, test, labels, classifier, seed: int, **sampler) -> dic
         return family.decode(family.codes(x), gen, **settings)
 
     recon = reconstruct_in_batches(reconstruct, test, stream(seed, "bench_reconstructions", family.device), 250)
-    return {**reconstruction_scores(classifier, recon, test, labels), **family.reconstruction_distances(recon, test)}
+    scores = image_scores(classifier, test, seed, 0, recon=recon, labels=labels)
+    return {**scores, **family.reconstruction_distances(recon, test)}
 
 
 def decode_speed(family: FlowMo, test) -> dict[str, float]:

@@ -26,7 +26,7 @@ from benchlib import build, classifier_for, prepared, train
 
 from genlab.config import config_from_dict
 from genlab.models.gan_losses import LOSSES
-from genlab.quality.scoring import domain_scores, inception_fid, real_pair, sample_in_batches
+from genlab.quality.scoring import image_scores, real_pair, sample_in_batches
 from genlab.runtime import resolve_device, stream
 
 ANCHORS = {"bce": 6.8, "lsgan": 7.8, "wgan-gp": 20.3}  # Lucic et al. 2018, Inception FID, best of a large search
@@ -79,9 +79,18 @@ def main() -> None:
         seconds = time.perf_counter() - began
         family.train(False)
         generated = sample_in_batches(family.sample, n, stream(cfg.seed, "eval_samples", device), 500)
-        scores = domain_scores(classifier, generated, test, train_images)
-        if args.inception:
-            scores.update(inception_fid(generated, test, train_images, None, device))
+        inception = {"weights": None, "device": device} if args.inception else None
+        train_all = data.to_unit(data.train.images)
+        scores = image_scores(
+            classifier,
+            test,
+            cfg.seed,
+            0,
+            train=train_images,
+            train_all=train_all,
+            generated=generated,
+            inception=inception,
+        )
         scores.update(
             loss=loss,
             g_steps=family.ema.num_updates.item(),

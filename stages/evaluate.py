@@ -4,54 +4,50 @@
 
 The family decides its test numbers (VAE: ELBO terms and IW-NLL; GAN: the game on test images;
 DDPM: the variational bound). The domain classifier scores the samples of a family that generates
-(FID, IS, precision/recall, density/coverage) and the reconstructions of one that reconstructs
-(rFID, PSNR, SSIM, class accuracy); `domain_fid_floor` (real train vs test images) reads both.
+(FID and FID∞, KID, IS, precision/recall, density/coverage, the memorisation check) and the
+reconstructions of one that reconstructs (rFID, rKID, PSNR, SSIM, class accuracy); the floors (real
+train vs test images) read both. Every sample metric has its bootstrap spread `<key>_std`.
 """
 
 from genlab import atomic, paths, tracking
 from genlab.errors import exit_on_error
 from genlab.models.base import Generative, Reconstructor
-from genlab.quality.classifier import embed, load_classifier
-from genlab.quality.frechet import fid
-from genlab.quality.scoring import (
-    domain_scores,
-    inception_fid,
-    real_pair,
-    reconstruct_in_batches,
-    reconstruction_scores,
-    sample_in_batches,
-)
+from genlab.quality.classifier import load_classifier
+from genlab.quality.scoring import image_scores, real_pair, reconstruct_in_batches, sample_in_batches
 from genlab.runtime import stream
 from genlab.sources import source_for
 from genlab.trained import Trained, load_trained, stage_args
 
 
 def image_quality(t: Trained, batch_size: int) -> dict[str, float]:
-    """Domain-classifier scores of the family's samples and reconstructions, optional Inception FIDs."""
+    """Domain-classifier scores of the family's samples and reconstructions with their bootstrap spreads,
+    optionally the Inception-space ones (genlab.quality.scoring.image_scores)."""
     cfg, family, data = t.cfg, t.family, t.data
     n = min(cfg.evaluate.num_samples, len(data.test))
     classifier = load_classifier(paths.CLASSIFIER, t.device, data_md5=data.checksum)
     test, train = real_pair(data, n, stream(cfg.seed, "real_train_pick"))
-    scores: dict[str, float] = {
-        "num_samples": n,
-        "domain_fid_floor": fid(embed(classifier, train)[0], embed(classifier, test)[0]),
-    }
-    inception = {}
+    images = {}
     if isinstance(family, Generative):
-        generated = sample_in_batches(family.sample, n, stream(cfg.seed, "eval_samples", t.device), batch_size)
-        scores.update(domain_scores(classifier, generated, test, train))
-        inception["inception_fid"] = generated
+        gen = stream(cfg.seed, "eval_samples", t.device)
+        images["generated"] = sample_in_batches(family.sample, n, gen, batch_size)
     if isinstance(family, Reconstructor):
-        recon = reconstruct_in_batches(
-            family.reconstruct, test, stream(cfg.seed, "eval_reconstructions", t.device), batch_size
-        )
-        scores.update(reconstruction_scores(classifier, recon, test, data.test.labels[:n]))
-        scores.update(family.reconstruction_distances(recon, test))
-        inception["inception_rfid"] = recon
-    if cfg.evaluate.inception_fid:
-        for key, images in inception.items():
-            found = inception_fid(images, test, train, cfg.evaluate.inception_weights, t.device)
-            scores.update({key: found["inception_fid"], "inception_fid_floor": found["inception_fid_floor"]})
+        gen = stream(cfg.seed, "eval_reconstructions", t.device)
+        images["recon"] = reconstruct_in_batches(family.reconstruct, test, gen, batch_size)
+        images["labels"] = data.test.labels[:n]
+    inception = {"weights": cfg.evaluate.inception_weights, "device": t.device} if cfg.evaluate.inception_fid else None
+    train_all = data.to_unit(data.train.images)
+    scores = image_scores(
+        classifier,
+        test,
+        cfg.seed,
+        cfg.evaluate.bootstrap,
+        train=train,
+        train_all=train_all,
+        inception=inception,
+        **images,
+    )
+    if "recon" in images:
+        scores.update(family.reconstruction_distances(images["recon"], test))
     return scores
 
 

@@ -70,19 +70,26 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
     for name in (
         "domain_fid",
         "domain_fid_floor",
+        "domain_fid_inf",
+        "domain_kid",
+        "domain_kid_floor",
         "domain_is",
         "precision",
         "recall",
         "density",
         "coverage",
+        "domain_copy_z",
+        "domain_copy_share",
         "psnr",
         "ssim",
         "domain_rfid",
+        "domain_rkid",
         "recon_accuracy",
         "real_accuracy",
     ):
-        assert name in test and test[name] == test[name], name  # present and not NaN
-    assert test["num_samples"] == 100 and 1 <= test["domain_is"] <= 10
+        assert test[name] == test[name] and test[f"{name}_std"] >= 0, name  # present, not NaN, with a spread
+    assert min(test["domain_fid_std"], test["domain_kid_std"], test["psnr_std"]) > 0
+    assert test["num_samples"] == 100 and test["bootstrap_resamples"] == 50 and 1 <= test["domain_is"] <= 10
     assert 0 <= test["recon_accuracy"] <= 1 and test["real_accuracy"] > 0.5
 
     client = project.mlflow()
@@ -547,10 +554,12 @@ def test_flowmo_experiment_runs_end_to_end_through_dvc(project):
     summary = json.loads((root / "metrics/train.json").read_text())
     assert summary["selected_epoch"] == 3  # the only 1B epoch: the kept weights are its
     test = json.loads((root / "metrics/eval.json").read_text())["test"]
-    for name in ("domain_rfid", "domain_fid_floor", "psnr", "ssim", "perceptual", "recon_accuracy", "real_accuracy"):
-        assert test[name] == test[name], name  # present and not NaN
+    for name in ("domain_rfid", "domain_rkid", "domain_fid_floor", "psnr", "ssim", "recon_accuracy", "real_accuracy"):
+        assert test[name] == test[name] and test[f"{name}_std"] >= 0, name  # present, not NaN, with a spread
+    assert test["perceptual"] == test["perceptual"] and test["domain_rfid_std"] > 0
     assert test["bits_per_pixel"] == pytest.approx(4 * 6 / 64) and 1 <= test["token_perplexity"] <= 8
-    assert "domain_fid" not in test and "elbo" not in test  # a tokenizer neither generates nor has a likelihood
+    # A tokenizer neither generates (no FID, no memorisation check) nor has a likelihood.
+    assert "domain_fid" not in test and "domain_copy_z" not in test and "elbo" not in test
     for name in ("reconstructions", "rho_grid", "steps_grid", "noise_draws", "token_usage", "curves"):
         assert (root / f"samples/{name}.png").is_file(), name
     assert not (root / "samples/samples.png").exists()

@@ -130,7 +130,12 @@ class EvaluateConfig:
     STAGES: ClassVar = ("evaluate",)
     batch_size: int = key(256, between(1, MAX_BATCH))
     num_samples: int = key(2000, between(10, MAX_IMAGES), doc="generated images scored against as many test images")
-    inception_fid: bool = key(False, doc="also the standard Inception-v3 FID (slow on CPU)")
+    bootstrap: int = key(
+        50,
+        (lambda v: v == 0 or 2 <= v <= 10_000, "an integer in [2, 10000], or 0 for no spreads"),
+        doc="resamples behind every *_std",
+    )
+    inception_fid: bool = key(False, doc="also the standard Inception-v3 FID and KID (slow on CPU)")
     inception_weights: Optional[str] = key(None, doc="local pt_inception-2015-12-05 weights file")
 
 

@@ -21,23 +21,31 @@ def _row_blocks(n_rows: int, n_cols: int) -> list[slice]:
     return [slice(start, start + step) for start in range(0, n_rows, step)]
 
 
-def _kth_neighbour_radii(points: torch.Tensor, ks: tuple[int, ...]) -> list[torch.Tensor]:
-    """For each k in ks, the distance from every point to its k-th nearest *other* point."""
-    largest = max(ks)
+def _kth_neighbour_radii(points: torch.Tensor, ids: torch.Tensor, ks: tuple[int, ...]) -> list[torch.Tensor]:
+    """For each k in ks, the distance from every point to its k-th nearest *other* point: one with another id
+    (the point itself, and in a bootstrap resample its copies, are not neighbours)."""
     radii = []
     for rows in _row_blocks(len(points), len(points)):
-        dist = torch.cdist(points[rows], points)
-        # The point itself is its own nearest neighbour at distance 0, so the k-th other one is at index k.
-        radii.append(dist.topk(largest + 1, dim=1, largest=False).values)
+        dist = torch.cdist(points[rows], points).masked_fill(ids[rows, None] == ids[None, :], torch.inf)
+        radii.append(dist.topk(max(ks), dim=1, largest=False).values)
     nearest = torch.cat(radii)
-    return [nearest[:, k] for k in ks]
+    return [nearest[:, k - 1] for k in ks]
 
 
-def prdc(real: torch.Tensor, fake: torch.Tensor, k_pr: int = 3, k_dc: int = 5) -> dict[str, float]:
+def prdc(
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    k_pr: int = 3,
+    k_dc: int = 5,
+    real_ids: torch.Tensor | None = None,
+    fake_ids: torch.Tensor | None = None,
+) -> dict[str, float]:
     """Precision, recall (k-NN balls with k = k_pr), density and coverage (k = k_dc) of fake vs real features.
 
-    Every pairwise distance is computed once per pair of sets (real-real, fake-fake, real-fake), in
-    float64 and in row blocks of at most 64 MiB.
+    `real_ids`/`fake_ids` name each point's source (a bootstrap resample's indices; default: all distinct),
+    so that copies of one point drawn with replacement never count as each other's neighbours. Every
+    pairwise distance is computed once per pair of sets (real-real, fake-fake, real-fake), in float64 and
+    in row blocks of at most 64 MiB.
     """
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
         raise ValueError(f"real and fake must be (N, D) and (M, D), got {tuple(real.shape)} and {tuple(fake.shape)}")
@@ -45,9 +53,11 @@ def prdc(real: torch.Tensor, fake: torch.Tensor, k_pr: int = 3, k_dc: int = 5) -
         raise ValueError(f"need k >= 1 and more points than k: N={len(real)}, M={len(fake)}, k_pr={k_pr}, k_dc={k_dc}")
     real = real.detach().to(torch.float64)
     fake = fake.detach().to(real.device, torch.float64)
+    real_ids = torch.arange(len(real)) if real_ids is None else real_ids
+    fake_ids = torch.arange(len(fake)) if fake_ids is None else fake_ids
 
-    real_radius_pr, real_radius_dc = _kth_neighbour_radii(real, (k_pr, k_dc))
-    (fake_radius_pr,) = _kth_neighbour_radii(fake, (k_pr,))
+    real_radius_pr, real_radius_dc = _kth_neighbour_radii(real, real_ids.to(real.device), (k_pr, k_dc))
+    (fake_radius_pr,) = _kth_neighbour_radii(fake, fake_ids.to(real.device), (k_pr,))
 
     fake_in_real_ball = torch.zeros(len(fake), dtype=torch.bool, device=real.device)
     real_balls_per_fake = torch.zeros(len(fake), dtype=torch.float64, device=real.device)

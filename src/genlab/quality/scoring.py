@@ -3,6 +3,8 @@
 Every number is computed between `n` generated images and the first `n` test images, where
 n = min(evaluate.num_samples, test size); the real-vs-real floors use `n` train images drawn with a
 seeded generator in place of the generated ones, so a reader knows what "as good as real data" is.
+Each `*_statistics` function embeds its images once and returns the metrics of a resample of them,
+which genlab.quality.bootstrap.with_spreads turns into values with spreads.
 """
 
 from __future__ import annotations
@@ -14,13 +16,19 @@ import torch
 
 from genlab.data import PreparedData
 from genlab.models.base import Generative
+from genlab.quality.bootstrap import Indices, fid_infinity, with_spreads
 from genlab.quality.classifier import DomainClassifier, embed
 from genlab.quality.frechet import fid
 from genlab.quality.inception import inception_features
 from genlab.quality.inception_score import inception_score
+from genlab.quality.kid import mmd2_unbiased
+from genlab.quality.memorisation import copy_scores, nearest_distances
 from genlab.quality.prdc import prdc
 from genlab.quality.reconstruction import psnr, ssim
 from genlab.runtime import stream
+
+# Metrics of one bootstrap resample: {set name: indices into it, None for the whole set} -> {metric: value}.
+Statistics = Callable[[Indices], dict[str, float]]
 
 
 def sample_in_batches(
@@ -80,47 +88,126 @@ def real_pair(data: PreparedData, n: int, gen: torch.Generator) -> tuple[torch.T
     return data.to_unit(data.test.images[:n]), data.to_unit(data.train.images[pick])
 
 
-def domain_scores(
-    classifier: DomainClassifier, generated: torch.Tensor, test: torch.Tensor, train: torch.Tensor
-) -> dict[str, float]:
-    """FID, IS, precision/recall (k=3) and density/coverage (k=5) in the classifier's feature space."""
-    f_gen, p_gen = embed(classifier, generated)
-    f_test, p_test = embed(classifier, test)
-    f_train, _ = embed(classifier, train)
-    scores = {
-        "domain_fid": fid(f_gen, f_test),
-        "domain_fid_floor": fid(f_train, f_test),
-        "domain_is": inception_score(p_gen)[0],
-        "domain_is_real": inception_score(p_test)[0],
-    }
-    scores.update(prdc(f_test, f_gen))
-    return scores
+def _at(x: torch.Tensor, ix: torch.Tensor | None) -> torch.Tensor:
+    return x if ix is None else x[ix]
 
 
-def inception_fid(
-    generated: torch.Tensor, test: torch.Tensor, train: torch.Tensor, weights: str | None, device
-) -> dict[str, float]:
-    """The standard FID on Inception-v3 pool features (299x299, grayscale copied to 3 channels)."""
-    f_gen, f_test, f_train = (inception_features(x, weights, device=device).cpu() for x in (generated, test, train))
-    return {"inception_fid": fid(f_gen, f_test), "inception_fid_floor": fid(f_train, f_test)}
+def _distances(space: str, suffix: str, a, b, ia, ib) -> dict[str, float]:
+    """FID and KID between feature sets a and b, each taken at its resample's indices (None: whole)."""
+    x, y = _at(a, ia), _at(b, ib)
+    return {f"{space}_fid{suffix}": fid(x, y), f"{space}_kid{suffix}": mmd2_unbiased(x, y, ia, ib)}
 
 
-def reconstruction_scores(
-    classifier: DomainClassifier, recon: torch.Tensor, test: torch.Tensor, labels: torch.Tensor
-) -> dict[str, float]:
-    """Reconstructions of the test images against them: domain rFID (read it against domain_fid_floor),
-    PSNR (dB) and SSIM per image then averaged, and the domain classifier's accuracy on the
-    reconstructions (`recon_accuracy`, beside its accuracy on the originals, `real_accuracy`)."""
-    f_rec, p_rec = embed(classifier, recon)
-    f_test, p_test = embed(classifier, test)
+def floor_statistics(space: str, f_test: torch.Tensor, f_train: torch.Tensor) -> Statistics:
+    """`<space>_fid_floor`, `<space>_kid_floor`: n train against the n test images, what "as good as real" is."""
+    return lambda ix: _distances(space, "_floor", f_train, f_test, ix["train"], ix["test"])
+
+
+def generated_statistics(f_gen, p_gen, f_test, p_test, to_train_gen, to_train_test) -> Statistics:
+    """FID, KID, IS (and the test images' IS), precision/recall (k=3), density/coverage (k=5) of generated
+    against test features, and the memorisation check from each image's distance to the training set."""
+
+    def statistics(ix: Indices) -> dict[str, float]:
+        g, t = ix["generated"], ix["test"]
+        out = _distances("domain", "", f_gen, f_test, g, t)
+        out["domain_is"] = inception_score(_at(p_gen, g))[0]
+        out["domain_is_real"] = inception_score(_at(p_test, t))[0]
+        out.update(prdc(_at(f_test, t), _at(f_gen, g), real_ids=t, fake_ids=g))
+        out.update(copy_scores(_at(to_train_gen, g), _at(to_train_test, t)))
+        return out
+
+    return statistics
+
+
+def reconstruction_statistics(f_rec, p_rec, f_test, p_test, recon, test, labels) -> Statistics:
+    """Reconstructions of the test images against them, resampled in pairs: domain rFID and rKID (read them
+    against the floors), PSNR (dB) and SSIM per image then averaged, and the domain classifier's accuracy on
+    the reconstructions (`recon_accuracy`, beside its accuracy on the originals, `real_accuracy`)."""
     labels = labels.to(p_rec.device)
-    return {
-        "domain_rfid": fid(f_rec, f_test),
-        "psnr": psnr(recon, test).mean().item(),
-        "ssim": ssim(recon, test).mean().item(),
-        "recon_accuracy": (p_rec.argmax(1) == labels).double().mean().item(),
-        "real_accuracy": (p_test.argmax(1) == labels).double().mean().item(),
+    per_image = {
+        "psnr": psnr(recon, test),
+        "ssim": ssim(recon, test),
+        "recon_accuracy": (p_rec.argmax(1) == labels).double(),
+        "real_accuracy": (p_test.argmax(1) == labels).double(),
     }
+
+    def statistics(ix: Indices) -> dict[str, float]:
+        t = ix["test"]
+        dist = _distances("domain", "", f_rec, f_test, t, t)
+        out = {"domain_rfid": dist["domain_fid"], "domain_rkid": dist["domain_kid"]}
+        out.update({key: _at(values, t).mean().item() for key, values in per_image.items()})
+        return out
+
+    return statistics
+
+
+def inception_statistics(sets: dict[str, torch.Tensor], test, train, weights: str | None, device) -> Statistics:
+    """The standard FID and KID on Inception-v3 pool features (299x299, grayscale copied to 3 channels) of
+    `sets` ({"generated": samples} and/or {"recon": reconstructions}) against the test images, and floors."""
+    f_test, f_train = (inception_features(x, weights, device=device).cpu() for x in (test, train))
+    features = {name: inception_features(x, weights, device=device).cpu() for name, x in sets.items()}
+    floor = floor_statistics("inception", f_test, f_train)
+
+    def statistics(ix: Indices) -> dict[str, float]:
+        out = floor(ix)
+        if "generated" in features:
+            out.update(_distances("inception", "", features["generated"], f_test, ix["generated"], ix["test"]))
+        if "recon" in features:
+            dist = _distances("inception", "", features["recon"], f_test, ix["test"], ix["test"])
+            out.update({"inception_rfid": dist["inception_fid"], "inception_rkid": dist["inception_kid"]})
+        return out
+
+    return statistics
+
+
+def image_scores(
+    classifier: DomainClassifier,
+    test: torch.Tensor,
+    seed: int,
+    resamples: int,
+    *,
+    train: torch.Tensor | None = None,
+    train_all: torch.Tensor | None = None,
+    generated: torch.Tensor | None = None,
+    recon: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    inception: dict | None = None,
+) -> dict[str, float]:
+    """Every sample-quality number of one evaluation, each with its bootstrap spread (`<key>_std`, over
+    `resamples` resamples; none when 0), plus `domain_fid_inf` for generated images.
+
+    test: the n test images; train: n train images, for the floors; generated (with train_all, every
+    training image: the memorisation check's reference) and/or recon (the reconstructions of `test`, with
+    the test `labels`); inception: {"weights": path or None, "device": ...} adds the Inception-space numbers.
+    The resamples and FID∞'s subsets come from the named streams 'bootstrap' and 'fid_infinity' of `seed`.
+    """
+    f_test, p_test = embed(classifier, test)
+    parts, sizes = [], {"test": len(test)}
+    scores: dict[str, float] = {}
+    if train is not None:
+        parts.append(floor_statistics("domain", f_test, embed(classifier, train)[0]))
+        sizes["train"] = len(train)
+    if generated is not None:
+        f_gen, p_gen = embed(classifier, generated)
+        f_all = embed(classifier, train_all)[0]
+        to_train = nearest_distances(f_gen, f_all), nearest_distances(f_test, f_all)
+        parts.append(generated_statistics(f_gen, p_gen, f_test, p_test, *to_train))
+        sizes["generated"] = len(generated)
+        scores["domain_fid_inf"], scores["domain_fid_inf_std"] = fid_infinity(
+            f_gen, f_test, stream(seed, "fid_infinity")
+        )
+    if recon is not None:
+        f_rec, p_rec = embed(classifier, recon)
+        parts.append(reconstruction_statistics(f_rec, p_rec, f_test, p_test, recon, test, labels))
+    if inception is not None:
+        sets = {name: x for name, x in (("generated", generated), ("recon", recon)) if x is not None}
+        parts.append(inception_statistics(sets, test, train, inception["weights"], inception["device"]))
+
+    def statistics(ix: Indices) -> dict[str, float]:
+        return {key: value for part in parts for key, value in part(ix).items()}
+
+    scores.update(with_spreads(statistics, sizes, resamples, stream(seed, "bootstrap")))
+    return {"num_samples": len(test), "bootstrap_resamples": resamples, **dict(sorted(scores.items()))}
 
 
 def class_frequencies(classifier: DomainClassifier, images: torch.Tensor) -> np.ndarray:
