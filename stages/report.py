@@ -4,15 +4,19 @@
     python stages/report.py --dataset mnist --family vae      # filter on the runs' tags
     python stages/report.py --dvc-exp 'beta-%'                # % is a wildcard
     python stages/report.py --metrics 'test/*' val/elbo --out reports/mnist
-Exits with status 2 and a message when no run matches.
+    python stages/report.py --group                           # + groups.csv/md, verdicts.csv/md: seed replicates
+    python stages/report.py --baseline vae.beta=1.0 --alpha 0.01  # each group against the vae.beta=1.0 one
+Exits with status 2 and a message when no run matches, or the baseline selects no single group.
 """
 
 import argparse
 import os
+from pathlib import Path
 
 from genlab import paths
 from genlab.errors import exit_on_error
-from genlab.report import DEFAULT_METRICS, EXPERIMENT, build_report, to_markdown
+from genlab.replicates import ALPHA
+from genlab.report import DEFAULT_METRICS, EXPERIMENT, GROUP_FILES, build_report, to_markdown
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -38,6 +42,20 @@ def parse(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--out", default=str(paths.REPORTS_DIR), help="output folder (default: %(default)s)")
     parser.add_argument(
+        "--group",
+        action="store_true",
+        help="pool finished runs whose params differ only in seed: groups.csv/md (mean ± sd) and verdicts.csv/md",
+    )
+    parser.add_argument(
+        "--baseline",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="the group the others are compared with (implies --group; default: the group of the oldest run)",
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=ALPHA, help="significance level of the verdicts (default: %(default)s)"
+    )
+    parser.add_argument(
         "--tracking-uri",
         default=None,
         help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<main repo>/mlflow.db)",
@@ -59,9 +77,24 @@ def run(argv=None) -> None:
             dvc_exp=args.dvc_exp,
             metrics=args.metrics,
             out_dir=args.out,
+            group=args.group,
+            baseline=args.baseline,
+            alpha=args.alpha,
         )
     print(to_markdown(table), end="")
     print(f"{len(table)} run(s) from {tracking.display_uri(uri)} -> {args.out}/runs.csv, runs.md, runs.png")
+    if args.group or args.baseline:
+        _print_groups(Path(args.out))
+
+
+def _print_groups(out: Path) -> None:
+    """The groups table and the verdicts as sentences, read back from what build_report wrote."""
+    import pandas as pd
+
+    print("\n" + (out / "groups.md").read_text(), end="")
+    verdicts = pd.read_csv(out / "verdicts.csv")
+    print("\n".join(["", *verdicts["verdict"]]) if len(verdicts) else "\nonly one group: nothing to compare")
+    print(f"-> {out}/{', '.join(GROUP_FILES)}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from genlab.errors import GenlabError
+from genlab import replicates
+from genlab.errors import ConfigError, GenlabError
 from genlab.report import build_report, format_number, to_markdown
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,6 +40,38 @@ RUNS = {
     ),
 }
 
+# Experiment "replicates": (vae.beta, seed, commit, status, test metrics), oldest first. beta=1.0 seed 0 runs
+# twice at one commit (the newer run counts); beta=0.5 spans two commits; beta=2.0 has one seed; the
+# FAILED beta=4.0 run is left out. test/fid differs beyond seed noise, test/elbo does not.
+REPLICATES = [
+    ("1.0", "0", "a", "FINISHED", {"test/fid": 10.9, "test/elbo": -95.0}),
+    ("1.0", "1", "a", "FINISHED", {"test/fid": 11.0, "test/elbo": -91.0}),
+    ("1.0", "2", "a", "FINISHED", {"test/fid": 12.0, "test/elbo": -92.0}),
+    ("0.5", "0", "a", "FINISHED", {"test/fid": 7.0, "test/elbo": -91.5}),
+    ("0.5", "1", "b", "FINISHED", {"test/fid": 8.0, "test/elbo": -90.5}),
+    ("0.5", "2", "b", "FINISHED", {"test/fid": 9.5, "test/elbo": -92.0}),
+    ("2.0", "0", "b", "FINISHED", {"test/fid": 13.0, "test/elbo": -89.0}),
+    ("4.0", "0", "b", "FAILED", {"test/fid": 99.0, "test/elbo": -99.0}),
+    ("1.0", "0", "a", "FINISHED", {"test/fid": 10.0, "test/elbo": -90.0}),
+]
+FID = {"1.0": [11.0, 12.0, 10.0], "0.5": [7.0, 8.0, 9.5], "2.0": [13.0]}  # what each group counts
+ELBO = {"1.0": [-91.0, -92.0, -90.0], "0.5": [-91.5, -90.5, -92.0], "2.0": [-89.0]}
+
+
+def _log_replicates(client, root: Path) -> None:
+    from mlflow.entities import Metric, Param
+
+    experiment = client.create_experiment("replicates", artifact_location=(root / "replicates").as_uri())
+    for i, (beta, seed, commit, status, test) in enumerate(REPLICATES):
+        tags = {"genlab.git_commit": commit * 40, "genlab.family": "vae", "genlab.dataset": "digits"}
+        run = client.create_run(experiment, run_name=f"beta={beta}", start_time=1_700_000_000_000 + i, tags=tags)
+        params = {"seed": seed, "vae.beta": beta, "train.epochs": "2"}
+        # A per-run spread (reported, never tested) and a setting (equal in every run).
+        test = {**test, "test/fid_std": 0.1 * (i + 1), "test/num_samples": 359.0}
+        metrics = [Metric(k, v, 0, 0) for k, v in test.items()]
+        client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
+        client.set_terminated(run.info.run_id, status)
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
@@ -61,6 +96,7 @@ def store(tmp_path_factory) -> str:
         metrics += [Metric(k, v, 0, 0) for k, v in test.items()]
         client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in all_params.items()])
         client.set_terminated(run_id, "FINISHED")
+    _log_replicates(client, root)
     return uri
 
 
@@ -166,3 +202,113 @@ def test_cli(store, tmp_path, capsys):
         [sys.executable, "stages/report.py", *args, "--dvc-exp", "missing"], cwd=REPO, capture_output=True, text=True
     )
     assert bad.returncode == 2 and bad.stderr.startswith("error: no run in experiment 'genlab'"), bad.stderr
+
+
+def test_groups_pool_seeds_of_finished_runs(store, tmp_path):
+    build_report(store, experiment="replicates", group=True, out_dir=tmp_path)
+    for f in ("groups.csv", "groups.md", "verdicts.csv", "verdicts.md", "runs.csv"):
+        assert (tmp_path / f).stat().st_size > 0, f
+    groups = pd.read_csv(tmp_path / "groups.csv", dtype={"vae.beta": str, "seeds": str})
+    # Ordered by each group's oldest run; seed and the constant train.epochs define no group.
+    assert list(groups["group"]) == ["beta=1.0", "beta=0.5", "beta=2.0"]
+    assert list(groups["vae.beta"]) == ["1.0", "0.5", "2.0"] and "seed" not in groups and "train.epochs" not in groups
+    assert list(groups["n"]) == [3, 3, 1] and list(groups["seeds"]) == ["0 1 2", "0 1 2", "0"]
+    assert list(groups["commits"]) == [1, 2, 1] and list(groups["reruns"]) == [1, 0, 0]
+    for i, beta in enumerate(["1.0", "0.5"]):
+        assert groups.loc[i, "test/elbo_mean"] == pytest.approx(statistics.mean(ELBO[beta]))
+        assert groups.loc[i, "test/fid_mean"] == pytest.approx(statistics.mean(FID[beta]))
+        assert groups.loc[i, "test/fid_sd"] == pytest.approx(statistics.stdev(FID[beta]))  # ddof=1
+        assert groups.loc[i, "test/fid_n"] == 3
+    assert groups.loc[2, "test/fid_mean"] == 13.0 and math.isnan(groups.loc[2, "test/fid_sd"])  # n=1: no sd, not 0
+    assert groups.loc[0, "test/num_samples_sd"] == 0.0
+    md = (tmp_path / "groups.md").read_text()
+    assert md.splitlines()[0].startswith("| group | n | seeds | commits | reruns | test/elbo (mean ± sd) |")
+    assert "| beta=2.0 | 1 | 0 | 1 | 0 | -89 ± n/a | 13 ± n/a |" in md
+    assert "| beta=1.0 | 3 | 0 1 2 | 1 | 1 | -91 ± 1 | 11 ± 1 |" in md
+
+
+def test_verdicts_match_scipy_welch(store, tmp_path):
+    from scipy import stats
+
+    build_report(store, experiment="replicates", group=True, out_dir=tmp_path)
+    verdicts = pd.read_csv(tmp_path / "verdicts.csv").set_index(["group", "metric"])
+    assert set(verdicts["baseline"]) == {"beta=1.0"}  # default: the group of the oldest run
+    assert {m for _, m in verdicts.index} == {"test/elbo", "test/fid", "test/num_samples"}  # no *_std
+    ref = stats.ttest_ind(FID["0.5"], FID["1.0"], equal_var=False)
+    ci = ref.confidence_interval(0.95)
+    fid = verdicts.loc[("beta=0.5", "test/fid")]
+    assert fid["diff"] == pytest.approx(statistics.mean(FID["0.5"]) - statistics.mean(FID["1.0"]))
+    assert (fid["ci_low"], fid["ci_high"]) == (pytest.approx(ci.low), pytest.approx(ci.high))
+    assert (fid["p"], fid["dof"]) == (pytest.approx(ref.pvalue), pytest.approx(ref.df))
+    assert ref.pvalue < 0.05 and fid["significant"]
+    half = (ci.high - ci.low) / 2
+    assert fid["verdict"] == (  # 2.833 ± 2.629 rounded to two digits of the half-width
+        f"beta=0.5 lower test/fid than beta=1.0 by 2.8 ± {half:.1f} (95 % CI, Welch p = {ref.pvalue:.2g}, n = 3 + 3)"
+    )
+    elbo = verdicts.loc[("beta=0.5", "test/elbo")]
+    assert elbo["p"] == pytest.approx(stats.ttest_ind(ELBO["0.5"], ELBO["1.0"], equal_var=False).pvalue)
+    assert not elbo["significant"] and "no difference in test/elbo beyond seed noise" in elbo["verdict"]
+    single = verdicts.loc[("beta=2.0", "test/fid")]
+    assert single["verdict"] == "beta=2.0 vs beta=1.0: needs ≥ 2 seeds per group to compare test/fid (n = 3 + 1)"
+    assert math.isnan(single["p"]) and math.isnan(single["ci_low"])
+    assert "equal in every run" in verdicts.loc[("beta=0.5", "test/num_samples"), "verdict"]
+    assert [replicates._fmt(x, 0) for x in (-0.04, -0.6, 2.5)] == ["0", "-1", "2"]
+    # A stricter alpha turns the same difference into seed noise, with a 99.9 % interval.
+    build_report(store, experiment="replicates", group=True, alpha=0.001, out_dir=tmp_path)
+    strict = pd.read_csv(tmp_path / "verdicts.csv").set_index(["group", "metric"]).loc[("beta=0.5", "test/fid")]
+    assert "no difference in test/fid beyond seed noise" in strict["verdict"] and "99.9 % CI" in strict["verdict"]
+    assert strict["ci_high"] - strict["ci_low"] > ci.high - ci.low
+
+
+def test_baseline_selection(store, tmp_path):
+    table = build_report(store, experiment="replicates", baseline=["vae.beta=0.5"], out_dir=tmp_path)
+    assert len(table) == 9  # the runs table still lists every run, failed and rerun included
+    verdicts = pd.read_csv(tmp_path / "verdicts.csv")
+    assert set(verdicts["baseline"]) == {"beta=0.5"} and set(verdicts["group"]) == {"beta=1.0", "beta=2.0"}
+    build_report(store, experiment="replicates", baseline=["vae.beta=1"], out_dir=tmp_path)  # 1 finds "1.0"
+    assert set(pd.read_csv(tmp_path / "verdicts.csv")["baseline"]) == {"beta=1.0"}
+    bad = {
+        "vae.beta=3.0": r"selects no group; it must select one of: beta=1\.0; beta=0\.5; beta=2\.0",
+        "vae.lr=0.1": r"'vae.lr' does not tell the groups apart.*differ in: vae.beta",
+        "seed=0": "cannot select by seed",
+        "vae.beta": "expected KEY=VALUE",
+    }
+    for spec, message in bad.items():
+        with pytest.raises(GenlabError, match=message):
+            build_report(store, experiment="replicates", baseline=[spec], out_dir=tmp_path / "out")
+    with pytest.raises(GenlabError, match="--alpha 1.5: expected a significance level between 0 and 1"):
+        build_report(store, experiment="replicates", group=True, alpha=1.5, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # checked before anything is written
+
+
+def test_queue_helper_builds_dvc_commands(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(REPO)
+    commands = replicates.main(["--seeds", "0", "1", "2", "-S", "vae.beta=0.5", "-n", "b05", "--dry-run"])
+    assert commands == [
+        ["dvc", "exp", "run", "--queue", "-S", f"seed={k}", "-S", "vae.beta=0.5", "-n", f"b05-seed{k}"]
+        for k in (0, 1, 2)
+    ]
+    assert capsys.readouterr().out.splitlines()[0] == "dvc exp run --queue -S seed=0 -S vae.beta=0.5 -n b05-seed0"
+    bad = {
+        ("--seeds", "-1"): r"'-1' is not a seed: expected an integer in \[0, 4294967295\]",
+        ("--seeds", "1.5"): "'1.5' is not a seed",
+        ("--seeds", "1", "01"): "a seed is repeated",
+        ("--seeds", "1", "-S", "seed=2"): "give seeds with --seeds",
+        ("--seeds", "1", "-S", "vae.beta"): "expected KEY=VALUE",
+    }
+    for argv, message in bad.items():
+        with pytest.raises(GenlabError, match=message):
+            replicates.main([*argv, "--dry-run"])
+    with pytest.raises(ConfigError, match="vae.bta"):  # params.yaml with the overrides is validated up front
+        replicates.main(["--seeds", "0", "-S", "vae.bta=0.5", "--dry-run"])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(GenlabError, match="not inside a DVC repository"):
+        replicates.main(["--seeds", "0", "--dry-run"])
+
+
+def test_cli_group(store, tmp_path, capsys):
+    args = ["--tracking-uri", store, "--out", str(tmp_path), "--experiment", "replicates"]
+    _cli_module().run([*args, "--baseline", "vae.beta=1.0", "--metrics", "test/fid"])
+    out = capsys.readouterr().out
+    assert "beta=0.5 lower test/fid than beta=1.0 by" in out and "needs ≥ 2 seeds" in out
+    assert "groups.csv, groups.md, verdicts.csv, verdicts.md" in out

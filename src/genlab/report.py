@@ -1,10 +1,13 @@
 """Compare runs: read them from MLflow, write a table (CSV + Markdown) and a bar chart per metric.
 
     df = build_report(tracking_uri(), dataset="mnist", family="vae")   # -> reports/runs.{csv,md,png}
+    build_report(tracking_uri(), group=True, baseline=["vae.beta=1.0"])  # + groups.{csv,md}, verdicts.{csv,md}
 
 Filters are exact tag matches (`genlab.dataset`, `genlab.family`, `dvc.exp_name`); a value with
 `%` is a SQL LIKE pattern (`dvc_exp="beta-%"`). Metrics default to every `test/*` metric present
 plus the final `val/elbo`; `metrics` takes names or shell-style patterns (`test/*`, `val/elbo`).
+With `group`, finished runs whose params differ only in `seed` are pooled as seed replicates and
+each group is compared with a baseline (genlab.replicates holds the statistics).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 import pandas as pd
 
-from genlab import atomic, paths
+from genlab import atomic, paths, replicates
 from genlab.errors import GenlabError
 
 EXPERIMENT = "genlab"  # = genlab.tracking.EXPERIMENT; not imported from there, as it pulls in torchvision
@@ -26,6 +29,7 @@ TAGS = {"dataset": "genlab.dataset", "family": "genlab.family", "dvc_exp": "dvc.
 ALWAYS_PARAMS = ("train.epochs",)
 DEFAULT_METRICS = ("test/*", "val/elbo")
 FILES = ("runs.csv", "runs.md", "runs.png")
+GROUP_FILES = ("groups.csv", "groups.md", "verdicts.csv", "verdicts.md")
 
 
 class ReportError(GenlabError):
@@ -91,20 +95,24 @@ def _choose_metrics(runs: pd.DataFrame, patterns: Sequence[str] | None) -> list[
     return chosen
 
 
+def _differing(runs: pd.DataFrame, always: Sequence[str] = ()) -> list[str]:
+    """Params whose value differs across `runs` (a param some runs lack counts as differing), plus `always`."""
+    names = sorted(c[len("params.") :] for c in runs.columns if c.startswith("params."))
+    return [n for n in names if n in always or _text(runs[f"params.{n}"]).nunique() > 1]
+
+
 def _key_params(runs: pd.DataFrame) -> list[str]:
     """Params whose value differs across the selected runs, plus train.epochs."""
-    keys = []
-    for col in sorted(c for c in runs.columns if c.startswith("params.")):
-        name = col[len("params.") :]
-        values = _text(runs[col])
-        if name in ALWAYS_PARAMS or values.nunique() > 1:
-            keys.append(name)
-    return keys
+    return _differing(runs, ALWAYS_PARAMS)
+
+
+def _commits(runs: pd.DataFrame) -> pd.Series:
+    return _text(_col(runs, "tags.genlab.git_commit"))
 
 
 def runs_table(runs: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """mlflow.search_runs output -> one row per run: identity, git state, key params, metrics."""
-    commit = _text(_col(runs, "tags.genlab.git_commit"))
+    commit = _commits(runs)
     table = pd.DataFrame(
         {
             "run": runs["run_id"].str[:8],
@@ -210,6 +218,56 @@ def plot(table: pd.DataFrame, path: str | Path) -> None:
         fig.savefig(tmp, format="png", dpi=110)
 
 
+def replicate_runs(runs: pd.DataFrame, metrics: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
+    """The finished runs as seed replicates (oldest first: run, seed, commit, group keys, metrics, group,
+    rerun) and the group keys: the params other than seed that differ across these runs."""
+    done = runs[runs["status"] == "FINISHED"]
+    if done.empty:
+        statuses = ", ".join(f"{s} {k}" for s, k in runs["status"].value_counts().items())
+        raise ReportError(f"no FINISHED run among the {len(runs)} selected ({statuses}): groups pool finished runs")
+    keys = [k for k in _differing(done) if k != replicates.SEED]
+    frame = pd.DataFrame(
+        {
+            "run": done["run_id"].str[:8],
+            replicates.SEED: _text(_col(done, f"params.{replicates.SEED}")),
+            "commit": _commits(done),
+            **{k: _text(done[f"params.{k}"]) for k in keys},
+            **{m: _col(done, f"metrics.{m}").astype(float) for m in metrics},
+        }
+    )
+    return replicates.mark_replicates(frame.reset_index(drop=True), keys), keys
+
+
+def _mean_sd(mean: float, sd: float, n: int, runs: int) -> str:
+    if n == 0:
+        return ""
+    spread = "n/a" if math.isnan(sd) else format_number(sd)
+    return f"{format_number(mean)} ± {spread}" + (f" (n = {n})" if n != runs else "")
+
+
+def groups_markdown(groups: pd.DataFrame, metrics: Sequence[str]) -> str:
+    """group, n, seeds, commits, reruns, then `mean ± sd` per metric (sd n/a for n = 1)."""
+    shown = groups[["group", "n", "seeds", "commits", "reruns"]].astype(str)
+    for m in metrics:
+        cells = zip(groups[f"{m}_mean"], groups[f"{m}_sd"], groups[f"{m}_n"], groups["n"])
+        shown[f"{m} (mean ± sd)"] = [_mean_sd(*cell) for cell in cells]
+    return to_markdown(shown)
+
+
+def verdicts_markdown(verdicts: pd.DataFrame) -> str:
+    return to_markdown(verdicts[["group", "baseline", "metric", "diff", "ci_low", "ci_high", "p", "verdict"]])
+
+
+def group_report(
+    runs: pd.DataFrame, metrics: Sequence[str], baseline: Sequence[str] | None = None, alpha: float = 0.05
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The groups table and every other group against the baseline (KEY=VALUE items; default: the oldest group)."""
+    frame, keys = replicate_runs(runs, metrics)
+    groups = replicates.group_table(frame, keys, metrics)
+    chosen = replicates.pick_baseline(groups, keys, baseline)  # a bad one raises ReplicateError (a GenlabError)
+    return groups, replicates.verdict_table(frame, groups, chosen, metrics, alpha)
+
+
 def build_report(
     tracking_uri: str,
     experiment: str = EXPERIMENT,
@@ -218,11 +276,16 @@ def build_report(
     dvc_exp: str | None = None,
     metrics: Sequence[str] | None = None,
     out_dir: str | Path = paths.REPORTS_DIR,
+    group: bool = False,
+    baseline: Sequence[str] | None = None,
+    alpha: float = 0.05,
 ) -> pd.DataFrame:
     """Select runs, write out_dir/runs.csv, runs.md and runs.png (each atomically), return the table.
+    With `group` (or a `baseline`), also groups.csv/.md and verdicts.csv/.md (see group_report).
 
     Raises ReportError (a GenlabError: stages exit 2) when the experiment is missing, no run
-    matches the filters, or a requested metric exists in none of the selected runs.
+    matches the filters, a requested metric exists in none of the selected runs, or the baseline
+    or alpha is bad; all of that is checked before any file is written.
     """
     filters = filter_string(dataset, family, dvc_exp)
     runs = _search(tracking_uri, experiment, filters)
@@ -239,8 +302,19 @@ def build_report(
         )
     table = runs_table(runs, metrics)
     out = Path(out_dir)
-    with atomic.atomic_path(out / "runs.csv") as tmp:
-        table.to_csv(tmp, index=False)
+    if group or baseline:
+        chosen = metric_columns(table)
+        groups, verdicts = group_report(runs, chosen, baseline, alpha)
+        _write_csv(groups, out / "groups.csv")
+        atomic.write_text(out / "groups.md", groups_markdown(groups, chosen))
+        _write_csv(verdicts, out / "verdicts.csv")
+        atomic.write_text(out / "verdicts.md", verdicts_markdown(verdicts))
+    _write_csv(table, out / "runs.csv")
     atomic.write_text(out / "runs.md", to_markdown(table))
     plot(table, out / "runs.png")
     return table
+
+
+def _write_csv(table: pd.DataFrame, path: Path) -> None:
+    with atomic.atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
