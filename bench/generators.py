@@ -25,7 +25,7 @@ from benchlib import build, classifier_for, prepared
 from genlab import checkpoint
 from genlab.config import config_from_dict
 from genlab.data.tokens import TokenData, tokenize_splits
-from genlab.quality.scoring import domain_scores, real_pair, sample_in_batches
+from genlab.quality.scoring import image_scores, real_pair, sample_in_batches
 from genlab.runtime import stream
 from genlab.sources import Source, image_source
 from genlab.training import NullTracker, fit
@@ -95,7 +95,9 @@ def main() -> None:
     def report(name: str, family, epochs: str, minutes: float, speeds: dict[str, float]) -> None:
         family.train(False)
         generated = sample_in_batches(family.sample, args.samples, stream(0, "eval_samples", device), 250)
-        scores = domain_scores(classifier, generated, test, train_images)
+        scores = image_scores(
+            classifier, test, 0, 0, train=train_images, train_all=data.to_unit(data.train.images), generated=generated
+        )
         speed = ", ".join(f"{k} {v:.1f} img/s" for k, v in speeds.items())
         print(
             f"| {name} | {epochs} | {minutes:.1f} | {scores['domain_fid']:.2f} | {scores['domain_fid_floor']:.2f} | "
