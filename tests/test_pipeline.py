@@ -193,8 +193,6 @@ def test_exp_run_is_listed_by_exp_show_and_logged_to_the_main_store(reproduced):
                     found.append(data["metrics"]["metrics/eval.json"]["data"]["test"]["elbo"])
     assert len(found) == 1, json.dumps(rows)[:2000]
     reproduced.run("dvc", "metrics", "diff")
-    reproduced.run("dvc", "plots", "show", "-o", "plots_out")
-    assert (reproduced.root / "plots_out" / "index.html").is_file()
 
     client = reproduced.mlflow()
     runs = client.search_runs([client.get_experiment_by_name("genlab").experiment_id])
@@ -202,6 +200,14 @@ def test_exp_run_is_listed_by_exp_show_and_logged_to_the_main_store(reproduced):
     assert len(runs) == 2 and len(exp_runs) == 1
     assert exp_runs[0].data.params["vae.latent_dim"] == "2"
     assert exp_runs[0].data.metrics["test/elbo"] == pytest.approx(found[0])
+
+    # The sample figures are image plots: the two experiments' grids side by side on one page.
+    name = exp_runs[0].data.tags["dvc.exp_name"]
+    reproduced.run("dvc", "plots", "diff", "HEAD", name, "-o", "plots_out")
+    page = (reproduced.root / "plots_out" / "index.html").read_text()
+    grids = {rev: reproduced.root / "plots_out" / "static" / f"{rev}_samples_samples.png" for rev in ("HEAD", name)}
+    assert all(f'src="static/{path.name}"' in page for path in grids.values()), page[:2000]
+    assert grids["HEAD"].read_bytes() != grids[name].read_bytes()  # each experiment's own grid
 
 
 def test_four_queued_experiments_two_at_a_time_all_land_complete_in_the_main_store(reproduced):
