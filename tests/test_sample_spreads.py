@@ -58,6 +58,24 @@ def test_kid_of_a_resample_leaves_out_pairs_of_copies():
     assert mmd2_unbiased(a, b) > mmd2_unbiased(a, b, ix, iy)  # copies paired with each other inflate it
 
 
+def test_kid_of_reconstructions_leaves_out_each_image_paired_with_its_own_reconstruction():
+    x = torch.randn(80, 4, generator=gen(23), dtype=torch.float64)
+    recon = x + 0.05 * torch.randn(80, 4, generator=gen(24), dtype=torch.float64)
+    assert mmd2_unbiased(x, x, paired=True) == pytest.approx(0.0, abs=1e-9)  # perfect reconstructions score 0
+    assert mmd2_unbiased(recon, x) < -0.01 < mmd2_unbiased(recon, x, paired=True)  # pairs kept in pull it below 0
+    ids = torch.randint(80, (80,), generator=gen(25))
+    a, b = recon[ids], x[ids]
+
+    def kernel(u, v):
+        return (u @ v.T / 4 + 1) ** 3
+
+    other = ids[:, None] != ids[None, :]
+    brute = kernel(a, a)[other].mean() + kernel(b, b)[other].mean() - 2 * kernel(a, b)[other].mean()
+    assert mmd2_unbiased(a, b, ids, ids, paired=True) == pytest.approx(float(brute), rel=1e-10)
+    with pytest.raises(ValueError, match="paired"):
+        mmd2_unbiased(x, x[:50], paired=True)
+
+
 def test_kid_is_near_zero_for_one_distribution_and_grows_with_the_shift():
     x = torch.randn(1000, 8, generator=gen(6))
     same = mmd2_unbiased(x, torch.randn(1000, 8, generator=gen(7)))

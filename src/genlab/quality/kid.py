@@ -36,19 +36,33 @@ def _within_mean(x: torch.Tensor, ids: torch.Tensor) -> float:
 
 
 def mmd2_unbiased(
-    x: torch.Tensor, y: torch.Tensor, x_ids: torch.Tensor | None = None, y_ids: torch.Tensor | None = None
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_ids: torch.Tensor | None = None,
+    y_ids: torch.Tensor | None = None,
+    paired: bool = False,
 ) -> float:
     """Unbiased MMD² of features x (N, D) and y (M, D): the within-set means leave out each point's pair
     with itself; `x_ids`/`y_ids` (a bootstrap resample's source indices) also leave out pairs of two
     copies of one point, which would otherwise bias a resample drawn with replacement upwards.
 
+    paired: x_i and y_i belong together (a reconstruction and its original; N = M, one set of ids). Such
+    pairs are alike by construction, so the cross mean leaves them out too (Gretton et al.'s MMD²_u over
+    pairs, torch-fidelity's "u-statistic"); kept in, they pull the estimate below 0 for a good model.
+
     Can be slightly negative when the two sets come from one distribution (it is unbiased, not clamped).
     """
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or min(len(x), len(y)) < 2:
         raise ValueError(f"features must be (N >= 2, D) and (M >= 2, D), got {tuple(x.shape)} and {tuple(y.shape)}")
+    if paired and (len(x) != len(y) or (x_ids is not None and y_ids is not None and not torch.equal(x_ids, y_ids))):
+        raise ValueError(f"paired features need one row of y per row of x, with equal ids: got {len(x)} and {len(y)}")
     x = x.detach().to(torch.float64)
     y = y.detach().to(x.device, torch.float64)
     x_ids = torch.arange(len(x), device=x.device) if x_ids is None else x_ids.to(x.device)
     y_ids = torch.arange(len(y), device=x.device) if y_ids is None else y_ids.to(x.device)
-    cross = float(_kernel_sum(x, y)) / (len(x) * len(y))
-    return _within_mean(x, x_ids) + _within_mean(y, y_ids) - 2 * cross
+    cross_sum, cross_count = _kernel_sum(x, y), len(x) * len(y)
+    if paired:  # the pairs (i, j) with equal ids: x_j's partner y_j equals y_i, so as in _within_mean
+        copies = torch.bincount(x_ids)[x_ids].to(x.dtype)
+        cross_sum = cross_sum - (copies * ((x * y).sum(dim=1) / x.shape[1] + 1) ** 3).sum()
+        cross_count = cross_count - float(copies.sum())
+    return _within_mean(x, x_ids) + _within_mean(y, y_ids) - 2 * float(cross_sum) / cross_count

@@ -92,10 +92,11 @@ def _at(x: torch.Tensor, ix: torch.Tensor | None) -> torch.Tensor:
     return x if ix is None else x[ix]
 
 
-def _distances(space: str, suffix: str, a, b, ia, ib) -> dict[str, float]:
-    """FID and KID between feature sets a and b, each taken at its resample's indices (None: whole)."""
+def _distances(space: str, suffix: str, a, b, ia, ib, paired: bool = False) -> dict[str, float]:
+    """FID and KID between feature sets a and b, each taken at its resample's indices (None: whole);
+    paired: a_i reconstructs b_i (see mmd2_unbiased)."""
     x, y = _at(a, ia), _at(b, ib)
-    return {f"{space}_fid{suffix}": fid(x, y), f"{space}_kid{suffix}": mmd2_unbiased(x, y, ia, ib)}
+    return {f"{space}_fid{suffix}": fid(x, y), f"{space}_kid{suffix}": mmd2_unbiased(x, y, ia, ib, paired=paired)}
 
 
 def floor_statistics(space: str, f_test: torch.Tensor, f_train: torch.Tensor) -> Statistics:
@@ -133,7 +134,7 @@ def reconstruction_statistics(f_rec, p_rec, f_test, p_test, recon, test, labels)
 
     def statistics(ix: Indices) -> dict[str, float]:
         t = ix["test"]
-        dist = _distances("domain", "", f_rec, f_test, t, t)
+        dist = _distances("domain", "", f_rec, f_test, t, t, paired=True)
         out = {"domain_rfid": dist["domain_fid"], "domain_rkid": dist["domain_kid"]}
         out.update({key: _at(values, t).mean().item() for key, values in per_image.items()})
         return out
@@ -153,7 +154,7 @@ def inception_statistics(sets: dict[str, torch.Tensor], test, train, weights: st
         if "generated" in features:
             out.update(_distances("inception", "", features["generated"], f_test, ix["generated"], ix["test"]))
         if "recon" in features:
-            dist = _distances("inception", "", features["recon"], f_test, ix["test"], ix["test"])
+            dist = _distances("inception", "", features["recon"], f_test, ix["test"], ix["test"], paired=True)
             out.update({"inception_rfid": dist["inception_fid"], "inception_rkid": dist["inception_kid"]})
         return out
 
