@@ -280,3 +280,19 @@ def test_a_run_deleted_in_the_ui_says_how_to_get_it_back(run):
     run.client.delete_run(run.run_id)
     with pytest.raises(TrackingError, match="Current state is deleted.*mlflow runs restore --run-id"):
         tracking.attach(run.run_id).log_metrics({"test/x": 1.0})
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        "Max retries exceeded with url: /api/2.0/mlflow/runs/get (Caused by NewConnectionError('Failed to establish'))",
+        # The server killed while it wrote its answer (seen in test_team_server's fault test).
+        "('Connection broken: IncompleteRead(0 bytes read, 6301 more expected)', IncompleteRead(0 bytes read))",
+    ],
+)
+def test_a_server_gone_or_gone_mid_answer_says_how_to_continue(failure):
+    import requests
+
+    with pytest.raises(TrackingError, match="did not answer") as raised, tracking.store_errors("http://127.0.0.1:9"):
+        raise requests.ConnectionError(failure)
+    assert "train.resume: true continues it" in str(raised.value)

@@ -117,6 +117,10 @@ def display_uri(uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rsplit('@', 1)[1]}"))
 
 
+# A server that is not there, or that died in the middle of an answer (killed while it wrote a response).
+_GONE = ("Max retries exceeded", "Failed to establish", "Connection broken", "Connection aborted")
+
+
 def _explain(exc: Exception, uri: str) -> str:
     where, code = display_uri(uri), getattr(exc, "error_code", "")
     db = _sqlite_path(uri)
@@ -138,7 +142,7 @@ def _explain(exc: Exception, uri: str) -> str:
             f"user {user!r} may not change experiment {experiment_name()!r} on {where} (HTTP 403): its owner or an "
             "admin grants EDIT permission, or set MLFLOW_EXPERIMENT_NAME to an experiment of your own (docs/team.md)"
         )
-    if "Max retries exceeded" in str(exc) or "Failed to establish" in str(exc):
+    if any(sign in str(exc) for sign in _GONE):
         return (
             f"the MLflow tracking server {where} did not answer, after MLflow's retries (MLFLOW_HTTP_REQUEST_MAX_"
             "RETRIES): start it (`make server`) or point MLFLOW_TRACKING_URI at a running one; a training stopped "
