@@ -11,6 +11,7 @@ free loopback port, drives Debian's `chromium` through Playwright's Python API a
 
     make screenshots                                   # docs/figures/ui-*.png from this repo's store
     python docs/screenshots.py --store ../old-clone --prefix ui-before-
+    python docs/screenshots.py --report reports/runs.html --prefix report-   # that page, whole: <prefix>page.png
 """
 
 from __future__ import annotations
@@ -156,17 +157,28 @@ def main() -> None:
     parser.add_argument("--prefix", default="ui-")
     parser.add_argument("--compare", type=int, default=3, help="how many of the latest runs the chart view shows")
     parser.add_argument("--runs", nargs="+", help="run ids for the chart view instead (the first one's page is shown)")
+    parser.add_argument("--report", type=Path, help="a page of stages/report.py --html to photograph instead of the UI")
     parser.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser"))
     args = parser.parse_args()
-    if not (args.store / "mlflow.db").is_file():
+    if not args.report and not (args.store / "mlflow.db").is_file():
         sys.exit(f"error: no mlflow.db in {args.store}: pass --store <folder with mlflow.db and mlartifacts/>")
     if not args.chromium:
         sys.exit("error: no chromium found: install Debian's (apt install chromium) or pass --chromium PATH")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        sys.exit("error: Playwright is missing: `make screenshots` installs it (pip install -e '.[screenshots]')")
+        sys.exit("error: Playwright is missing: `make setup` installs it (requirements.lock)")
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.report:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
+            page = browser.new_page(viewport=VIEWPORT)
+            page.goto(args.report.resolve().as_uri(), wait_until="load")
+            path = args.out / f"{args.prefix}page.png"
+            page.screenshot(path=str(path), full_page=True)
+            browser.close()
+        print(f"wrote {path}")
+        return
     port = free_port()
     with mlflow_ui(args.store, port) as db, sync_playwright() as playwright:
         experiment, runs = latest_runs(db, args.compare)

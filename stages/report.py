@@ -6,6 +6,7 @@
     python stages/report.py --metrics 'test/*' val/elbo --out reports/mnist
     python stages/report.py --group                           # + groups.csv/md, verdicts.csv/md: seed replicates
     python stages/report.py --baseline vae.beta=1.0 --alpha 0.01  # each group against the vae.beta=1.0 one
+    python stages/report.py --group --html                    # + runs.html: spreads, grids side by side, curves
 Exits with status 2 and a message when no run matches, or the baseline selects no single group.
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 from genlab import paths
 from genlab.errors import exit_on_error
 from genlab.replicates import ALPHA
-from genlab.report import DEFAULT_METRICS, EXPERIMENT, GROUP_FILES, build_report, to_markdown
+from genlab.report import DEFAULT_METRICS, EXPERIMENT, FILES, GROUP_FILES, build_report, to_markdown
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -56,6 +57,12 @@ def parse(argv=None) -> argparse.Namespace:
         "--alpha", type=float, default=ALPHA, help="significance level of the verdicts (default: %(default)s)"
     )
     parser.add_argument(
+        "--html",
+        action="store_true",
+        help="also runs.html, one self-contained page (metrics with spreads, each run's sample and reconstruction "
+        "grids, curves overlaid), logged with the other files to a run of MLflow experiment genlab-reports",
+    )
+    parser.add_argument(
         "--tracking-uri",
         default=None,
         help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///<main repo>/mlflow.db)",
@@ -80,11 +87,18 @@ def run(argv=None) -> None:
             group=args.group,
             baseline=args.baseline,
             alpha=args.alpha,
+            html=args.html,
         )
+    out = Path(args.out)
     print(to_markdown(table), end="")
-    print(f"{len(table)} run(s) from {tracking.display_uri(uri)} -> {args.out}/runs.csv, runs.md, runs.png")
+    print(f"{len(table)} run(s) from {tracking.display_uri(uri)} -> {out}/runs.csv, runs.md, runs.png")
     if args.group or args.baseline:
-        _print_groups(Path(args.out))
+        _print_groups(out)
+    if args.html:
+        written = [out / name for name in (*FILES, *(GROUP_FILES if args.group or args.baseline else ()), "runs.html")]
+        with tracking.store_errors(uri):
+            run_id = tracking.log_comparison(uri, written, table.attrs["run_ids"], f"report: {len(table)} runs")
+        print(f"-> {out}/runs.html, and with the tables to MLflow run {run_id} (experiment {tracking.REPORTS})")
 
 
 def _print_groups(out: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -95,9 +97,22 @@ def store(tmp_path_factory) -> str:
         metrics = [Metric("val/elbo", v, 0, step) for step, v in enumerate(val_elbo)]
         metrics += [Metric(k, v, 0, 0) for k, v in test.items()]
         client.log_batch(run_id, metrics=metrics, params=[Param(k, v) for k, v in all_params.items()])
+        for figure in FIGURES.get(name, ()):
+            client.log_artifact(run_id, str(_png(root / name / figure, i)), "samples")
         client.set_terminated(run_id, "FINISHED")
     _log_replicates(client, root)
     return uri
+
+
+FIGURES = {"exp-a": ("samples.png", "reconstructions.png"), "exp-b": ("samples.png",)}  # exp-c logged none
+
+
+def _png(path: Path, shade: int) -> Path:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (20 + shade, 10), color=60 * shade).save(path)
+    return path
 
 
 def test_all_runs_key_params_and_files(store, tmp_path):
@@ -312,3 +327,76 @@ def test_cli_group(store, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "beta=0.5 lower test/fid than beta=1.0 by" in out and "needs ≥ 2 seeds" in out
     assert "groups.csv, groups.md, verdicts.csv, verdicts.md" in out
+
+
+def _page(path: Path) -> str:
+    text = path.read_text()
+    assert "http://" not in text and "https://" not in text and "src=" not in text.replace('src="data:', "")
+    return text
+
+
+def test_html_page_has_a_row_and_the_grids_of_every_run(store, tmp_path):
+    table = build_report(store, out_dir=tmp_path, html=True)
+    page = _page(tmp_path / "runs.html")
+    metrics = page.split('<table id="metrics">')[1].split("</table>")[0]
+    assert metrics.count("<tr>") == 1 + len(table) == 4  # header + one row per run
+    figures = page.split('<table id="figures">')[1].split("</table>")[0]
+    rows = figures.split("<tbody>")[1].split("<tr>")[1:]
+    assert [row.count("<img") for row in rows] == [2, 1, 0]  # exp-a both grids, exp-b samples, exp-c none
+    assert [row.count(">none<") for row in rows] == [0, 1, 2]
+    assert 'id="curves"' in page  # val/elbo of exp-a and exp-b overlaid
+    assert '<table id="groups">' not in page
+
+
+def test_html_page_folds_spreads_and_shows_groups_and_verdicts(store, tmp_path):
+    build_report(store, experiment="replicates", baseline=["vae.beta=1.0"], metrics=["test/fid*"], out_dir=tmp_path,
+                 html=True)  # fmt: skip
+    page = _page(tmp_path / "runs.html")
+    head = page.split('<table id="metrics">')[1].split("</thead>")[0]
+    assert "<th>test/fid ± sd</th>" in head and "test/fid_std" not in head
+    assert "<td>10.90 ± 0.1</td>" in page  # the first run: test/fid 10.9, test/fid_std 0.1
+    assert '<table id="groups">' in page and "beta=0.5 lower test/fid than beta=1.0 by" in page
+    assert 'id="curves"' not in page and "no run logged a per-epoch metric" in page
+
+
+def test_cli_html_logs_the_report_to_a_comparison_run(store, tmp_path, capsys):
+    from mlflow import MlflowClient
+
+    _cli_module().run(["--tracking-uri", store, "--out", str(tmp_path), "--dataset", "digits", "--html"])
+    assert "runs.html" in capsys.readouterr().out
+    client = MlflowClient(store)
+    experiment = client.get_experiment_by_name("genlab-reports")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    digits = build_report(store, dataset="digits", out_dir=tmp_path / "again").attrs["run_ids"]
+    assert run.data.tags["genlab.compared_runs"] == ",".join(digits)
+    stored = {Path(a.path).name: a.file_size for a in client.list_artifacts(run.info.run_id, "report")}
+    assert stored == {f.name: f.stat().st_size for f in tmp_path.iterdir() if f.is_file()}
+    assert set(stored) == {"runs.csv", "runs.md", "runs.png", "runs.html"}
+    assert len(build_report(store, out_dir=tmp_path / "after")) == 3  # the comparison run is not a run compared
+
+
+def test_html_page_in_a_real_browser(store, tmp_path):
+    """Every image of the page loads and the metrics table has one row per run, as Chromium renders it."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if chromium is None or sync_playwright is None:
+        missing = "Debian's chromium (apt install chromium)" if chromium is None else "playwright"
+        if os.environ.get("CI"):  # make test installs both where it can: CI must not skip this
+            pytest.fail(f"{missing} is missing")
+        pytest.skip(f"needs {missing}")
+    table = build_report(store, out_dir=tmp_path, html=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto((tmp_path / "runs.html").as_uri(), wait_until="load")
+        images = page.eval_on_selector_all("img", "els => els.map(e => [e.complete, e.naturalWidth])")
+        rows = page.locator("#metrics tbody tr").count()
+        grids = page.eval_on_selector_all("#figures img", "els => els.map(e => e.naturalWidth)")
+        browser.close()
+    assert len(images) == 4 and all(done and width > 0 for done, width in images), images
+    assert rows == len(table) == 3
+    assert grids == [20, 20, 21]  # the logged PNGs, decoded: exp-a's two (20 px wide), exp-b's one (21 px)

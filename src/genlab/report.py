@@ -16,12 +16,12 @@ import fnmatch
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from genlab import atomic, paths, replicates
 from genlab.errors import GenlabError
+from genlab.tables import format_number, metric_columns, run_labels, to_markdown
 
 EXPERIMENT = "genlab"  # = genlab.tracking.EXPERIMENT; not imported from there, as it pulls in torchvision
 
@@ -130,43 +130,9 @@ def runs_table(runs: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.D
         table[name] = _text(_col(runs, f"params.{name}")).values
     for name in _choose_metrics(runs, metrics):
         table[name] = _col(runs, f"metrics.{name}").astype(float).values
-    return table.reset_index(drop=True)
-
-
-def metric_columns(table: pd.DataFrame) -> list[str]:
-    return [c for c in table.columns if pd.api.types.is_float_dtype(table[c])]
-
-
-def format_number(value: Any) -> str:
-    """Readable rounding: 4 significant digits, integers as integers, NaN as blank."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if not isinstance(value, (int, float)):
-        return str(value)
-    v = float(value)
-    if v.is_integer() and abs(v) < 1e12:
-        return str(int(v))
-    if abs(v) >= 1000:
-        return f"{v:.1f}"
-    return f"{v:.4g}" if abs(v) < 1 else f"{v:.{max(0, 3 - math.floor(math.log10(abs(v))))}f}"
-
-
-def to_markdown(table: pd.DataFrame) -> str:
-    def cell(value: Any) -> str:
-        return format_number(value).replace("|", "\\|").replace("\n", " ")
-
-    numeric = set(metric_columns(table))
-    header = "| " + " | ".join(str(c) for c in table.columns) + " |"
-    rule = "|" + "|".join("---:" if c in numeric else "---" for c in table.columns) + "|"
-    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join([header, rule, *rows]) + "\n"
-
-
-def run_labels(table: pd.DataFrame) -> list[str]:
-    """Run names for the plot axis; the short run id is added where a name is missing or repeated."""
-    names = [n or r for n, r in zip(table["run_name"], table["run"])]
-    counts = pd.Series(names).value_counts()
-    return [f"{n} ({r})" if counts[n] > 1 else n for n, r in zip(names, table["run"])]
+    table = table.reset_index(drop=True)
+    table.attrs["run_ids"] = list(runs["run_id"])  # the full ids, for what follows a run up in MLflow
+    return table
 
 
 def plot(table: pd.DataFrame, path: str | Path) -> None:
@@ -245,13 +211,13 @@ def _mean_sd(mean: float, sd: float, n: int, runs: int) -> str:
     return f"{format_number(mean)} ± {spread}" + (f" (n = {n})" if n != runs else "")
 
 
-def groups_markdown(groups: pd.DataFrame, metrics: Sequence[str]) -> str:
+def groups_display(groups: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     """group, n, seeds, commits, reruns, then `mean ± sd` per metric (sd n/a for n = 1)."""
     shown = groups[["group", "n", "seeds", "commits", "reruns"]].astype(str)
     for m in metrics:
         cells = zip(groups[f"{m}_mean"], groups[f"{m}_sd"], groups[f"{m}_n"], groups["n"])
         shown[f"{m} (mean ± sd)"] = [_mean_sd(*cell) for cell in cells]
-    return to_markdown(shown)
+    return shown
 
 
 def verdicts_markdown(verdicts: pd.DataFrame) -> str:
@@ -279,9 +245,11 @@ def build_report(
     group: bool = False,
     baseline: Sequence[str] | None = None,
     alpha: float = 0.05,
+    html: bool = False,
 ) -> pd.DataFrame:
     """Select runs, write out_dir/runs.csv, runs.md and runs.png (each atomically), return the table.
-    With `group` (or a `baseline`), also groups.csv/.md and verdicts.csv/.md (see group_report).
+    With `group` (or a `baseline`), also groups.csv/.md and verdicts.csv/.md (see group_report); with
+    `html`, runs.html (genlab.report_page: the same tables with spreads, each run's grids, the curves).
 
     Raises ReportError (a GenlabError: stages exit 2) when the experiment is missing, no run
     matches the filters, a requested metric exists in none of the selected runs, or the baseline
@@ -302,17 +270,33 @@ def build_report(
         )
     table = runs_table(runs, metrics)
     out = Path(out_dir)
+    grouped = None
     if group or baseline:
         chosen = metric_columns(table)
         groups, verdicts = group_report(runs, chosen, baseline, alpha)
+        grouped = groups_display(groups, chosen), list(verdicts["verdict"])
         _write_csv(groups, out / "groups.csv")
-        atomic.write_text(out / "groups.md", groups_markdown(groups, chosen))
+        atomic.write_text(out / "groups.md", to_markdown(grouped[0]))
         _write_csv(verdicts, out / "verdicts.csv")
         atomic.write_text(out / "verdicts.md", verdicts_markdown(verdicts))
     _write_csv(table, out / "runs.csv")
     atomic.write_text(out / "runs.md", to_markdown(table))
     plot(table, out / "runs.png")
+    if html:
+        _write_page(tracking_uri, experiment, filters, runs, table, grouped, out / "runs.html")
     return table
+
+
+def _write_page(uri: str, experiment: str, filters: str, runs, table, grouped, path: Path) -> None:
+    from mlflow import MlflowClient
+
+    from genlab import report_page
+
+    page = report_page.collect(MlflowClient(uri), runs, table)
+    page.notes = [f"{len(table)} run(s) of experiment {experiment!r}" + (f" where {filters}" if filters else "")]
+    if grouped is not None:
+        page.groups, page.verdicts = grouped
+    report_page.write_page(path, page)
 
 
 def _write_csv(table: pd.DataFrame, path: Path) -> None:

@@ -629,6 +629,30 @@ def run_name(cfg: Config, tags: dict[str, str], view: dict[str, Any], committed:
     return " | ".join(p for p in parts if p)
 
 
+REPORTS = "genlab-reports"  # comparison runs: kept out of the experiments whose runs they compare
+
+
+def log_comparison(uri: str, files: list[Path], compared: list[str], name: str) -> str:
+    """A FINISHED run of experiment genlab-reports holding a report's `files` (artifacts report/, each checked
+    like genlab's own) and tagged with the ids of the runs it compares; returns its id."""
+    db = _sqlite_path(uri)
+    with _store_lock(uri, db.parent if db else Path()), store_errors(uri):
+        client = _verifying_client()(uri)
+        experiment = client.get_experiment_by_name(REPORTS)
+        if experiment is None:
+            location = (db.parent / "mlartifacts").as_uri() if db else None  # beside the store, as 'genlab'
+            experiment_id = client.create_experiment(REPORTS, artifact_location=location)
+        else:
+            experiment_id = experiment.experiment_id
+        ids = ",".join(compared)
+        tags = {"genlab.compared_runs": ids if len(ids) <= 5000 else f"{len(compared)} runs (too many to list)"}
+        run = client.create_run(experiment_id, run_name=name, tags=tags)
+        for path in files:
+            client.log_artifact(run.info.run_id, str(path), "report", md5=True)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
 def attach(run_id: str) -> MlflowTracker:
     """Re-open the run a previous stage created (evaluate and sample add to the train run)."""
     root = repo_root()
