@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | md5sum | cut -c1-12)
 ACTIVATE := source $(VENV)/bin/activate
 
-.PHONY: setup run test browser lint repro-check expected lock ui screenshots server server-stop
+.PHONY: setup run test browser lint lock-check repro-check expected lock ui screenshots server server-stop
 
 setup: $(STAMP)
 
@@ -47,6 +47,10 @@ lint: setup
 # (else two reruns here), and inside the seed bands of metrics/expected.json on any machine.
 repro-check: setup
 	$(ACTIVATE) && python -m genlab.reproduce
+
+# dvc.lock records this commit's code and params (a second; CI runs it first instead of finding out at its end).
+lock-check: setup
+	$(ACTIVATE) && python -m genlab.reproduce lock
 
 # Rebuild metrics/expected.json: the committed experiment run with 8 seeds, bands mean +- 4 sd (~15 min).
 expected: setup

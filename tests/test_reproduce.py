@@ -151,6 +151,24 @@ def test_a_rerun_that_leaves_changes_fails_on_the_same_machine_kind_and_lists_dr
     assert leftover_changes(porcelain, same_kind=False) == (["?? stray.txt"], ["M  dvc.lock", " M metrics/eval.json"])
 
 
+def test_a_stale_lock_names_the_tracked_code_it_was_not_made_with():
+    """CI's first step: dvc.lock must record the commit's code and params; absent outputs and data are no fault."""
+    from genlab.reproduce import stale_lock
+
+    status = {  # `dvc status --json dvc.yaml` of a fresh clone whose code changed after the last dvc repro
+        "validate": [{"changed deps": {"src/genlab": "modified"}}, {"changed outs": {"validated": "deleted"}}],
+        "train": [
+            {"changed deps": {"validated/train.yaml": "deleted", "params.yaml": "modified", "data/x": "modified"}},
+            {"changed outs": {"models/model.pt": "not in cache"}},
+        ],
+        "sample": [{"changed deps": {"data/prepared": "deleted"}}],
+        "evaluate": ["changed checksum"],
+    }
+    tracked = {"src/genlab", "src", "params.yaml", "stages/train.py"}  # data/x: an untracked input, DVC's own
+    assert stale_lock(status, tracked) == ["validate: src/genlab", "train: params.yaml"]
+    assert stale_lock({}, tracked) == []
+
+
 def test_a_forced_rerun_trains_instead_of_restoring_the_last_finished_run(tmp_path, monkeypatch):
     """genlab.resume restores a finished run's outputs when DVC reruns train on the same inputs; the second
     rerun of the determinism check must train, or two reruns agree only because one copied the other."""

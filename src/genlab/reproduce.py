@@ -3,6 +3,7 @@
     python -m genlab.reproduce                    # rerun the pipeline (dvc repro -f), then the checks
     python -m genlab.reproduce --no-run           # check the working tree's metrics without rerunning
     python -m genlab.reproduce expected [--seeds 8 --k 4]   # rebuild metrics/expected.json (make expected)
+    python -m genlab.reproduce lock               # dvc.lock records this commit's code and params (CI's first step)
 
 determinism   same machine kind, bit-exact. Float32 training is chaotic, so equal numbers are promised
               only between equal machine fingerprints (genlab.machine: CPU model, ISA, kernels, threads,
@@ -356,6 +357,39 @@ def build_expected(seeds: int, k: float) -> int:
     return 1 if outside else 0
 
 
+def stale_lock(status: dict[str, Any], tracked: set[str]) -> list[str]:
+    """`stage: path` for each dependency of `dvc status --json` that git tracks and that differs from dvc.lock:
+    code or params that the committed outputs were not made with (outputs and data are merely absent)."""
+    return [
+        f"{stage}: {path}"
+        for stage, changes in status.items()
+        for change in changes
+        if isinstance(change, dict)
+        for path, how in change.get("changed deps", {}).items()
+        if how == "modified" and path in tracked
+    ]
+
+
+def check_lock() -> int:
+    """Fail in a second, not after the whole CI, when dvc.lock was not remade after a change of code or params."""
+    status = json.loads(subprocess.run(["dvc", "status", "--json", "dvc.yaml"], capture_output=True, text=True,
+                                       check=True).stdout or "{}")  # fmt: skip
+    files = _git("ls-files").splitlines()
+    tracked = set(files) | {folder.as_posix() for f in files for folder in Path(f).parents}
+    stale = stale_lock(status, tracked)
+    if stale:
+        print(
+            "dvc.lock records other code or params than this commit's, so the committed metrics/ were not made by "
+            "it; run `dvc repro` (or `make run`) and commit dvc.lock with metrics/:",
+            *stale,
+            sep="\n  ",
+            file=sys.stderr,
+        )
+        return 1
+    print("dvc.lock: every stage's code and params are this commit's")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
@@ -363,7 +397,10 @@ def main(argv: list[str] | None = None) -> int:
     build = sub.add_parser("expected", help=f"rebuild {paths.EXPECTED} from seed runs of the committed experiment")
     build.add_argument("--seeds", type=int, default=SEEDS, help=f"runs behind each band (>= 5; default {SEEDS})")
     build.add_argument("--k", type=float, default=K, help=f"band half-width in standard deviations (default {K:g})")
+    sub.add_parser("lock", help="check that dvc.lock records this commit's code and params (no rerun)")
     args = parser.parse_args(argv)
+    if args.command == "lock":
+        return check_lock()
     if args.command == "expected":
         if args.seeds < 5 or not math.isfinite(args.k) or args.k <= 0:
             parser.error("--seeds must be >= 5 and --k a positive number")
