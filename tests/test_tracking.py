@@ -156,6 +156,21 @@ def test_every_kind_of_upload_genlab_makes_is_checked(run, monkeypatch):
         run.log_model(family, torch.zeros(2, 2), None)
 
 
+def test_a_logged_model_names_the_installed_versions_and_warns_of_nothing(run, capfd):
+    """No warning an ordinary run's user cannot act on: MLflow's pickle notice (genlab pickles on purpose) and its
+    'mismatch' between torch 2.14.1+cu130 (torch.__version__) and the installed 2.14.1 both once filled the log."""
+    import importlib.metadata
+
+    from genlab.mlflow_model import requirements
+
+    from families import make_family
+
+    assert requirements() == [f"{n}=={importlib.metadata.version(n)}" for n in ("torch", "numpy")]
+    run.log_model(make_family("vae", hidden=[8], latent_dim=2), torch.zeros(2, 2), None)
+    err = capfd.readouterr().err
+    assert "WARNING" not in err, err
+
+
 class _FakeServer:
     """A tracking server's artifact store (no local folder): the first upload arrives empty."""
 

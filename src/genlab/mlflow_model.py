@@ -7,10 +7,11 @@ It is pickled, not exported with torch.export: genlab's samplers are Python loop
 
 from __future__ import annotations
 
+import importlib.metadata
+import logging
 from pathlib import Path
 from typing import Any
 
-import numpy
 import torch
 from torch import nn
 
@@ -48,17 +49,35 @@ def example_input(family: Family, images: torch.Tensor) -> torch.Tensor:
     return images[:2].to(family.device)
 
 
+def requirements() -> list[str]:
+    """The installed distributions' versions, which MLflow compares with when it loads the model: torch.__version__
+    carries a local build tag (2.14.1+cu130) that the wheel's metadata lacks, so MLflow warned of a mismatch."""
+    return [f"{name}=={importlib.metadata.version(name)}" for name in ("torch", "numpy")]
+
+
+class _NotThePickleWarning(logging.Filter):
+    """MLflow warns on every pickled PyTorch model; genlab pickles on purpose (module docstring, README)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Saving pytorch model by Pickle")
+
+
 def log(family: Family, example: torch.Tensor, registered_name: str | None) -> Any:
     """Log the model into the active MLflow run as `model`, registered as a version of `registered_name`."""
     import mlflow
 
     family.train(False)
-    return mlflow.pytorch.log_model(
-        GenlabModel(family),
-        name="model",
-        serialization_format="pickle",
-        code_paths=[str(CODE)],
-        input_example=example.cpu().numpy(),
-        pip_requirements=[f"torch=={torch.__version__}", f"numpy=={numpy.__version__}"],
-        registered_model_name=registered_name,
-    )
+    logger, quiet = logging.getLogger("mlflow.pytorch"), _NotThePickleWarning()
+    logger.addFilter(quiet)
+    try:
+        return mlflow.pytorch.log_model(
+            GenlabModel(family),
+            name="model",
+            serialization_format="pickle",
+            code_paths=[str(CODE)],
+            input_example=example.cpu().numpy(),
+            pip_requirements=requirements(),
+            registered_model_name=registered_name,
+        )
+    finally:
+        logger.removeFilter(quiet)
