@@ -61,9 +61,10 @@ lock:
 	rm -rf /tmp/genlab-lock && python3 -m venv /tmp/genlab-lock
 	/tmp/genlab-lock/bin/pip install -q setuptools -e . && /tmp/genlab-lock/bin/pip freeze --all --exclude-editable --exclude pip > requirements.lock
 
+# mlflow ui on the project's store; the URL is printed once the server answers (UI_PORT=5001 for another port).
+UI_PORT ?= 5000
 ui: setup
-	$(ACTIVATE) && python -m genlab.tracking relocate && python -m genlab.tracking url \
-		&& mlflow ui --backend-store-uri sqlite:///mlflow.db
+	$(ACTIVATE) && python -m genlab.tracking relocate && python -m genlab.tracking ui $(UI_PORT)
 
 # A team's tracking server (docs/team.md): PostgreSQL + MLflow with logins on 127.0.0.1:5050, data in .server/.
 # The first start needs the admin password in MLFLOW_AUTH_ADMIN_PASSWORD (or a file named by GENLAB_ADMIN_PASSWORD_FILE).

@@ -8,6 +8,7 @@ import os
 import posixpath
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -311,3 +312,29 @@ def test_a_server_gone_or_gone_mid_answer_says_how_to_continue(failure):
     with pytest.raises(TrackingError, match="did not answer") as raised, tracking.store_errors("http://127.0.0.1:9"):
         raise requests.ConnectionError(failure)
     assert "train.resume: true continues it" in str(raised.value)
+
+
+_LATE_SERVER = """
+import http.server, sys, time
+time.sleep(1.5)  # like mlflow ui starting its workers: the port answers only now
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), http.server.SimpleHTTPRequestHandler).serve_forever()
+"""
+
+
+def test_make_ui_prints_its_url_only_once_the_server_answers(tmp_path):
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-c", _LATE_SERVER, str(port)], cwd=tmp_path)
+    try:
+        assert tracking.wait_until_answers(server, port, timeout_s=30) >= 1.5
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).close()  # it answers now
+    finally:
+        server.kill()
+        server.wait()
+    gone = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    with pytest.raises(TrackingError, match="mlflow ui exited with status 3 before it answered"):
+        tracking.wait_until_answers(gone, port, timeout_s=30)

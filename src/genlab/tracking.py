@@ -16,6 +16,7 @@ import platform
 import posixpath
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import tempfile
 import threading
 import time
 import unittest.mock
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -714,7 +716,46 @@ def ui_url(port: int = 5000) -> str:
     return f"http://127.0.0.1:{port}/#/{where}?workflowType=machine_learning"
 
 
+def wait_until_answers(server: subprocess.Popen, port: int, timeout_s: float = 300) -> float:
+    """Seconds until `server` answers GET /health on 127.0.0.1:`port` (mlflow ui takes tens of seconds to start
+    its workers: a URL printed before that opens on an error page). Raises TrackingError if it exits first."""
+    began = time.monotonic()
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return time.monotonic() - began
+        except urllib.error.HTTPError:  # an answer all the same
+            return time.monotonic() - began
+        except OSError:
+            if server.poll() is not None:
+                raise TrackingError(f"mlflow ui exited with status {server.returncode} before it answered") from None
+            if time.monotonic() - began > timeout_s:
+                raise TrackingError(f"mlflow ui did not answer on port {port} within {timeout_s:.0f} s") from None
+            time.sleep(0.5)
+
+
+def serve_ui(port: int) -> int:
+    """`mlflow ui` on the project's store; the URL to open is printed once the server answers."""
+    url = ui_url(port)
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise TrackingError(f"port {port} is taken (another mlflow ui?): stop it, or `make ui UI_PORT={port + 1}`")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(), "--port", str(port)]
+    )
+    try:
+        waited = wait_until_answers(server, port)
+        print(f"\nmlflow ui answers (after {waited:.0f} s). genlab's runs (Model training view): {url}", flush=True)
+        return server.wait()
+    except BaseException:  # Ctrl-C, or it never answered: no server left behind
+        server.terminate()
+        server.wait()
+        raise
+
+
 def _main() -> None:
+    if sys.argv[1:2] == ["ui"]:
+        sys.exit(serve_ui(int(sys.argv[2]) if len(sys.argv) > 2 else 5000))
     if sys.argv[1:] == ["relocate"]:
         check_store(tracking_uri())  # `make ui` runs this first: a store of an older MLflow is migrated here
         print(f"rewrote {relocate()} artifact location(s) to {(repo_root() / 'mlartifacts').as_uri()}")
@@ -724,10 +765,10 @@ def _main() -> None:
         copy = backup(_sqlite_path(tracking_uri()))
         print(f"backed up the MLflow store to {copy} (to restore it, with no run writing: copy it over the store)")
     else:
-        sys.exit("usage: python -m genlab.tracking relocate | url | backup")
+        sys.exit("usage: python -m genlab.tracking relocate | url | backup | ui [PORT]")
 
 
-if __name__ == "__main__":  # python -m genlab.tracking relocate | url | backup
+if __name__ == "__main__":  # python -m genlab.tracking relocate | url | backup | ui [PORT]
     from genlab.errors import exit_on_error
 
     exit_on_error(_main)
