@@ -17,6 +17,8 @@ $(STAMP): requirements.lock pyproject.toml
 		|| { tail -n 40 $(VENV)/install.log; echo "dependency install failed: see $(VENV)/install.log"; exit 1; }
 	@$(PY) -m pip install --no-input --no-deps --no-build-isolation -e . >> $(VENV)/install.log 2>&1 \
 		|| { tail -n 40 $(VENV)/install.log; echo "installing genlab failed: see $(VENV)/install.log"; exit 1; }
+	@$(ACTIVATE) && python -m genlab.offline_plots >> $(VENV)/install.log 2>&1 \
+		|| echo "note: dvc plots pages will load Vega from the internet (no npm? see $(VENV)/install.log)"
 	@rm -f $(VENV)/.installed-* && touch $@
 
 # The default experiment end to end: download -> train -> evaluate -> sample.

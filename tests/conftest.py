@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -109,6 +110,33 @@ class Project:
         from mlflow import MlflowClient
 
         return MlflowClient(f"sqlite:///{self.root / 'mlflow.db'}")
+
+
+def in_chromium(page: Path, script: str, settle_s: float = 0.0):
+    """Open `page` in Debian's chromium (Playwright) with every request outside file:// refused, as on a machine
+    without internet, and return what the JavaScript `script` (an expression) evaluates to there. Skips where
+    chromium or Playwright is missing, except under CI (make test installs both where it can)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    if chromium is None or sync_playwright is None:
+        missing = "Debian's chromium (apt install chromium)" if chromium is None else "playwright"
+        if os.environ.get("CI"):
+            pytest.fail(f"{missing} is missing")
+        pytest.skip(f"needs {missing}")
+    refused = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        tab = browser.new_page()
+        tab.route(re.compile(r"^(?!file:).*"), lambda route: (refused.append(route.request.url), route.abort()))
+        tab.goto(page.as_uri(), wait_until="load")
+        time.sleep(settle_s)
+        result = tab.evaluate(script)
+        browser.close()
+    assert not refused, f"the page asked the network for {refused}"
+    return result
 
 
 def assert_one_point_per_step(client, run, epochs: int) -> None:

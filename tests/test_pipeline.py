@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import yaml
 from genlab import paths
 from genlab.data.checksums import md5_file
 
-from conftest import Project, assert_one_point_per_step
+from conftest import Project, assert_one_point_per_step, in_chromium
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
@@ -208,6 +209,18 @@ def test_exp_run_is_listed_by_exp_show_and_logged_to_the_main_store(reproduced):
     grids = {rev: reproduced.root / "plots_out" / "static" / f"{rev}_samples_samples.png" for rev in ("HEAD", name)}
     assert all(f'src="static/{path.name}"' in page for path in grids.values()), page[:2000]
     assert grids["HEAD"].read_bytes() != grids[name].read_bytes()  # each experiment's own grid
+    # Offline too: with genlab's template (make setup) the page inlines Vega, and Chromium draws every curve
+    # and image with the network refused.
+    reproduced.run(sys.executable, "-m", "genlab.offline_plots")
+    reproduced.run("dvc", "plots", "diff", "HEAD", name, "-o", "plots_out")
+    drawn, images, broken = in_chromium(
+        reproduced.root / "plots_out" / "index.html",
+        """[document.querySelectorAll(".vega-embed canvas, .vega-embed svg").length,
+            document.images.length, [...document.images].filter(e => !e.naturalWidth).length]""",
+        settle_s=1,
+    )
+    curves = len(list((reproduced.root / "metrics" / "curves").glob("*.csv")))
+    assert drawn >= curves > 0 and images >= 2 and broken == 0, (drawn, curves, images, broken)
 
 
 def test_four_queued_experiments_two_at_a_time_all_land_complete_in_the_main_store(reproduced):

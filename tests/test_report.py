@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -17,6 +15,8 @@ import pytest
 from genlab import replicates
 from genlab.errors import ConfigError, GenlabError
 from genlab.report import build_report, format_number, to_markdown
+
+from conftest import in_chromium
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -377,26 +377,14 @@ def test_cli_html_logs_the_report_to_a_comparison_run(store, tmp_path, capsys):
 
 
 def test_html_page_in_a_real_browser(store, tmp_path):
-    """Every image of the page loads and the metrics table has one row per run, as Chromium renders it."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        sync_playwright = None
-    if chromium is None or sync_playwright is None:
-        missing = "Debian's chromium (apt install chromium)" if chromium is None else "playwright"
-        if os.environ.get("CI"):  # make test installs both where it can: CI must not skip this
-            pytest.fail(f"{missing} is missing")
-        pytest.skip(f"needs {missing}")
+    """Every image of the page loads and the metrics table has one row per run, as Chromium renders it offline."""
     table = build_report(store, out_dir=tmp_path, html=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
-        page = browser.new_page()
-        page.goto((tmp_path / "runs.html").as_uri(), wait_until="load")
-        images = page.eval_on_selector_all("img", "els => els.map(e => [e.complete, e.naturalWidth])")
-        rows = page.locator("#metrics tbody tr").count()
-        grids = page.eval_on_selector_all("#figures img", "els => els.map(e => e.naturalWidth)")
-        browser.close()
+    images, rows, grids = in_chromium(
+        tmp_path / "runs.html",
+        """[[...document.images].map(e => [e.complete, e.naturalWidth]),
+            document.querySelectorAll("#metrics tbody tr").length,
+            [...document.querySelectorAll("#figures img")].map(e => e.naturalWidth)]""",
+    )
     assert len(images) == 4 and all(done and width > 0 for done, width in images), images
     assert rows == len(table) == 3
     assert grids == [20, 20, 21]  # the logged PNGs, decoded: exp-a's two (20 px wide), exp-b's one (21 px)
