@@ -6,7 +6,8 @@ Every family: curves.png. A family that generates: samples.png, interpolation_li
 interpolation_slerp.png (latent walks), class_histogram.png (classes of generated images by the domain
 classifier). One with an encoder adds latent_map.png, and its latent walks run between the codes of
 test images instead of prior draws; one that reconstructs adds reconstructions.png; one with figures
-of its own draws them (the DDPM: trajectory.png and steps_grid.png).
+of its own draws them (the DDPM: trajectory.png and steps_grid.png). Last, the run's summary (genlab.summary):
+printed, and logged to the run as summary.md and its description.
 """
 
 import genlab  # noqa: F401  (first: it sets OpenMP's spin count, read when torch loads)
@@ -23,6 +24,7 @@ from genlab.models.base import Encoder, ExtraFigures, Generative, Reconstructor
 from genlab.quality.classifier import load_classifier
 from genlab.quality.scoring import class_frequencies, sample_in_batches
 from genlab.runtime import stream, stream_seed
+from genlab.summary import summary
 from genlab.trained import Trained, load_trained, stage_args
 from genlab.visualise import plot_class_histogram, plot_curves, plot_latent_map, save_grid
 
@@ -81,6 +83,11 @@ def run() -> None:
         tracker.log_artifact(png, "samples")  # checked: a full store is an error here, not a 0-byte figure there
     names = ", ".join(sorted(p.name for p in out.glob("*.png")))
     print(f"wrote {names} to {out}/ and to MLflow run {tracker.run_id} (artifacts: samples/)")
+    # The pipeline's last words: the run's key numbers against their floors, also on the run's page.
+    text = summary(cfg, t.paths, tracking.run_url(tracker.run_id))
+    tracker.log_text(text, "summary.md")
+    tracker.set_tags({"mlflow.note.content": f"```\n{text}```"})
+    print(text, end="")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def _image_steps(client, run_id: str) -> dict[str, set[int]]:
 
 
 def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
-    project.run("dvc", "repro")
+    printed = project.run("dvc", "repro").stdout
     root = project.root
     for rel in [
         "data/prepared/dataset.pt",
@@ -126,7 +126,12 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
     artifacts = {a.path for a in client.list_artifacts(run_id)} | {
         a.path for d in ("model_file", "samples", "environment") for a in client.list_artifacts(run_id, d)
     }
-    assert {"model_file/model.pt", "samples/latent_map.png", "environment/requirements.txt"} <= artifacts
+    assert {"model_file/model.pt", "samples/latent_map.png", "environment/requirements.txt", "summary.md"} <= artifacts
+    # The pipeline ends with the run's summary: printed, and on the run's page (its description).
+    summary = Path(client.download_artifacts(run_id, "summary.md", str(root / "summary"))).read_text()
+    assert summary.startswith(f"Summary: vae on digits, {EPOCHS} epochs, seed 0") and summary in printed
+    assert f"MLflow:  http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run_id}" in summary
+    assert "FID" in summary and "real-data floor" in summary and summary in tags["mlflow.note.content"]
     # The model as an MLflow model: loadable without the repository, registered as a version per family and dataset.
     import mlflow
 
@@ -146,7 +151,7 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
     for change, reruns in [
         ({"sample": {"n": 9}}, {"sample"}),
         ({"gan": {"width": 16}, "ddpm": {"sampler_steps": 3}}, set()),  # other families' keys: nothing
-        ({"vae": {"iw_samples": 8}}, {"evaluate"}),  # the VAE's evaluation knob: no retraining
+        ({"vae": {"iw_samples": 8}}, {"evaluate", "sample"}),  # an evaluation knob: no retraining (sample: summary)
         ({"classifier": {"epochs": 1}}, {"classifier", "train", "evaluate", "sample"}),
     ]:
         project.set_params(change)

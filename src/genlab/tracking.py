@@ -716,6 +716,19 @@ def ui_url(port: int = 5000) -> str:
     return f"http://127.0.0.1:{port}/#/{where}?workflowType=machine_learning"
 
 
+def run_url(run_id: str, port: int = 5000) -> str:
+    """The page of run `run_id`: on the tracking server, or in `make ui` for the project's SQLite store."""
+    from mlflow import MlflowClient
+
+    uri = tracking_uri()
+    with store_errors(uri):
+        experiment_id = MlflowClient(uri).get_run(run_id).info.experiment_id
+    route = f"/#/experiments/{experiment_id}/runs/{run_id}"
+    if uri.startswith(("http://", "https://")):
+        return display_uri(uri).rstrip("/") + route
+    return f"http://127.0.0.1:{port}{route}   (start the UI with `make ui`)"
+
+
 def wait_until_answers(server: subprocess.Popen, port: int, timeout_s: float = 300) -> float:
     """Seconds until `server` answers GET /health on 127.0.0.1:`port` (mlflow ui takes tens of seconds to start
     its workers: a URL printed before that opens on an error page). Raises TrackingError if it exits first."""
