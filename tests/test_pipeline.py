@@ -617,6 +617,8 @@ def test_two_stage_tokenizer_and_prior_through_dvc(project):
     for name in ("samples", "class_histogram", "curves"):
         assert (root / f"samples-prior/{name}.png").is_file(), name
     assert not (root / "samples-prior/interpolation_linear.png").exists()  # token sequences have no straight line
+    for name in ("reconstructions", "rho_grid", "steps_grid", "noise_draws", "token_usage", "curves"):
+        assert (root / f"samples-tokenizer/{name}.png").is_file(), name  # the tokenizer's figures, as the root's
 
     client = project.mlflow()
     runs = {
@@ -636,7 +638,7 @@ def test_two_stage_tokenizer_and_prior_through_dvc(project):
     assert ran == {"train_prior", "evaluate_prior", "sample_prior"}, out
     out = project.run("dvc", "exp", "run", TWO_STAGE, "-S", "flowmo.decoder_width=32").stdout
     ran = set(re.findall(r"Running stage '(?:[^':]*:)?(\w+)'", out)) - {"validate"}
-    assert {"train_tokenizer", "tokenize", "train_prior"} <= ran, out
+    assert {"train_tokenizer", "sample_tokenizer", "tokenize", "train_prior"} <= ran, out
 
 
 def test_inputs_left_out_of_an_image_folder_are_listed_and_tagged_on_the_run(project):
