@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml | md5sum | cut -c1-12)
 ACTIVATE := source $(VENV)/bin/activate
 
-.PHONY: setup run test browser lint lock-check repro-check expected lock ui screenshots server server-stop
+.PHONY: setup run test browser lint lock-check repro-check expected lock show ui screenshots server server-stop
 
 setup: $(STAMP)
 
@@ -62,6 +62,10 @@ expected: setup
 lock:
 	rm -rf /tmp/genlab-lock && python3 -m venv /tmp/genlab-lock
 	/tmp/genlab-lock/bin/pip install -q setuptools -e . && /tmp/genlab-lock/bin/pip freeze --all --exclude-editable --exclude pip > requirements.lock
+
+# dvc exp show narrowed to the active family's params and the key test numbers (SHOW_ARGS="--only-changed", "--md").
+show: setup
+	$(ACTIVATE) && python -m genlab.show $(SHOW_ARGS)
 
 # mlflow ui on the project's store; the URL is printed once the server answers (UI_PORT=5001 for another port).
 UI_PORT ?= 5000

@@ -388,3 +388,17 @@ def test_html_page_in_a_real_browser(store, tmp_path):
     assert len(images) == 4 and all(done and width > 0 for done, width in images), images
     assert rows == len(table) == 3
     assert grids == [20, 20, 21]  # the logged PNGs, decoded: exp-a's two (20 px wide), exp-b's one (21 px)
+
+
+def test_make_show_keeps_the_active_familys_params_and_the_key_test_numbers():
+    import re
+
+    from genlab.show import active_family, columns
+
+    assert active_family((REPO / "params.yaml").read_text()) == "vae"
+    assert active_family("model: {family: gan}\n") == "gan" and active_family("") == "vae"
+    keep = re.compile(columns("gan"))
+    kept = ["Experiment", "Created", "seed", "data.name", "train.epochs", "gan.loss", "gan.width", "test.domain_fid",
+            "test.precision", "test.domain_copy_z"]  # fmt: skip
+    dropped = ["vae.beta", "classifier.epochs", "test.domain_fid_std", "test.domain_kid", "train.loss", "my_seed"]
+    assert [c for c in kept + dropped if keep.search(c)] == kept
