@@ -12,8 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from genlab.errors import StorageError
 
 
@@ -83,5 +81,7 @@ def write_json(path: str | Path, obj: Any) -> None:
 def torch_save(obj: Any, path: str | Path) -> None:
     # Through a file object, torch.save names the zip's folder "archive"; given the (random) temporary
     # path it would name it after that, and two saves of the same weights would differ in their bytes.
+    import torch  # here: the report and other torch-free callers of this module skip its second of import
+
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         torch.save(obj, fh)

@@ -21,7 +21,7 @@ import pandas as pd
 
 from genlab import atomic, paths, replicates
 from genlab.errors import GenlabError
-from genlab.tables import format_number, metric_columns, run_labels, to_markdown
+from genlab.tables import format_number, metric_columns, run_labels, to_markdown, with_spread_columns
 
 EXPERIMENT = "genlab"  # = genlab.tracking.EXPERIMENT; not imported from there, as it pulls in torchvision
 
@@ -136,29 +136,35 @@ def runs_table(runs: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.D
 
 
 def plot(table: pd.DataFrame, path: str | Path) -> None:
-    """One horizontal bar chart per metric, runs on the y axis (readable from 1 to ~30 runs)."""
+    """One horizontal bar chart per metric, runs on the y axis (readable from 1 to ~30 runs); a metric's
+    `<metric>_std` is its error bar (± 1 sd), not a panel of its own."""
     from matplotlib.figure import Figure
     from matplotlib.transforms import blended_transform_factory
 
-    metrics = metric_columns(table)
+    pairs = with_spread_columns(table)
     labels = run_labels(table)
-    n_runs, n_metrics = len(table), max(len(metrics), 1)
+    n_runs, n_metrics = len(table), max(len(pairs), 1)
     cols = min(3, n_metrics)
     rows = math.ceil(n_metrics / cols)
-    panel_h = 1.2 + 0.28 * n_runs
-    fig = Figure(figsize=(4.6 * cols + 1.5, panel_h * rows + 0.6), layout="constrained")
+    panel_h, panel_w, label_w = 1.2 + 0.28 * n_runs, 4.6, 0.2 + 0.062 * max(map(len, labels), default=0)
+    width, height = panel_w * cols + label_w, panel_h * rows + 0.6
+    fig = Figure(figsize=(width, height))  # fixed margins: constrained layout took most of a report's seconds
+    fig.subplots_adjust(left=label_w / width, right=1 - 0.15 / width, top=1 - 0.55 / height,
+                        bottom=0.35 / height, wspace=0.08, hspace=0.6 / panel_h)  # fmt: skip
     axes = fig.subplots(rows, cols, squeeze=False, sharey=True)
     positions = list(range(n_runs))
     for i, ax in enumerate(axes.flat):
-        if i >= len(metrics):
-            if metrics:
+        if i >= len(pairs):
+            if pairs:
                 ax.set_visible(False)
             else:
                 ax.text(0.5, 0.5, "no metrics logged", ha="center", va="center", transform=ax.transAxes)
             continue
-        name = metrics[i]
+        name, spread = pairs[i]
         values = table[name].to_numpy(dtype=float)
-        ax.barh(positions, [0 if math.isnan(v) else v for v in values], color="C0", height=0.7)
+        sds = table[spread].fillna(0).to_numpy(dtype=float) if spread else None
+        ax.barh(positions, [0 if math.isnan(v) else v for v in values], xerr=sds, color="C0", height=0.7,
+                error_kw={"elinewidth": 0.8, "capsize": 2})  # fmt: skip
         for y, v in zip(positions, values):
             if math.isnan(v):  # not logged by this run: say so at the panel's left edge
                 ax.text(
@@ -173,13 +179,13 @@ def plot(table: pd.DataFrame, path: str | Path) -> None:
                 )
             else:
                 ax.text(0, y, f" {format_number(v)} ", va="center", ha="left" if v >= 0 else "right", fontsize=7)
-        ax.set_title(name, fontsize=10)
+        ax.set_title(name + (" (± sd)" if spread else ""), fontsize=10)
         ax.axvline(0, color="black", linewidth=0.6)
         ax.tick_params(labelsize=8)
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].set_yticks(positions, labels, fontsize=8)
     axes[0][0].invert_yaxis()  # first (oldest) run on top, as in the table
-    fig.suptitle(f"{n_runs} run(s), oldest first", fontsize=10)
+    fig.suptitle(f"{n_runs} run(s), oldest first", fontsize=10, y=1 - 0.12 / height)
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
 

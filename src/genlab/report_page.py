@@ -25,12 +25,11 @@ from typing import Any
 import pandas as pd
 
 from genlab import atomic
-from genlab.tables import format_number, metric_columns, run_labels
+from genlab.tables import format_number, metric_columns, run_labels, with_spread_columns
 
 FIGURES = ("samples.png", "reconstructions.png")  # the sample stage's grids, under a run's artifacts samples/
 CURVE_PREFIXES = ("val/", "train/")  # per-epoch metrics; the others are logged once
 MAX_CURVES = 9
-SPREAD = "_std"  # evaluate's name for a metric's bootstrap sd (docs/metrics.md)
 
 
 @dataclass
@@ -47,20 +46,16 @@ class Page:
 
 def with_spreads(table: pd.DataFrame) -> pd.DataFrame:
     """The table for reading: each metric with a `<metric>_std` column as one `value ± sd` column."""
-    metrics = set(metric_columns(table))
-    shown = pd.DataFrame(index=table.index)
-    for column in table.columns:
-        if column in metrics and column.endswith(SPREAD) and column[: -len(SPREAD)] in metrics:
-            continue  # shown beside its metric
-        values = table[column]
-        if column in metrics and column + SPREAD in metrics:
-            sds = table[column + SPREAD]
-            shown[f"{column} ± sd"] = [
-                format_number(v) + ("" if math.isnan(s) or math.isnan(v) else f" ± {format_number(s)}")
-                for v, s in zip(values, sds)
-            ]
-        else:
-            shown[column] = [format_number(v) for v in values]
+    shown = pd.DataFrame({c: table[c] for c in table.columns if c not in set(metric_columns(table))})
+    for metric, spread in with_spread_columns(table):
+        values = table[metric]
+        if spread is None:
+            shown[metric] = [format_number(v) for v in values]
+            continue
+        shown[f"{metric} ± sd"] = [
+            format_number(v) + ("" if math.isnan(sd) or math.isnan(v) else f" ± {format_number(sd)}")
+            for v, sd in zip(values, table[spread])
+        ]
     return shown
 
 

@@ -12,6 +12,20 @@ def metric_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in table.columns if pd.api.types.is_float_dtype(table[c])]
 
 
+SPREAD = "_std"  # evaluate's name for a metric's bootstrap sd (docs/metrics.md)
+
+
+def with_spread_columns(table: pd.DataFrame) -> list[tuple[str, str | None]]:
+    """(metric, its `<metric>_std` column or None) for each metric column; a spread column goes with its metric."""
+    metrics = metric_columns(table)
+    present = set(metrics)
+    return [
+        (m, m + SPREAD if m + SPREAD in present else None)
+        for m in metrics
+        if not (m.endswith(SPREAD) and m[: -len(SPREAD)] in present)
+    ]
+
+
 def format_number(value: Any) -> str:
     """Readable rounding: 4 significant digits, integers as integers, NaN as blank."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
