@@ -12,6 +12,7 @@ train vs test images) read both. Every sample metric has its bootstrap spread `<
 from genlab import atomic, paths, tracking
 from genlab.errors import exit_on_error
 from genlab.models.base import Generative, Reconstructor
+from genlab.progress import step
 from genlab.quality.classifier import load_classifier
 from genlab.quality.scoring import image_scores, real_pair, reconstruct_in_batches, sample_in_batches
 from genlab.runtime import stream
@@ -62,8 +63,11 @@ def run() -> None:
     bs, test = cfg.evaluate.batch_size, source.test
     batches = (source.to_input(test[i : i + bs].to(device), gen) for i in range(0, len(test), bs))
 
-    results = family.test_metrics(batches, gen)
-    results.update(image_quality(t, bs))
+    with step("evaluate", f"the {family.name} test numbers on {len(test)} test images"):
+        results = family.test_metrics(batches, gen)
+    scored = "samples and reconstructions" if isinstance(family, Generative | Reconstructor) else "real images"
+    with step("evaluate", f"scores of {scored}, {cfg.evaluate.bootstrap} bootstrap resamples each"):
+        results.update(image_quality(t, bs))
     atomic.write_json(t.paths.eval_metrics, {"test": results})
     print(" ".join(f"test/{k} {v:.4f}" for k, v in results.items()))
 

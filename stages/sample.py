@@ -21,6 +21,7 @@ from genlab import paths, tracking
 from genlab.errors import exit_on_error
 from genlab.latents import interpolate, latent_map
 from genlab.models.base import Encoder, ExtraFigures, Generative, Reconstructor
+from genlab.progress import step
 from genlab.quality.classifier import load_classifier
 from genlab.quality.scoring import class_frequencies, sample_in_batches
 from genlab.runtime import stream, stream_seed
@@ -66,21 +67,26 @@ def run() -> None:
     test = data.to_unit(data.test.images.to(device))
 
     if isinstance(family, Generative):
-        generation_figures(t, test, out)
+        with step("sample", f"{s.n} samples, latent walks and the class histogram of {s.class_samples}"):
+            generation_figures(t, test, out)
     if isinstance(family, Reconstructor):
-        pairs = family.paired_reconstructions(test[:32], stream(cfg.seed, "figure_reconstructions", device))
-        save_grid(pairs, out / "reconstructions.png")
+        with step("sample", "reconstructions"):
+            pairs = family.paired_reconstructions(test[:32], stream(cfg.seed, "figure_reconstructions", device))
+            save_grid(pairs, out / "reconstructions.png")
     if isinstance(family, Encoder):
-        points, how = latent_map(family, test, s.latent_map, stream_seed(cfg.seed, "latent_map") % 2**32)
-        plot_latent_map(points, data.test.labels.numpy(), f"test set: {how}", out / "latent_map.png")
+        with step("sample", f"the latent map of {len(test)} test images"):
+            points, how = latent_map(family, test, s.latent_map, stream_seed(cfg.seed, "latent_map") % 2**32)
+            plot_latent_map(points, data.test.labels.numpy(), f"test set: {how}", out / "latent_map.png")
     if isinstance(family, ExtraFigures):
-        family.figures(out, cfg.seed, test[:16])
+        with step("sample", f"the {family.name} figures"):
+            family.figures(out, cfg.seed, test[:16])
     history = pd.read_csv(t.paths.history).to_dict("records")
     plot_curves(history, family.curves, out / "curves.png")
 
     tracker = tracking.attach(t.run_id)
-    for png in sorted(out.glob("*.png")):
-        tracker.log_artifact(png, "samples")  # checked: a full store is an error here, not a 0-byte figure there
+    with step("sample", "uploading the figures to MLflow"):
+        for png in sorted(out.glob("*.png")):
+            tracker.log_artifact(png, "samples")  # checked: a full store is an error here, not a 0-byte figure
     names = ", ".join(sorted(p.name for p in out.glob("*.png")))
     print(f"wrote {names} to {out}/ and to MLflow run {tracker.run_id} (artifacts: samples/)")
     # The pipeline's last words: the run's key numbers against their floors, also on the run's page.

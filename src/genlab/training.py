@@ -11,7 +11,6 @@ import copy
 import hashlib
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,6 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from genlab import checkpoint
 from genlab.config import TrainConfig
@@ -27,6 +25,7 @@ from genlab.distributed import SINGLE, World
 from genlab.errors import CheckpointError, ConfigError, DivergenceError
 from genlab.models import Family
 from genlab.models.ema import EMA
+from genlab.progress import Pace, bar
 from genlab.runtime import Rngs, deterministic, stream
 from genlab.sources import Source
 
@@ -203,10 +202,10 @@ def evaluate_split(
     return world.reduce_means(results)
 
 
-def _report(epoch: int, epochs: int, row: dict[str, Any], seconds: float) -> str:
+def _report(epoch: int, epochs: int, row: dict[str, Any], note: str) -> str:
     parts = [f"epoch {epoch}/{epochs}"]
     parts += [f"{k.replace('_', '/', 1)} {v:.4f}" for k, v in row.items() if k != "epoch"]
-    return " ".join(parts) + f" ({seconds:.1f}s)"
+    return " ".join(parts) + f" {note}"
 
 
 def _log_epoch(
@@ -296,7 +295,7 @@ def fit(
         # Step 0 is the untrained model: MLflow's image cards open at step 0, so without it they open blank.
         _log_snapshot(tracker, family, fixed_batch, seed, 0)
     n, bs, epochs = len(train_stored), train.batch_size, train.epochs
-    show_bar = sys.stderr.isatty() and world.main
+    pace = Pace(epochs, done)
     steps_per_epoch = math.ceil(n / bs)
 
     for epoch in range(done + 1, epochs + 1):
@@ -304,8 +303,7 @@ def fit(
         family.train(True)
         order = torch.randperm(n, generator=rngs.order).to(device)
         batches = []
-        bar = tqdm(range(0, n, bs), desc=f"epoch {epoch}/{epochs}", leave=False, disable=not show_bar)
-        for k, i in enumerate(bar):
+        for k, i in enumerate(bar(range(0, n, bs), f"epoch {epoch}/{epochs}", show=world.main)):
             batch = order[i : i + bs]
             if len(batch) < world.size:  # a last partial batch too small to give every worker an image
                 continue
@@ -346,7 +344,7 @@ def fit(
         worker_rngs = world.gather(rngs.state_dict())
         if not world.main:
             continue
-        print(_report(epoch, epochs, row, seconds), flush=True)
+        print(_report(epoch, epochs, row, pace.note(epoch, seconds)), flush=True)
         if checkpoint_path is not None:
             checkpoint.save(
                 checkpoint_path,

@@ -27,6 +27,7 @@ from genlab import checkpoint
 from genlab.config import ClassifierConfig, Config, config_from_dict
 from genlab.data import PreparedData
 from genlab.errors import CheckpointError, ConfigError, DataError
+from genlab.progress import Pace, bar
 from genlab.runtime import seed_everything, stream
 
 KIND = "domain_classifier"
@@ -166,12 +167,13 @@ def train_classifier(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
     order_gen = stream(cfg.seed, f"{section}_order")
     train_u8, labels = data.train.images.to(device), data.train.labels.to(device)
-    began = time.perf_counter()
+    pace = Pace(ccfg.epochs)
     for epoch in range(ccfg.epochs):
+        began = time.perf_counter()
         model.train(True)
         order = torch.randperm(n, generator=order_gen).to(device)
         loss_sum, correct = 0.0, 0
-        for i in range(0, n, bs):
+        for i in bar(range(0, n, bs), f"{section} epoch {epoch + 1}/{ccfg.epochs}"):
             idx = order[i : i + bs]
             logits = model(_as_unit(model, train_u8[idx]))
             loss = F.cross_entropy(logits, labels[idx])
@@ -185,7 +187,7 @@ def train_classifier(
         print(
             f"{section} epoch {epoch + 1}/{ccfg.epochs} train/loss {loss_sum / n:.4f} "
             f"train/accuracy {correct / n:.4f} val/accuracy {val['accuracy']:.4f} "
-            f"({time.perf_counter() - began:.1f}s)",
+            + pace.note(epoch + 1, time.perf_counter() - began),
             flush=True,
         )
     model.train(False)
