@@ -376,3 +376,16 @@ def test_a_stage_starts_with_deterministic_kernels_and_without_torchvision_or_dy
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_epoch_lines_say_the_epochs_own_seconds_and_the_time_left_at_the_pace_so_far(monkeypatch):
+    from genlab import progress
+
+    assert [progress.duration(s) for s in (0.04, 59.9, 125, 3 * 3600 + 61)] == ["0.0 s", "59.9 s", "2 min 05 s",
+                                                                                "3 h 01 min"]  # fmt: skip
+    clock = iter([100.0, 130.0, 160.0, 0.0, 0.0])  # Pace starts at 100; epochs 11 and 12 end at 130 and 160
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    pace = progress.Pace(total=20, done=10)  # resumed after 10 epochs: the pace is this process's own
+    assert pace.note(11, 29.0) == "(epoch 29.0 s, ETA 4 min 30 s)"  # 30 s per epoch, 9 to go
+    assert pace.note(12, 28.0) == "(epoch 28.0 s, ETA 4 min 00 s)"
+    assert progress.Pace(total=3).note(3, 1.0) == "(epoch 1.0 s)"  # the last epoch: nothing left
