@@ -23,7 +23,7 @@ from sklearn.datasets import load_digits
 
 from genlab.config import config_from_dict
 from genlab.data import DATA_FILE, MANIFEST_FILE, PreparedData, image_folder, load_prepared, prepare
-from genlab.errors import DataError
+from genlab.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO.parent / "shared" / "datasets" / "mnist"
@@ -113,6 +113,23 @@ def test_digits_same_seed_is_identical_and_other_seed_differs(tmp_path):
     assert first.checksum != other.checksum
     assert not torch.equal(first.test.images, other.test.images)
     assert not torch.equal(first.val.labels, other.val.labels)
+
+
+def test_data_limit_keeps_a_seeded_subset_of_each_split_and_says_so(tmp_path):
+    full = _prepared(tmp_path, out="full")
+    small, again = _prepared(tmp_path, out="a", limit=200), _prepared(tmp_path, out="b", limit=200)
+    assert small.manifest["split_sizes"] == {"train": 200, "val": 144, "test": 200}  # val had fewer: all of it
+    assert small.manifest["limit"] == 200 and full.manifest["limit"] is None
+    assert small.checksum == again.checksum and small.checksum != full.checksum
+    for name in ("train", "test"):  # a subset of the split it caps, in the split's order
+        part, whole = getattr(small, name), getattr(full, name)
+        rows = {bytes(x.numpy()): i for i, x in enumerate(whole.images.reshape(len(whole), -1))}
+        found = [rows[bytes(x.numpy())] for x in part.images.reshape(len(part), -1)]
+        assert found == sorted(found) and len(set(found)) == 200
+    assert torch.equal(small.val.images, full.val.images)
+    assert len(torch.unique(small.train.labels)) == 10  # 200 of 1294 digits still hold every class
+    with pytest.raises(ConfigError, match=r"data\.limit.*\[10, 100000\]"):
+        _cfg(limit=5)
 
 
 def test_to_unit_maps_max_value_to_one(tmp_path):

@@ -27,6 +27,7 @@ from genlab.schema import (
     build,
     in_unit,
     key,
+    optional,
     positive,
     positive_list,
     reference,
@@ -48,6 +49,12 @@ class DataConfig:
     channels: Literal[1, 3] = key(1, doc="image_folder: 1 = grayscale, 3 = RGB")
     val_fraction: float = key(0.1, in_unit(), doc="carved from the train split with a seeded permutation")
     test_fraction: float = key(0.2, in_unit(), doc="datasets without an official test split (digits, image_folder)")
+    limit: Optional[int] = key(
+        None,
+        optional(between(10, MAX_IMAGES)),
+        doc="at most this many images in each split, a seeded draw: a smoke-sized run in minutes (metrics say their "
+        "n: split_sizes in the manifest, test/num_samples); null = every image",
+    )
     skip_unreadable: bool = key(
         False,
         doc="image_folder: leave out the inputs it cannot use (unreadable, truncated, tiny (< 8 px), oversized, "

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Callable
 
 from genlab.data.prepared import DATA_FILE, FORMAT_VERSION, MANIFEST_FILE, PreparedData, load_prepared, write_prepared
 from genlab.data.raw import RawData
-from genlab.data.splits import Split, carve
+from genlab.data.splits import Split, at_most, carve
 from genlab.errors import DataError
 
 if TYPE_CHECKING:
@@ -46,7 +46,8 @@ def prepare(cfg: Config, out_dir: str | Path) -> dict:
     if test is None:
         train, test = carve(train, cfg.data.test_fraction, cfg.seed, "test")
     train, val = carve(train, cfg.data.val_fraction, cfg.seed, "val")
-    splits = {"train": train, "val": val, "test": test}
+    splits = {name: at_most(split, cfg.data.limit, cfg.seed, name) for name, split in
+              (("train", train), ("val", val), ("test", test))}  # fmt: skip
     manifest = {
         "format_version": FORMAT_VERSION,
         "dataset": cfg.data.name,
@@ -58,6 +59,7 @@ def prepare(cfg: Config, out_dir: str | Path) -> dict:
         "seed": cfg.seed,
         "val_fraction": cfg.data.val_fraction,
         "test_fraction": cfg.data.test_fraction if raw.test is None else None,  # None: official test split
+        "limit": cfg.data.limit,  # None: every image; else at most this many per split (split_sizes says how many)
         "classes": raw.classes,
         **raw.extra,
     }

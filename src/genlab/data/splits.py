@@ -1,4 +1,5 @@
-"""The image/label pair every dataset is reduced to, and the seeded carving of one split out of another."""
+"""The image/label pair every dataset is reduced to, the seeded carving of one split out of another, and the
+seeded draw that caps a split (data.limit)."""
 
 from __future__ import annotations
 
@@ -34,3 +35,14 @@ def carve(split: Split, fraction: float, seed: int, what: str) -> tuple[Split, S
     # Sorted so that each split keeps the source order; membership alone depends on the seed.
     carved, rest = perm[:n_carved].sort().values, perm[n_carved:].sort().values
     return split.take(rest), split.take(carved)
+
+
+def at_most(split: Split, limit: int | None, seed: int, what: str) -> Split:
+    """At most `limit` items of `split` (data.limit: a smoke-sized run), a seeded draw of its own per split,
+    kept in source order; the whole split when it is not larger or `limit` is None."""
+    if limit is None or len(split) <= limit:
+        return split
+    from genlab.runtime import stream  # seeded by a hash of (seed, name), as every other draw of a run
+
+    perm = torch.randperm(len(split), generator=stream(seed, f"data_limit/{what}"))
+    return split.take(perm[:limit].sort().values)
