@@ -10,10 +10,18 @@ ACTIVATE := source $(VENV)/bin/activate
 
 setup: $(STAMP)
 
+# pip's log boiled down to how far the install is: every package on a terminal (one line, rewritten), every 25th
+# in a log; then the unpacking, the long part (torch alone is a few GB).
+PROGRESS = awk -v total=$$(grep -c '==' requirements.lock) -v tty=$$([ -t 2 ] && echo 1) \
+	'/^(Collecting|Requirement already satisfied)/ { n++; name = $$(NF > 2 && /^Req/ ? 4 : 2); \
+		if (tty) printf "\r  %d/%d %-60.60s", n, total, name; else if (n % 25 == 0 || n == total) print "  " n "/" total; fflush() } \
+	/^Installing collected packages/ { if (tty) print ""; print "  unpacking the downloaded packages (a few minutes: torch is large)"; fflush() }'
+
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
-	@echo "installing locked dependencies into $(VENV)/ (log: $(VENV)/install.log)"
-	@$(PY) -m pip install --no-input -r requirements.lock > $(VENV)/install.log 2>&1 \
+	@echo "installing $$(grep -c '==' requirements.lock) locked packages into $(VENV)/ (log: $(VENV)/install.log)"
+	@$(PY) -m pip install --no-input -r requirements.lock 2>&1 | tee $(VENV)/install.log | $(PROGRESS); \
+		test $${PIPESTATUS[0]} -eq 0 \
 		|| { tail -n 40 $(VENV)/install.log; echo "dependency install failed: see $(VENV)/install.log"; exit 1; }
 	@$(PY) -m pip install --no-input --no-deps --no-build-isolation -e . >> $(VENV)/install.log 2>&1 \
 		|| { tail -n 40 $(VENV)/install.log; echo "installing genlab failed: see $(VENV)/install.log"; exit 1; }
