@@ -717,13 +717,14 @@ def ui_url(port: int = 5000) -> str:
 
 
 def run_url(run_id: str, port: int = 5000) -> str:
-    """The page of run `run_id`: on the tracking server, or in `make ui` for the project's SQLite store."""
+    """The page of run `run_id` on its Model metrics tab (the curves; MLflow has no run setting for the tab a run
+    opens on, only this route): on the tracking server, or in `make ui` for the project's SQLite store."""
     from mlflow import MlflowClient
 
     uri = tracking_uri()
     with store_errors(uri):
         experiment_id = MlflowClient(uri).get_run(run_id).info.experiment_id
-    route = f"/#/experiments/{experiment_id}/runs/{run_id}"
+    route = f"/#/experiments/{experiment_id}/runs/{run_id}/model-metrics"
     if uri.startswith(("http://", "https://")):
         return display_uri(uri).rstrip("/") + route
     return f"http://127.0.0.1:{port}{route}   (start the UI with `make ui`)"
