@@ -130,7 +130,8 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
     # The pipeline ends with the run's summary: printed, and on the run's page (its description).
     summary = Path(client.download_artifacts(run_id, "summary.md", str(root / "summary"))).read_text()
     assert summary.startswith(f"Summary: vae on digits, {EPOCHS} epochs, seed 0") and summary in printed
-    assert f"MLflow:  http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run_id}/model-metrics" in summary
+    page = f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run_id}/model-metrics"
+    assert f"MLflow:  {page}" in summary
     assert "FID" in summary and "real-data floor" in summary and summary in tags["mlflow.note.content"]
     # The model as an MLflow model: loadable without the repository, registered as a version per family and dataset.
     import mlflow
