@@ -83,26 +83,16 @@ def findings(test: dict[str, float], history: pd.DataFrame | None) -> list[tuple
     out = []
     if line := _distance(test, "domain_fid"):
         out.append(("samples", line))
-    if "precision" in test and "recall" in test:
-        out.append(
-            (
-                "samples",
-                f"precision {_pm(test, 'precision', 2)} (share of samples that look real), "
-                f"recall {_pm(test, 'recall', 2)} (share of real images the samples cover)",
-            )
-        )
+    if {"precision", "recall"} <= test.keys():
+        line = f"precision {_pm(test, 'precision', 2)} (share of samples that look real), "
+        out.append(("samples", line + f"recall {_pm(test, 'recall', 2)} (share of real images the samples cover)"))
     if "domain_copy_z" in test:
         out.append(("memorisation", f"copy Z {test['domain_copy_z']:.1f}: {copy_word(test['domain_copy_z'])}"))
     if line := _distance(test, "domain_rfid"):
         out.append(("reconstructions", line))
-    if "recon_accuracy" in test and "real_accuracy" in test:
-        out.append(
-            (
-                "reconstructions",
-                f"the domain classifier recognises {100 * test['recon_accuracy']:.1f} % of them "
-                f"({100 * test['real_accuracy']:.1f} % of the real test images)",
-            )
-        )
+    if {"recon_accuracy", "real_accuracy"} <= test.keys():
+        line = f"the domain classifier recognises {100 * test['recon_accuracy']:.1f} % of them "
+        out.append(("reconstructions", line + f"({100 * test['real_accuracy']:.1f} % of the real test images)"))
     if "elbo" in test:
         bpd = f" ({test['bpd']:.3f} bits/dim)" if "bpd" in test else ""
         out.append(("likelihood", f"test ELBO {test['elbo']:.2f} nats/image{bpd}"))
