@@ -28,12 +28,16 @@ MNIST = ["data.name=mnist", f"data.mirror={MIRROR}"]
 SMOKE = {  # family -> the -S values of its smoke-sized command (README: Try any family in minutes)
     "vae": "data.limit=500 train.epochs=20",
     "gan": "model.family=gan data.limit=500 train.epochs=10",
-    "ddpm": "model.family=ddpm data.limit=500 train.epochs=10",
+    "ddpm": "model.family=ddpm data.limit=500 train.epochs=10 ddpm.bound_strata=10 ddpm.steps_grid=[10,50]",
     "flowmo": "model.family=flowmo data.limit=500 train.epochs=10 flowmo.pretrain_epochs=8",
+}
+MNIST_TOO = {  # 28x28: FlowMo on 4x4 patches; the DDPM's 28x28 sampler runs a few images/s, so fewer steps and draws
+    "flowmo": "flowmo.patch=4 flowmo.tokens=6 flowmo.bits=9 flowmo.group=9",
+    "ddpm": "ddpm.sampler_steps=10 sample.class_samples=200",
 }
 SETS = {
     "smoke": {f: SMOKE[f].split() for f in SMOKE},
-    "smoke-mnist": {f: [*MNIST, *SMOKE[f].split()] for f in SMOKE},
+    "smoke-mnist": {f: [*MNIST, *SMOKE[f].split(), *MNIST_TOO.get(f, "").split()] for f in SMOKE},
     "defaults": {f: ([] if f == "vae" else [f"model.family={f}"]) for f in SMOKE},
 }
 
