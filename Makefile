@@ -13,7 +13,7 @@ setup: $(STAMP)
 # pip's log boiled down to how far the install is: every package on a terminal (one line, rewritten), every 25th
 # in a log; then the unpacking, the long part (torch alone is a few GB).
 PROGRESS = awk -v total=$$(grep -c '==' requirements.lock) -v tty=$$([ -t 2 ] && echo 1) \
-	'/^(Collecting|Requirement already satisfied)/ { n++; name = $$(NF > 2 && /^Req/ ? 4 : 2); \
+	'/^(Collecting|Processing|Requirement already satisfied)/ { n++; name = $$(/^Req/ ? 4 : 2); sub(".*/", "", name); \
 		if (tty) printf "\r  %d/%d %-60.60s", n, total, name; else if (n % 25 == 0 || n == total) print "  " n "/" total; fflush() } \
 	/^Installing collected packages/ { if (tty) print ""; print "  unpacking the downloaded packages (a few minutes: torch is large)"; fflush() }'
 
