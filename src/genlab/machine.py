@@ -11,10 +11,10 @@ import os
 import platform
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
+if TYPE_CHECKING:
+    import torch
 
 # CPU flags that change which SIMD kernels MKL, oneDNN and ATen pick.
 _ISA_FLAG = re.compile(r"^(sse4_2|avx|avx2|fma|f16c|avx_vnni|avx512.*|amx.*)$")
@@ -35,12 +35,17 @@ def _cpuinfo() -> tuple[str, list[str]]:
 
 
 def _library_version(pattern: str) -> str | None:
+    import torch
+
     found = re.search(pattern, torch.__config__.show())
     return found.group(1) if found else None
 
 
 def fingerprint(device: torch.device) -> dict[str, Any]:
     """What a run's numbers depend on besides params, code and data."""
+    import numpy as np
+    import torch  # here, not at the top: reports and the tracking store read fingerprints without torch
+
     cpu, isa = _cpuinfo()
     out: dict[str, Any] = {
         "cpu": cpu,

@@ -29,17 +29,19 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from filelock import FileLock
 
 from genlab import atomic, machine
-from genlab.config import Config
 from genlab.data.checksums import md5_file
 from genlab.errors import StorageError, TrackingError
 from genlab.paths import ModelPaths
-from genlab.visualise import to_grid
+
+if TYPE_CHECKING:  # torch and the config (which loads the registries) cost seconds: reports need neither
+    import torch
+
+    from genlab.config import Config
 
 EXPERIMENT = "genlab"
 
@@ -476,9 +478,11 @@ class MlflowTracker:
             self.client.log_batch(self.run_id, metrics=batch)
 
     def log_images(self, images: dict[str, torch.Tensor], step: int) -> None:
+        from genlab import visualise
+
         with self._writing():
             for key, batch in images.items():
-                self.client.log_image(self.run_id, to_grid(batch), key=key, step=step)
+                self.client.log_image(self.run_id, visualise.to_grid(batch), key=key, step=step)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         with self._writing():

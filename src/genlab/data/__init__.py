@@ -6,15 +6,28 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from genlab.data.prepared import DATA_FILE, FORMAT_VERSION, MANIFEST_FILE, PreparedData, load_prepared, write_prepared
-from genlab.data.raw import RawData
-from genlab.data.splits import Split, at_most, carve
 from genlab.errors import DataError
 
 if TYPE_CHECKING:
     from genlab.config import Config
+    from genlab.data.prepared import PreparedData
+    from genlab.data.raw import RawData
+    from genlab.data.splits import Split
 
 __all__ = ["DATASETS", "FORMAT_VERSION", "prepare", "load_prepared", "PreparedData", "Split", "DATA_FILE", "MANIFEST_FILE"]
+
+# The prepared format needs torch; imported on first use (PEP 562), so that the config's registry of
+# dataset names and the checksums load without it.
+_PREPARED = ("DATA_FILE", "FORMAT_VERSION", "MANIFEST_FILE", "PreparedData", "load_prepared", "write_prepared")
+
+
+def __getattr__(name: str):
+    if name in _PREPARED:
+        return getattr(importlib.import_module("genlab.data.prepared"), name)
+    if name == "Split":
+        return importlib.import_module("genlab.data.splits").Split
+    raise AttributeError(f"module 'genlab.data' has no attribute {name!r}")
+
 
 # data.name -> (module, loader). Imported on demand: torchvision, scikit-learn and PIL cost seconds
 # on every `import genlab.data`, and the training stages only need load_prepared.
@@ -41,6 +54,9 @@ def prepare(cfg: Config, out_dir: str | Path) -> dict:
 
     Nothing in out_dir changes unless every step succeeded.
     """
+    from genlab.data.prepared import FORMAT_VERSION, write_prepared
+    from genlab.data.splits import at_most, carve
+
     raw = _loader(cfg.data.name)(cfg)
     train, test = raw.train, raw.test
     if test is None:
