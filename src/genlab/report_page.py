@@ -15,7 +15,9 @@ import base64
 import html
 import io
 import math
+import os
 import tempfile
+import unittest.mock
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -97,7 +99,8 @@ def collect(client: Any, runs: pd.DataFrame, table: pd.DataFrame) -> Page:
     """Read each run's grids and curve histories from MLflow (`client`: an MlflowClient of the store)."""
     run_ids = list(runs["run_id"])
     figures: dict[str, dict[str, bytes]] = {}
-    with tempfile.TemporaryDirectory(prefix="genlab-report-") as tmp:
+    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # else a progress bar per file, two per run
+    with tempfile.TemporaryDirectory(prefix="genlab-report-") as tmp, unittest.mock.patch.dict(os.environ, quiet):
         for run_id in run_ids:
             logged = {Path(info.path).name for info in client.list_artifacts(run_id, "samples")}
             figures[run_id] = {
