@@ -100,7 +100,7 @@ def train(args, cfg, world: distributed.World, device) -> None:
     distributed.sync_batchnorm(family.modules.values(), device, world)
     view = stage_view(cfg, "train")
     key = resume_key(view)
-    upstream_md5 = upstream.attach(family, device, data.checksum, cfg)
+    upstream_md5 = upstream.attach(family, where, device, data.checksum, cfg)
 
     scorer = None
     if family.fid_every:
@@ -145,7 +145,7 @@ def train(args, cfg, world: distributed.World, device) -> None:
     else:
         tags = tracking.run_tags(cfg, data.checksum, device, fingerprint, where)
         tags.update({f"genlab.upstream.{name}_md5": md5 for name, md5 in upstream_md5.items()})
-        tags.update(upstream.run_links(family))
+        tags.update(upstream.run_links(family, where))
         tags.update({"genlab.world_size": str(world.size), "genlab.backend": world.backend or "none"})
         left_out = sum(
             len(data.manifest.get(k, ())) for k in ("skipped_files", "skipped_folders", "empty_class_folders")

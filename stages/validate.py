@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from genlab import atomic, params_guard, paths
-from genlab.config import FAMILY_STAGES, config_from_dict, parse_params, read_params_text, stage_view
+from genlab.config import PER_FAMILY_STAGES, config_from_dict, parse_params, read_params_text, stage_view
 from genlab.errors import ConfigError, exit_on_error
 from genlab.models import FAMILIES
 from genlab.runtime import resolve_device
@@ -40,7 +40,7 @@ def run() -> None:
     for stage in STAGES:
         _write(paths.stage_view(stage), stage_view(cfg, stage))
     for family in FAMILIES:
-        for stage in FAMILY_STAGES:
+        for stage in PER_FAMILY_STAGES:
             _write(paths.stage_view(stage, family), stage_view(cfg, stage, family))
     params_guard.record(text)  # what every later stage run by DVC must still find in params.yaml
 

@@ -136,11 +136,27 @@ def test_an_upstream_classifier_is_attached_with_its_md5_and_a_changed_file_is_r
     save_classifier(DomainClassifier(digits.image_shape, 10, [4], 6, digits.max_value), path, params, digits.checksum)
     gan = make_family("gan")
     assert gan.upstream == ("classifier",)
-    md5s = upstream.attach(gan, CPU, digits.checksum, _params())
+    md5s = upstream.attach(gan, paths.MODEL_FILES, CPU, digits.checksum, _params())
     assert set(md5s) == {"classifier"} and gan.upstreams["classifier"].num_features == 6
     with pytest.raises(CheckpointError, match="trained on data"):
-        upstream.attach(make_family("gan"), CPU, "0" * 32, _params())
+        upstream.attach(make_family("gan"), paths.MODEL_FILES, CPU, "0" * 32, _params())
     torch.manual_seed(1)  # other weights, the same params: another file
     save_classifier(DomainClassifier(digits.image_shape, 10, [4], 6, digits.max_value), path, params, digits.checksum)
     with pytest.raises(CheckpointError, match=r"changed since the gan model was trained .* retrain"):
-        upstream.attach(make_family("gan"), CPU, digits.checksum, _params(), recorded=md5s)
+        upstream.attach(make_family("gan"), paths.MODEL_FILES, CPU, digits.checksum, _params(), recorded=md5s)
+
+
+def test_only_a_family_with_a_perceptual_loss_gets_a_perceptual_network(tmp_path):
+    """The perceptual stage's view: the full section for FlowMo; one and the same stand-in view for every
+    family without a perceptual loss, so that switching among them or editing perceptual.* reruns nothing."""
+    from genlab.config import FAMILY_NAMES, stage_view
+    from genlab.quality.classifier import save_unused
+
+    cfg = _params(**{"perceptual.epochs": 3})
+    views = {family: stage_view(cfg, "perceptual", family) for family in FAMILY_NAMES}
+    assert views["flowmo"]["perceptual"]["epochs"] == 3
+    assert {str(v) for f, v in views.items() if f != "flowmo"} == {str({"perceptual": {"needed": False}})}
+    path = tmp_path / "perceptual.pt"
+    save_unused(path, "perceptual", "model.family=vae trains without a perceptual loss")
+    with pytest.raises(CheckpointError, match="holds no network: model.family=vae trains without"):
+        load_classifier(path)

@@ -565,12 +565,21 @@ def test_two_trained_models_coexist_in_one_pipeline(project):
     assert ran == {"train_gan", "evaluate_gan", "sample_gan"}, out
 
 
+def _ran(out: str) -> set[str]:
+    """The stages `dvc repro` / `dvc exp run` ran (validate, which always runs after an edit, left out)."""
+    return set(re.findall(r"Running stage '(?:[^':]*:)?(\w+)'", out)) - {"validate"}
+
+
 def test_flowmo_experiment_runs_end_to_end_through_dvc(project):
-    """1A (epochs 1-2) then 1B (epoch 3) in one `dvc exp run`; reconstruction metrics and figures."""
+    """1A (epochs 1-2) then 1B (epoch 3) in one `dvc exp run`; reconstruction metrics and figures. Only FlowMo
+    gets a perceptual network trained, and switching families back and forth trains it once. (DVC keeps no
+    run cache for `train`, whose history and machine files are uncached outputs: it retrains, byte-exact.)"""
     project.run("dvc", "repro")
-    project.commit("baseline results")
-    project.run("dvc", "exp", "run", "-S", "model.family=flowmo")
     root = project.root
+    assert json.loads((root / "metrics/perceptual.json").read_text())["trained"] is False  # the VAE uses none
+    project.commit("baseline results")
+    assert "perceptual" in _ran(project.run("dvc", "exp", "run", "-S", "model.family=flowmo").stdout)
+    assert json.loads((root / "metrics/perceptual.json").read_text())["test"]["accuracy"] > 0
     history = pd.read_csv(root / "metrics/train_history.csv")
     assert list(history["epoch"]) == STEPS and list(history["train_stage"]) == [0, 0, 2]
     for name in ("flow", "perceptual", "entropy", "commitment", "perplexity", "used_fraction"):
@@ -597,6 +606,9 @@ def test_flowmo_experiment_runs_end_to_end_through_dvc(project):
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/psnr")) == STEPS
     assert run.data.tags["genlab.upstream.perceptual_md5"] and run.data.tags["genlab.upstream.classifier_md5"]
     assert run.data.metrics["test/domain_rfid"] == pytest.approx(test["domain_rfid"])
+    for family in ("vae", "flowmo"):  # DVC's run cache restores each family's perceptual stage and evaluation
+        out = project.run("dvc", "exp", "run", "-S", f"model.family={family}").stdout
+        assert "Stage 'perceptual' is cached" in out and {"perceptual", "evaluate", "sample"}.isdisjoint(_ran(out))
 
 
 TWO_STAGE = "pipelines/tokens/dvc.yaml"
@@ -620,6 +632,9 @@ def test_two_stage_tokenizer_and_prior_through_dvc(project):
     assert not (root / "samples-prior/interpolation_linear.png").exists()  # token sequences have no straight line
     for name in ("reconstructions", "rho_grid", "steps_grid", "noise_draws", "token_usage", "curves"):
         assert (root / f"samples-tokenizer/{name}.png").is_file(), name  # the tokenizer's figures, as the root's
+    # The tokenizer's own perceptual network, while the default experiment (a VAE) has none
+    assert json.loads((root / "metrics/tokenizer/perceptual.json").read_text())["test"]["accuracy"] > 0
+    assert not (root / "models/perceptual.pt").exists()
 
     client = project.mlflow()
     runs = {
@@ -635,11 +650,9 @@ def test_two_stage_tokenizer_and_prior_through_dvc(project):
 
     project.commit("two-stage results")
     out = project.run("dvc", "exp", "run", TWO_STAGE, "-S", "maskgit.depth=2").stdout
-    ran = set(re.findall(r"Running stage '(?:[^':]*:)?(\w+)'", out)) - {"validate"}
-    assert ran == {"train_prior", "evaluate_prior", "sample_prior"}, out
+    assert _ran(out) == {"train_prior", "evaluate_prior", "sample_prior"}, out
     out = project.run("dvc", "exp", "run", TWO_STAGE, "-S", "flowmo.decoder_width=32").stdout
-    ran = set(re.findall(r"Running stage '(?:[^':]*:)?(\w+)'", out)) - {"validate"}
-    assert {"train_tokenizer", "sample_tokenizer", "tokenize", "train_prior"} <= ran, out
+    assert {"train_tokenizer", "sample_tokenizer", "tokenize", "train_prior"} <= _ran(out), out
 
 
 def test_inputs_left_out_of_an_image_folder_are_listed_and_tagged_on_the_run(project):

@@ -36,6 +36,7 @@ from genlab.schema import (
 
 MODEL_STAGES = ("classifier", "perceptual", "tokenize", "train", "evaluate", "sample")  # stages running networks
 FAMILY_STAGES = ("train", "evaluate", "sample")  # the stages that read the active family's section
+PER_FAMILY_STAGES = (*FAMILY_STAGES, "perceptual")  # a view per family: the perceptual net only for those using it
 
 
 @dataclass(frozen=True)
@@ -200,11 +201,23 @@ def config_from_dict(raw: dict[str, Any], require_all: bool = False) -> Config:
     return build(Config, raw or {}, "", require_all)
 
 
+FAMILY_NAMES = tuple(FAMILIES)  # the values model.family accepts
+
+
+def uses_upstream(family: str, name: str) -> bool:
+    """Whether `family` trains or samples with upstream network `name` (its `Family.upstream`)."""
+    return name in FAMILIES[family].upstream
+
+
 def stage_view(cfg: Config, stage: str, family: str | None = None) -> dict[str, Any]:
     """Exactly the params `stage` reads, as a nested dict: of the family sections, only `family`'s
     (default: the active one). The validate stage writes these views for DVC, so a stage reruns
     when, and only when, a value it reads changes; the train stage logs its view as the run's params."""
     family = family or cfg.model.family
+    if stage == "perceptual" and not uses_upstream(family, "perceptual"):
+        # One view for every family without a perceptual loss: the stage writes an empty stand-in, and
+        # switching among those families, or editing perceptual.*, reruns nothing.
+        return {"perceptual": {"needed": False}}
     out = view(cfg, stage)
     for name in FAMILIES:
         if name != family:

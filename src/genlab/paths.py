@@ -11,7 +11,7 @@ PREPARED_DIR = Path("data/prepared")
 TOKENS_DIR = Path("data/tokens")  # the tokenize stage's token sequences (pipelines/tokens/dvc.yaml)
 CLASSIFIER = Path("models/classifier.pt")
 CLASSIFIER_METRICS = Path("metrics/classifier.json")
-PERCEPTUAL = Path("models/perceptual.pt")  # the perceptual network (stage `perceptual`)
+PERCEPTUAL = Path("models/perceptual.pt")  # the default model's perceptual network (stage `perceptual`)
 PERCEPTUAL_METRICS = Path("metrics/perceptual.json")
 EXPECTED = Path("metrics/expected.json")  # seed bands for the CI reproduction check
 REPORTS_DIR = Path("reports")
@@ -39,6 +39,8 @@ class ModelPaths:
     machine: Path  # fingerprint of the machine that trained the model
     eval_metrics: Path
     samples: Path
+    perceptual: Path  # the perceptual network of this model (stage `perceptual`), when its family uses one
+    perceptual_metrics: Path
 
 
 def model_paths(name: str = DEFAULT_MODEL) -> ModelPaths:
@@ -54,6 +56,8 @@ def model_paths(name: str = DEFAULT_MODEL) -> ModelPaths:
             Path("metrics/machine.json"),
             Path("metrics/eval.json"),
             Path("samples"),
+            PERCEPTUAL,
+            PERCEPTUAL_METRICS,
         )
     # Beside the default model's directories, never inside them: DVC tracks `checkpoints` and `samples`
     # whole as the default chain's outputs, and another model's file there would rerun that chain.
@@ -68,6 +72,8 @@ def model_paths(name: str = DEFAULT_MODEL) -> ModelPaths:
         Path(f"metrics/{name}/machine.json"),
         Path(f"metrics/{name}/eval.json"),
         Path(f"samples-{name}"),
+        Path(f"models/{name}-perceptual.pt"),
+        Path(f"metrics/{name}/perceptual.json"),
     )
 
 

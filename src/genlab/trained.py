@@ -119,7 +119,7 @@ def load_trained(stage: str, name: str, family: str | None) -> Trained:
             f"{where.model} was trained on data {saved['data_md5']} but {paths.PREPARED_DIR} holds {data.checksum}: "
             f"{checkpoint.RETRAIN}"
         )
-    md5s = upstream.attach(model, device, data.checksum, cfg, recorded=saved.get("upstream_md5", {}))
+    md5s = upstream.attach(model, where, device, data.checksum, cfg, recorded=saved.get("upstream_md5", {}))
     # Found before the stage computes or writes anything: a model without its run fails with nothing written.
     return Trained(cfg, device, model, saved, data, where, md5s, read_run_id(where))
 

@@ -1,9 +1,9 @@
 """Trained models a family depends on besides its own weights (the domain classifier, a tokenizer).
 
 A family declares them by name in `Family.upstream`; where each lives is `SHARED` for the networks the
-pipeline's own stages train (the domain classifier, the perceptual network) and otherwise the family's
-params key of the same name (e.g. a prior's `tokenizer:
-models/tokenizer.pt`). The train stage loads each, checks it was trained on the same prepared data,
+pipeline's own stages train (the domain classifier, shared by every model; the perceptual network, one per
+model that uses it: `ModelPaths.perceptual`) and otherwise the family's params key of the same name (e.g. a
+prior's `tokenizer: models/tokenizer.pt`). The train stage loads each, checks it was trained on the same prepared data,
 hands it to `Family.attach` and records its file md5 in the model file and the MLflow run; evaluate
 and sample load the same files and refuse ones whose md5 differs from the recorded one.
 """
@@ -20,12 +20,13 @@ from genlab.data.checksums import md5_file
 from genlab.errors import CheckpointError
 from genlab.models import Family
 
-SHARED = ("classifier", "perceptual")  # trained by the pipeline's own stages, at paths.CLASSIFIER / PERCEPTUAL
+SHARED = ("classifier", "perceptual")  # trained by the pipeline's own stages
 
 
-def location(family: Family, name: str) -> Path:
+def location(family: Family, name: str, where: paths.ModelPaths) -> Path:
+    """Where upstream model `name` of `family`, trained as model `where.name`, lives."""
     if name in SHARED:
-        return paths.CLASSIFIER if name == "classifier" else paths.PERCEPTUAL
+        return paths.CLASSIFIER if name == "classifier" else where.perceptual
     return Path(getattr(family.cfg, name))
 
 
@@ -43,13 +44,19 @@ def _load(family: Family, name: str, path: Path, device: torch.device, data_md5:
 
 
 def attach(
-    family: Family, device: torch.device, data_md5: str, today: Any, recorded: dict[str, str] | None = None
+    family: Family,
+    where: paths.ModelPaths,
+    device: torch.device,
+    data_md5: str,
+    today: Any,
+    recorded: dict[str, str] | None = None,
 ) -> dict[str, str]:
-    """Load and attach every upstream model of `family` (`today`: today's Config); returns name -> file
-    md5. With `recorded` (what the model file holds), an upstream file that changed since training is an error."""
+    """Load and attach every upstream model of `family`, trained as model `where.name` (`today`: today's
+    Config); returns name -> file md5. With `recorded` (what the model file holds), an upstream file that
+    changed since training is an error."""
     md5s = {}
     for name in family.upstream:
-        path = location(family, name)
+        path = location(family, name, where)
         if not path.is_file():
             raise CheckpointError(
                 f"{family.name} needs its {name} at {path}, which does not exist: train it first (`dvc repro`)"
@@ -64,7 +71,7 @@ def attach(
     return md5s
 
 
-def run_links(family: Family) -> dict[str, str]:
+def run_links(family: Family, where: paths.ModelPaths) -> dict[str, str]:
     """MLflow tags linking a run to the runs that trained its upstream genlab models (a tokenizer): the run
     that trained each model file (found by its md5, genlab.trained), the first one also as MLflow's parent run."""
     from genlab.trained import model_run_id
@@ -73,7 +80,7 @@ def run_links(family: Family) -> dict[str, str]:
     for name in family.upstream:
         if name in SHARED:
             continue
-        run_id = model_run_id(location(family, name))
+        run_id = model_run_id(location(family, name, where))
         if run_id:
             tags[f"genlab.upstream.{name}_run"] = run_id
             tags.setdefault("mlflow.parentRunId", run_id)

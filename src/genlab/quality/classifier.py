@@ -31,6 +31,7 @@ from genlab.progress import Pace, bar
 from genlab.runtime import seed_everything, stream
 
 KIND = "domain_classifier"
+UNUSED = "unused_network"  # the file a network stage writes when the model it serves does not use one
 EVAL_BATCH = 1000
 
 
@@ -223,6 +224,12 @@ def save_classifier(
     )
 
 
+def save_unused(path: str | Path, section: str, reason: str) -> None:
+    """Stand in for a network nobody in this experiment uses: the stage's output exists (DVC needs it), costs
+    no training, and loading it says why it is empty."""
+    checkpoint.save(path, {"kind": UNUSED, "section": section, "reason": reason})
+
+
 def load_classifier(
     path: str | Path, device: torch.device | str = "cpu", data_md5: str | None = None
 ) -> DomainClassifier:
@@ -232,11 +239,13 @@ def load_classifier(
     CheckpointError. The returned model is in eval mode and carries `.data_md5` and `.metrics`.
     """
     path = Path(path)
-    stage = "perceptual" if path.stem == "perceptual" else "classifier"
+    stage = "perceptual" if path.stem.endswith("perceptual") else "classifier"
     fix = f"retrain it with `dvc repro {stage}` (or `python stages/classifier.py --section {stage}`)"
     if not path.is_file():
         raise CheckpointError(f"classifier file {path} does not exist: train it with `dvc repro {stage}`")
     saved = checkpoint.load(path, what="classifier file", fix=fix)
+    if saved.get("kind") == UNUSED:
+        raise CheckpointError(f"{path} holds no network: {saved['reason']}")
     if saved.get("kind") != KIND:
         raise CheckpointError(f"{path} is not a domain-classifier file: {fix}")
     if data_md5 is not None and saved["data_md5"] != data_md5:
