@@ -11,12 +11,15 @@ free loopback port, drives Debian's `chromium` through Playwright's Python API a
 
     make screenshots                                   # docs/figures/ui-*.png from this repo's store
     python docs/screenshots.py --store ../old-clone --prefix ui-before-
-    python docs/screenshots.py --report reports/runs.html --prefix report-   # that page, whole: <prefix>page.png
+    python docs/screenshots.py --page reports/runs.html --prefix report-     # that page, whole: <prefix>page.png
+    python docs/screenshots.py --page dvc_plots/index.html --prefix dvc-plots-   # `dvc plots show`'s page
+A --page is opened as without internet (any request outside file:// is refused, and named if there was one).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import socket
 import subprocess
@@ -157,10 +160,11 @@ def main() -> None:
     parser.add_argument("--prefix", default="ui-")
     parser.add_argument("--compare", type=int, default=3, help="how many of the latest runs the chart view shows")
     parser.add_argument("--runs", nargs="+", help="run ids for the chart view instead (the first one's page is shown)")
-    parser.add_argument("--report", type=Path, help="a page of stages/report.py --html to photograph instead of the UI")
+    parser.add_argument("--page", "--report", type=Path, help="a local HTML page (runs.html, dvc_plots/index.html) "
+                        "to photograph instead of the UI")  # fmt: skip
     parser.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser"))
     args = parser.parse_args()
-    if not args.report and not (args.store / "mlflow.db").is_file():
+    if not args.page and not (args.store / "mlflow.db").is_file():
         sys.exit(f"error: no mlflow.db in {args.store}: pass --store <folder with mlflow.db and mlartifacts/>")
     if not args.chromium:
         sys.exit("error: no chromium found: install Debian's (apt install chromium) or pass --chromium PATH")
@@ -169,15 +173,18 @@ def main() -> None:
     except ImportError:
         sys.exit("error: Playwright is missing: `make setup` installs it (requirements.lock)")
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.report:
+    if args.page:
+        refused = []
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
             page = browser.new_page(viewport=VIEWPORT)
-            page.goto(args.report.resolve().as_uri(), wait_until="load")
+            page.route(re.compile(r"^(?!file:).*"), lambda route: (refused.append(route.request.url), route.abort()))
+            page.goto(args.page.resolve().as_uri(), wait_until="load")
+            time.sleep(2)  # Vega draws dvc's plots after the load event
             path = args.out / f"{args.prefix}page.png"
             page.screenshot(path=str(path), full_page=True)
             browser.close()
-        print(f"wrote {path}")
+        print(f"wrote {path}" + (f"; the page asked the network for {refused} (refused)" if refused else ""))
         return
     port = free_port()
     with mlflow_ui(args.store, port) as db, sync_playwright() as playwright:

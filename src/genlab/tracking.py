@@ -752,18 +752,31 @@ def wait_until_answers(server: subprocess.Popen, port: int, timeout_s: float = 3
             time.sleep(0.5)
 
 
+UI_LOG = "mlflow-ui.log"  # the server's own lines (dozens of uvicorn and scheduler lines): not the terminal's
+
+
 def serve_ui(port: int) -> int:
-    """`mlflow ui` on the project's store; the URL to open is printed once the server answers."""
+    """`mlflow ui` on the project's store, its output in UI_LOG; the URL to open is printed once the server answers."""
     url = ui_url(port)
     with socket.socket() as probe:
         if probe.connect_ex(("127.0.0.1", port)) == 0:
             raise TrackingError(f"port {port} is taken (another mlflow ui?): stop it, or `make ui UI_PORT={port + 1}`")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(), "--port", str(port)]
-    )
+    log_path = repo_root() / UI_LOG
+    print(f"starting mlflow ui on port {port} (its log: {UI_LOG}) ...", flush=True)
+    with log_path.open("w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(), "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        waited = wait_until_answers(server, port)
-        print(f"\nmlflow ui answers (after {waited:.0f} s). genlab's runs (Model training view): {url}", flush=True)
+        try:
+            waited = wait_until_answers(server, port)
+        except TrackingError as exc:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+            raise TrackingError(f"{exc}; the end of {UI_LOG}:\n{tail}") from None
+        print(f"mlflow ui answers (after {waited:.0f} s). genlab's runs (Model training view): {url}", flush=True)
+        print("Ctrl-C stops it.", flush=True)
         return server.wait()
     except BaseException:  # Ctrl-C, or it never answered: no server left behind
         server.terminate()
