@@ -17,19 +17,17 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from genlab import atomic, paths, replicates
+from genlab import atomic, paths, replicates, report_chart
 from genlab.errors import GenlabError
-from genlab.tables import format_number, metric_columns, run_labels, to_markdown, with_spread_columns
+from genlab.tables import format_number, metric_columns, to_markdown
 
 EXPERIMENT = "genlab"  # = genlab.tracking.EXPERIMENT; not imported from there, as it pulls in torchvision
 
 TAGS = {"dataset": "genlab.dataset", "family": "genlab.family", "dvc_exp": "dvc.exp_name"}
 ALWAYS_PARAMS = ("train.epochs",)
 DEFAULT_METRICS = ("test/*", "val/elbo")
-VALUE_LABELS = 20  # above this many runs, runs.png leaves the values to runs.md
 FILES = ("runs.csv", "runs.md", "runs.png")
 GROUP_FILES = ("groups.csv", "groups.md", "verdicts.csv", "verdicts.md")
 
@@ -137,66 +135,6 @@ def runs_table(runs: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.D
     return table
 
 
-def plot(table: pd.DataFrame, path: str | Path) -> None:
-    """One horizontal bar chart per metric, runs on the y axis, oldest on top as in the table; a metric's
-    `<metric>_std` is its error bar (± 1 sd), not a panel of its own. Each value is printed beside its bar
-    up to VALUE_LABELS runs (runs.md has them all). Bars and error bars are one line collection per panel
-    and only the left column carries run names: 50 runs × 40 metrics draw in about a second."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-    from matplotlib.transforms import blended_transform_factory
-
-    pairs = with_spread_columns(table)
-    labels = run_labels(table)
-    n_runs, n_metrics = len(table), max(len(pairs), 1)
-    cols = min(3 if n_metrics <= 12 else 5, n_metrics)
-    rows = math.ceil(n_metrics / cols)
-    row_h, font = (0.28, 8) if n_runs <= VALUE_LABELS else (0.14, 6)  # inches per run, run names' points
-    panel_h, panel_w, label_w = 1.2 + row_h * n_runs, 4.6, 0.2 + 0.0078 * font * max(map(len, labels), default=0)
-    width, height = panel_w * cols + label_w, panel_h * rows + 0.6
-    fig = Figure(figsize=(width, height))  # fixed margins: constrained layout took most of a report's seconds
-    fig.subplots_adjust(left=label_w / width, right=1 - 0.15 / width, top=1 - 0.55 / height,
-                        bottom=0.35 / height, wspace=0.08, hspace=0.6 / panel_h)  # fmt: skip
-    axes = fig.subplots(rows, cols, squeeze=False)
-    positions = np.arange(n_runs)
-    bar_width = 0.7 * 72 * (panel_h - 0.6) / max(n_runs, 1)  # 70 % of a row, in points
-    for i, ax in enumerate(axes.flat):
-        ax.set_ylim(n_runs - 0.5, -0.5)  # first (oldest) run on top
-        ax.set_yticks([])
-        ax.xaxis.set_major_locator(MaxNLocator(3))
-        if i % cols == 0:  # run names as plain text: a tick per run per row of panels cost a second at 50 runs
-            names = blended_transform_factory(ax.transAxes, ax.transData)
-            for y, label in zip(positions, labels):
-                ax.text(-0.02, y, label, transform=names, ha="right", va="center", fontsize=font)
-        if i >= len(pairs):
-            if pairs:
-                ax.set_visible(False)
-            else:
-                ax.text(0.5, 0.5, "no metrics logged", ha="center", va="center", transform=ax.transAxes)
-            continue
-        name, spread = pairs[i]
-        values = table[name].to_numpy(dtype=float)
-        logged = ~np.isnan(values)
-        ax.hlines(positions[logged], 0, values[logged], color="C0", linewidth=bar_width)
-        if spread:
-            sds = table[spread].fillna(0).to_numpy(dtype=float)[logged]
-            v = values[logged]
-            ax.hlines(positions[logged], v - sds, v + sds, color="black", linewidth=0.8)
-        na = blended_transform_factory(ax.transAxes, ax.transData)
-        for y in positions[~logged]:  # not logged by this run: say so at the panel's left edge
-            ax.text(0.01, y, "n/a", transform=na, va="center", ha="left", fontsize=7, color="grey")
-        if n_runs <= VALUE_LABELS:
-            for y, v in zip(positions[logged], values[logged]):
-                ax.text(0, y, f" {format_number(v)} ", va="center", ha="left" if v >= 0 else "right", fontsize=7)
-        ax.set_title(name + (" (± sd)" if spread else ""), fontsize=10)
-        ax.axvline(0, color="black", linewidth=0.6)
-        ax.tick_params(labelsize=8)
-    values_note = "" if n_runs <= VALUE_LABELS else "; values in runs.md"
-    fig.suptitle(f"{n_runs} run(s), oldest first{values_note}", fontsize=10, y=1 - 0.12 / height)
-    with atomic.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, pil_kwargs={"compress_level": 1})  # 6, the default, took 4× the time
-
-
 def replicate_runs(runs: pd.DataFrame, metrics: Sequence[str]) -> tuple[pd.DataFrame, list[str]]:
     """The finished runs as seed replicates (oldest first: run, seed, commit, group keys, metrics, group,
     rerun) and the group keys: the params other than seed that differ across these runs."""
@@ -294,7 +232,7 @@ def build_report(
         atomic.write_text(out / "verdicts.md", verdicts_markdown(verdicts))
     _write_csv(table, out / "runs.csv")
     atomic.write_text(out / "runs.md", to_markdown(table))
-    plot(table, out / "runs.png")
+    report_chart.draw(table, out / "runs.png")
     if html:
         _write_page(tracking_uri, experiment, filters, runs, table, grouped, out / "runs.html")
     return table
