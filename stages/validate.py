@@ -16,10 +16,8 @@ from pathlib import Path
 import yaml
 
 from genlab import atomic, params_guard, paths
-from genlab.config import PER_FAMILY_STAGES, config_from_dict, parse_params, read_params_text, stage_view
+from genlab.config import FAMILY_NAMES, PER_FAMILY_STAGES, config_from_dict, parse_params, read_params_text, stage_view
 from genlab.errors import ConfigError, exit_on_error
-from genlab.models import FAMILIES
-from genlab.runtime import resolve_device
 from genlab.schema import STAGES
 
 
@@ -31,7 +29,10 @@ def run() -> None:
     text = read_params_text(paths.PARAMS)
     params_guard.check_experiment(text)
     cfg = config_from_dict(parse_params(text, str(paths.PARAMS)), require_all=True)
-    resolve_device(cfg.device)  # cuda on a machine without one
+    if cfg.device.startswith("cuda"):  # cuda on a machine without one; torch is loaded for this question only
+        from genlab.runtime import resolve_device
+
+        resolve_device(cfg.device)
     if cfg.data.name == "image_folder" and not Path(cfg.data.path).expanduser().is_dir():
         raise ConfigError(f"data.path = {cfg.data.path!r} is not an existing folder of images")
     weights = cfg.evaluate.inception_weights
@@ -39,7 +40,7 @@ def run() -> None:
         raise ConfigError(f"evaluate.inception_weights = {weights!r} is not a file")
     for stage in STAGES:
         _write(paths.stage_view(stage), stage_view(cfg, stage))
-    for family in FAMILIES:
+    for family in FAMILY_NAMES:
         for stage in PER_FAMILY_STAGES:
             _write(paths.stage_view(stage, family), stage_view(cfg, stage, family))
     params_guard.record(text)  # what every later stage run by DVC must still find in params.yaml

@@ -150,3 +150,33 @@ def test_same_seeds_give_identical_training(name):
 
     (l1, s1), (l2, s2) = run(), run()
     assert l1 == l2 and all(torch.equal(s1[k], s2[k]) for k in s1)
+
+
+def test_the_registry_pairs_each_params_section_with_its_network_code():
+    """A family's params section (torch-free) is the one its class builds from, and declares its upstream."""
+    from genlab.models import SECTIONS
+
+    assert list(SECTIONS) == list(FAMILIES)
+    for name, cls in FAMILIES.items():
+        assert cls.name == name and cls.config_class is SECTIONS[name]
+        assert cls.upstream == SECTIONS[name].UPSTREAM
+
+
+def test_params_defaults_agree_with_the_network_codes_own():
+    """The params sections repeat a few defaults of the processes (which import torch): the same values."""
+    from genlab.models import flowmo_params, maskgit_params
+    from genlab.processes import masked_tokens, rectified_flow
+
+    for name in ("UNIFORM_SHARE", "POSTTRAIN_STEPS", "STEPS", "RHO", "GUIDANCE"):
+        assert getattr(flowmo_params, name) == getattr(rectified_flow, name), name
+    assert maskgit_params.CHOICE_TEMPERATURE == masked_tokens.CHOICE_TEMPERATURE
+
+
+def test_validating_params_loads_no_torch():
+    """`import genlab.config` (the validate stage's whole need) loads neither torch nor any network code."""
+    import subprocess
+    import sys
+
+    code = "import sys, genlab.config; print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

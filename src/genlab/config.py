@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Literal, Optional
 from genlab import params_guard, paths
 from genlab.data import DATASETS
 from genlab.errors import ConfigError
-from genlab.models import FAMILIES
+from genlab.models import SECTIONS
 from genlab.schema import (
     MAX_BATCH,
     MAX_EPOCHS,
@@ -74,7 +74,7 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     STAGES: ClassVar = ("train",)
-    family: Literal[tuple(FAMILIES)] = key("vae", doc="the model family (its section holds its keys)")
+    family: Literal[tuple(SECTIONS)] = key("vae", doc="the model family (its section holds its keys)")
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ def _config_class() -> type:
         ("device", str, key("auto", stages=MODEL_STAGES, doc="auto (CUDA when present) | cpu | cuda | cuda:N")),
         ("data", DataConfig, field(default_factory=DataConfig)),
         ("model", ModelConfig, field(default_factory=ModelConfig)),
-        *((name, cls.config_class, field(default_factory=cls.config_class)) for name, cls in FAMILIES.items()),
+        *((name, section, field(default_factory=section)) for name, section in SECTIONS.items()),
         ("train", TrainConfig, field(default_factory=TrainConfig)),
         ("classifier", ClassifierConfig, field(default_factory=ClassifierConfig)),
         ("perceptual", PerceptualConfig, field(default_factory=PerceptualConfig)),
@@ -201,12 +201,12 @@ def config_from_dict(raw: dict[str, Any], require_all: bool = False) -> Config:
     return build(Config, raw or {}, "", require_all)
 
 
-FAMILY_NAMES = tuple(FAMILIES)  # the values model.family accepts
+FAMILY_NAMES = tuple(SECTIONS)  # the values model.family accepts
 
 
 def uses_upstream(family: str, name: str) -> bool:
     """Whether `family` trains or samples with upstream network `name` (its `Family.upstream`)."""
-    return name in FAMILIES[family].upstream
+    return name in SECTIONS[family].UPSTREAM
 
 
 def stage_view(cfg: Config, stage: str, family: str | None = None) -> dict[str, Any]:
@@ -219,7 +219,7 @@ def stage_view(cfg: Config, stage: str, family: str | None = None) -> dict[str, 
         # switching among those families, or editing perceptual.*, reruns nothing.
         return {"perceptual": {"needed": False}}
     out = view(cfg, stage)
-    for name in FAMILIES:
+    for name in SECTIONS:
         if name != family:
             out.pop(name, None)
     if stage in FAMILY_STAGES and family != cfg.model.family:

@@ -18,10 +18,11 @@ import math
 import typing
 from collections.abc import Callable
 from dataclasses import field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from genlab.errors import ConfigError
 
+SAMPLING = ("evaluate", "sample")  # the stages that sample from a trained model
 STAGES = ("download", "classifier", "perceptual", "tokenize", "train", "evaluate", "sample")
 
 Check = tuple[Callable[[Any], bool], str]  # (predicate, what is allowed)
@@ -32,6 +33,18 @@ MAX_BATCH = 131_072
 MAX_IMAGES = 100_000  # generated or scored images: the FID literature's protocol is 50 000
 MAX_WIDTH = 4_096  # layer widths, features, latent dimensions
 MAX_STEPS = 10_000  # diffusion timesteps and sampler steps
+
+
+@dataclasses.dataclass(frozen=True)
+class FamilyConfig:
+    """Base of a family's params section. Its keys are read by the train stage unless a key declares
+    other stages (`key(..., stages=("evaluate",))` for an evaluation knob), so editing an evaluation
+    knob re-evaluates without retraining. It lives apart from the family's network code (no torch), and
+    declares what the family needs besides its own weights, so the pipeline decides without loading it."""
+
+    STAGES: ClassVar = ("train",)
+    #: trained models the family uses besides its own weights, by name (genlab.upstream)
+    UPSTREAM: ClassVar[tuple[str, ...]] = ()
 
 
 def key(default: Any, check: Check | None = None, *, stages: tuple[str, ...] | None = None, doc: str = "") -> Any:

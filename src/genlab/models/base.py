@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from genlab.models.ema import EMA
+from genlab.schema import FamilyConfig
 
 Update = Callable[[str, torch.Tensor], None]  # update(optimiser name, loss): backward + step, done by the loop
 
@@ -27,15 +28,6 @@ def weighted_means(batches: Iterable[tuple[dict[str, torch.Tensor], int]]) -> di
     batches = list(batches)
     total = sum(n for _, n in batches)
     return {k: (sum(m[k] * n for m, n in batches) / total).item() for k in batches[0][0]}
-
-
-@dataclass(frozen=True)
-class FamilyConfig:
-    """Base of a family's params section. Its keys are read by the train stage unless a key declares
-    other stages (`key(..., stages=("evaluate",))` for an evaluation knob), so editing an evaluation
-    knob re-evaluates without retraining."""
-
-    STAGES: ClassVar = ("train",)
 
 
 @dataclass(frozen=True)
@@ -56,7 +48,7 @@ class OptimizerSpec:
 
 
 class Family(abc.ABC):
-    """A trainable generative model. Register it in genlab.models.FAMILIES with its `config_class`.
+    """A trainable generative model. Register it with its `config_class` (its params section) in genlab.models.REGISTRY.
 
     All images crossing this interface are float tensors in [0, 1], shape (N, C, H, W). Metric tensors
     returned by the step methods are per-image means over the batch, detached. Everything random takes
@@ -75,10 +67,16 @@ class Family(abc.ABC):
     fid_every: int = 0
     #: samples per check, scored against as many validation images
     fid_samples: int = 0
-    #: trained models this family uses besides its own weights (see genlab.upstream), attached by the stages
+    #: trained models this family uses besides its own weights (see genlab.upstream), attached by the stages:
+    #: declared by its params section (`FamilyConfig.UPSTREAM`), which the pipeline reads without torch
     upstream: ClassVar[tuple[str, ...]] = ()
     #: what it trains on (genlab.sources): "images" (the prepared data) or "tokens" (a tokenizer's codes)
     inputs: ClassVar[str] = "images"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "config_class" in cls.__dict__:
+            cls.upstream = cls.config_class.UPSTREAM
 
     def __init__(self, cfg: FamilyConfig, data: DataSpec, device: torch.device):
         self.cfg = cfg

@@ -12,8 +12,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-LOSSES = ("bce", "minimax", "wgan-gp", "lsgan", "hinge")
-
 
 def discriminator_loss(kind: str, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
     if kind in ("bce", "minimax"):

@@ -23,10 +23,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-# FlowMo's loss weights and temperature (flowmo/configs/base.yaml, flowmo/lookup_free_quantize.py).
-ENTROPY_WEIGHT = 0.0025
-COMMITMENT_WEIGHT = 0.000625
-TEMPERATURE = 0.1
+from genlab.models.flowmo_params import COMMITMENT_WEIGHT, ENTROPY_WEIGHT  # FlowMo's loss weights (base.yaml)
+
+TEMPERATURE = 0.1  # FlowMo's (flowmo/lookup_free_quantize.py)
 
 
 def _sign(c_hat: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,6 @@ Its test number is a likelihood of the tokens: the any-order autoregressive boun
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -24,7 +23,6 @@ from genlab.errors import ConfigError
 from genlab.models.base import (
     DataSpec,
     Family,
-    FamilyConfig,
     Generative,
     OptimizerSpec,
     Tokenizer,
@@ -32,43 +30,11 @@ from genlab.models.base import (
 )
 from genlab.models.ema import EMA
 from genlab.models.maskgit_nets import MaskedTokenTransformer
+from genlab.models.maskgit_params import MaskGITConfig
 from genlab.processes import masked_tokens as mt
 from genlab.runtime import stream
-from genlab.schema import MAX_EPOCHS, MAX_IMAGES, MAX_WIDTH, at_least, between, in_unit, key, positive
 
-SAMPLING = ("evaluate", "sample")
 NUM_CLASSES = 10  # the datasets' classes (digits, MNIST-style, CIFAR-10); labels beyond are an error
-
-
-@dataclass(frozen=True)
-class MaskGITConfig(FamilyConfig):
-    tokenizer: str = key("models/tokenizer.pt", doc="the trained tokenizer (a genlab model file) it models")
-    width: int = key(128, between(8, MAX_WIDTH))
-    depth: int = key(4, between(1, 64))
-    heads: int = key(4, between(1, 64))
-    dropout: float = key(0.1, in_unit(closed_low=True))
-    class_conditional: bool = key(True, doc="condition on the class label (classifier-free guidance when sampling)")
-    label_drop: float = key(0.1, in_unit(closed_low=True), doc="share of labels replaced by the null class in training")
-    lr: float = key(5e-4, positive(), doc="Adam")
-    beta1: float = key(0.9, in_unit(closed_low=True))
-    beta2: float = key(0.96, in_unit(closed_low=True))
-    ema_decay: float = key(0.999, in_unit(closed_low=True), doc="EMA of the weights, used to evaluate and sample")
-    snapshot_steps: int = key(8, between(1, 1000), doc="decoding steps of the per-epoch sample grid")
-    eval_every: int = key(
-        0, between(0, MAX_EPOCHS), doc="epochs between sample FID checks (0 = never; the last epoch always)"
-    )
-    fid_samples: int = key(200, between(10, MAX_IMAGES))
-    decode_steps: int = key(12, between(1, 1000), stages=SAMPLING, doc="T: parallel decoding steps")
-    temperature: float = key(1.0, at_least(0.0), stages=SAMPLING, doc="token sampling temperature (0 = argmax)")
-    choice_temperature: float = key(mt.CHOICE_TEMPERATURE, at_least(0.0), stages=SAMPLING, doc="confidence noise")
-    guidance: float = key(0.0, at_least(0.0), stages=SAMPLING, doc="classifier-free guidance w (0 = none)")
-    nll_orders: int = key(
-        1, between(1, 1000), stages=("evaluate",), doc="random orders averaged in the likelihood bound"
-    )
-
-    def check(self, prefix: str) -> None:
-        if self.width % self.heads:
-            raise ConfigError(f"{prefix}width = {self.width} is not divisible by {prefix}heads = {self.heads}")
 
 
 class MaskGIT(Family, Generative):
@@ -76,7 +42,6 @@ class MaskGIT(Family, Generative):
     config_class = MaskGITConfig
     inputs = "tokens"
     walkable = False  # token sequences have no straight line between them: no latent walks
-    upstream = ("tokenizer", "classifier")  # the codes it models and decodes; in-training sample FID
     metric_names = ("loss", "accuracy")
     curves: ClassVar = {"loss": "nats/masked token", "accuracy": "masked tokens right"}
 
