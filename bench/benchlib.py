@@ -11,7 +11,14 @@ from genlab.config import Config, stage_view
 from genlab.data import PreparedData, load_prepared, prepare
 from genlab.errors import CheckpointError
 from genlab.models import DataSpec, Family, build_family
-from genlab.quality.classifier import DomainClassifier, load_classifier, save_classifier, train_classifier
+from genlab.quality.classifier import (
+    DomainClassifier,
+    build_classifier,
+    load_classifier,
+    num_classes,
+    save_classifier,
+    train_classifier,
+)
 from genlab.runtime import seed_everything, stream
 from genlab.sources import image_source, input_levels
 from genlab.training import NullTracker, fit, resume_key
@@ -56,10 +63,15 @@ def classifier_for(
 
 
 def build(cfg: Config, data: PreparedData, device: torch.device) -> Family:
-    """cfg's family for `data`, initialised as the train stage does."""
+    """cfg's family for `data`, initialised as the train stage does; its classifier or perceptual network, if it
+    uses one, is an untrained one of the configured shape (what it costs, not what it scores)."""
     seed_everything(cfg.seed, "model_init")
     spec = DataSpec(data.image_shape, input_levels(data, cfg.data.binarize))
-    return build_family(cfg.model.family, cfg.family, spec, device)
+    family = build_family(cfg.model.family, cfg.family, spec, device)
+    for name in set(family.upstream) & {"classifier", "perceptual"}:
+        net = build_classifier(getattr(cfg, name), data.image_shape, num_classes(data), data.max_value)
+        family.attach(name, net.to(device).eval())
+    return family
 
 
 def train(cfg: Config, data: PreparedData, family: Family) -> list[dict]:

@@ -21,7 +21,7 @@ from genlab.config import FAMILY_NAMES, load_config, stage_view, uses_upstream
 from genlab.data import load_prepared
 from genlab.errors import exit_on_error
 from genlab.quality.classifier import save_classifier, save_unused, train_classifier
-from genlab.runtime import resolve_device
+from genlab.runtime import resolve_device, use_threads
 
 
 def outputs(section: str, name: str) -> tuple[Path, Path]:
@@ -42,6 +42,7 @@ def run() -> None:
     args = parser.parse_args()
     section = args.section
     cfg = load_config(paths.PARAMS)
+    use_threads(cfg.threads)
     model_path, metrics_path = outputs(section, args.name)
     family = args.family or cfg.model.family
     if section == "perceptual" and not uses_upstream(family, "perceptual"):

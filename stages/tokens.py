@@ -21,7 +21,7 @@ from genlab.data.checksums import md5_file
 from genlab.data.tokens import tokenize_splits, write_tokens
 from genlab.errors import CheckpointError, exit_on_error
 from genlab.models.base import Tokenizer
-from genlab.runtime import resolve_device
+from genlab.runtime import resolve_device, use_threads
 from genlab.trained import load_model, model_run_id
 
 
@@ -31,6 +31,7 @@ def run() -> None:
     parser.add_argument("--tokenizer", default="models/tokenizer.pt", help="the trained tokenizer's model file")
     path = parser.parse_args().tokenizer
     cfg = load_config(paths.PARAMS)
+    use_threads(cfg.threads)
     device = resolve_device(cfg.device)
     data = load_prepared(paths.PREPARED_DIR)
     tokenizer, saved = load_model(path, device, cfg)

@@ -18,7 +18,7 @@ from genlab.data.checksums import md5_file
 from genlab.errors import GenlabError, exit_on_error
 from genlab.models import DataSpec, build_family
 from genlab.quality.scoring import fid_monitor
-from genlab.runtime import seed_everything
+from genlab.runtime import seed_everything, use_threads
 from genlab.sources import input_levels, source_for
 from genlab.trained import MODEL_MD5_TAG, save_model, stage_args, stage_config
 from genlab.training import NullTracker, check_trainable, fit, resume_key
@@ -76,6 +76,7 @@ def committed_view(cfg) -> dict | None:
 def run() -> None:
     args = stage_args(__doc__.splitlines()[0])
     cfg = stage_config(args.family)
+    use_threads(cfg.threads)
     if cfg.train.processes > 1 and not distributed.launched():
         # This process becomes torchrun, which starts the workers (each runs this script) and, on a
         # signal or a failed worker, stops them all: nothing is left running behind DVC's back.

@@ -210,3 +210,24 @@ def test_a_second_exp_run_in_the_workspace_stops_the_first_instead_of_training_i
     assert "To run variants side by side" in out and "--queue" in out and "--temp" in out, out
     assert second.returncode != 0, second.stdout  # DVC refuses it: "... is busy"
     assert not (project.root / "models" / "model.pt").exists()  # nothing trained on either's params
+
+
+def test_threads_is_null_or_a_positive_count_and_sets_torchs_threads(tmp_path):
+    import torch
+
+    from genlab.runtime import use_threads
+
+    params = tmp_path / "params.yaml"
+    params.write_text(COMMITTED)
+    assert load_config(params).threads is None
+    for bad in (0, -1, 1.5, "two"):
+        with pytest.raises(ConfigError, match="threads"):
+            load_config(params, {"threads": bad})
+    before = torch.get_num_threads()
+    try:
+        use_threads(load_config(params, {"threads": 1}).threads)
+        assert torch.get_num_threads() == 1
+        use_threads(None)  # null keeps what is set
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -160,12 +160,19 @@ class SampleConfig:
 SEED_RANGE = ((lambda v: 0 <= v < 2**32), "an integer in [0, 4294967295]")
 
 
+THREADS_DOC = (
+    "CPU threads of each stage's process; null = torch's default (one per core). Beside other CPU jobs "
+    "(dvc queue start -j 2) 1 keeps a run near its fair share; numbers are bit-identical only at equal threads"
+)
+
+
 def _config_class() -> type:
     """Config: the shared sections plus one section per registered family (cfg.vae, cfg.gan, ...)."""
     fields: list[tuple[str, Any, Any]] = [
         # NumPy and scikit-learn take seeds in [0, 2^32): a negative one would fail only in a late stage.
         ("seed", int, key(0, SEED_RANGE, stages=("download", *MODEL_STAGES), doc="drives every random stream")),
         ("device", str, key("auto", stages=MODEL_STAGES, doc="auto (CUDA when present) | cpu | cuda | cuda:N")),
+        ("threads", Optional[int], key(None, optional(between(1, 1024)), stages=MODEL_STAGES, doc=THREADS_DOC)),
         ("data", DataConfig, field(default_factory=DataConfig)),
         ("model", ModelConfig, field(default_factory=ModelConfig)),
         *((name, section, field(default_factory=section)) for name, section in SECTIONS.items()),

@@ -26,6 +26,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def use_threads(threads: int | None) -> None:
+    """Run torch's CPU kernels on `threads` threads (params key `threads`); None keeps torch's default."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 def stream_seed(seed: int, name: str) -> int:
     """The seed of stream `name` for run seed `seed`: a non-negative 63-bit integer."""
     digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()

@@ -21,7 +21,7 @@ from genlab.data import PreparedData, load_prepared
 from genlab.data.checksums import md5_file
 from genlab.errors import CheckpointError, ConfigError
 from genlab.models import FAMILIES, DataSpec, Family, build_family
-from genlab.runtime import resolve_device, seed_everything
+from genlab.runtime import resolve_device, seed_everything, use_threads
 from genlab.schema import build
 
 
@@ -103,6 +103,7 @@ class Trained:
 
 def load_trained(stage: str, name: str, family: str | None) -> Trained:
     cfg = stage_config(family)
+    use_threads(cfg.threads)
     seed_everything(cfg.seed, f"{stage}_global")
     device = resolve_device(cfg.device)
     where = paths.model_paths(name)
