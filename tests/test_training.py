@@ -311,7 +311,7 @@ def test_params_yaml_must_set_every_key(tmp_path):
     with pytest.raises(ConfigError, match=r"missing: vae\.lr, gan: every key must be set"):
         load_config(params)
     params.write_text("")
-    with pytest.raises(ConfigError, match=r"missing: seed, device, data, model, "):
+    with pytest.raises(ConfigError, match=r"missing: seed, device, threads, data, model, "):
         load_config(params)
     assert config_from_dict({"train": {"epochs": 2}}).vae.lr == 1e-3  # code and saved models may be partial
 
