@@ -15,9 +15,7 @@ import base64
 import html
 import io
 import math
-import os
 import tempfile
-import unittest.mock
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from genlab import atomic
+from genlab import atomic, tracking
 from genlab.tables import format_number, metric_columns, run_labels, with_spread_columns
 
 FIGURES = ("samples.png", "reconstructions.png")  # the sample stage's grids, under a run's artifacts samples/
@@ -99,8 +97,7 @@ def collect(client: Any, runs: pd.DataFrame, table: pd.DataFrame) -> Page:
     """Read each run's grids and curve histories from MLflow (`client`: an MlflowClient of the store)."""
     run_ids = list(runs["run_id"])
     figures: dict[str, dict[str, bytes]] = {}
-    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # else a progress bar per file, two per run
-    with tempfile.TemporaryDirectory(prefix="genlab-report-") as tmp, unittest.mock.patch.dict(os.environ, quiet):
+    with tempfile.TemporaryDirectory(prefix="genlab-report-") as tmp, tracking.quiet_downloads():
         for run_id in run_ids:
             logged = {Path(info.path).name for info in client.list_artifacts(run_id, "samples")}
             figures[run_id] = {

@@ -384,12 +384,17 @@ def _previous(repo: Any, name: str, scratch: Path) -> Iterator[Any]:
     yield lambda: _undone(put_back, f"the {name} stored before is kept")
 
 
+def quiet_downloads() -> contextlib.AbstractContextManager:
+    """MLflow artifact downloads without the progress bar it prints for every file."""
+    return unittest.mock.patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"})
+
+
 def _fetch(repo: Any, name: str, scratch: Path) -> Path:
     """The stored `name` as a local file: itself in a local store, else a download into `scratch`."""
     if getattr(repo, "artifact_dir", None) is not None:
         return Path(repo.artifact_dir) / name
     scratch.mkdir(exist_ok=True)
-    with unittest.mock.patch.dict(os.environ, {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}):  # not per file
+    with quiet_downloads():
         return Path(repo.download_artifacts(name, str(scratch)))
 
 

@@ -33,14 +33,20 @@ REGISTRY: dict[str, tuple[type[FamilyConfig], str]] = {
 SECTIONS: dict[str, type[FamilyConfig]] = {name: section for name, (section, _) in REGISTRY.items()}
 
 
-def __getattr__(name: str) -> Any:
-    if name == "FAMILIES":
+def family_classes() -> dict[str, type[Family]]:
+    """name -> Family class, importing the network code (torch) once."""
+    if "FAMILIES" not in globals():
         classes = {}
         for family, (_, where) in REGISTRY.items():
             module, cls = where.split(":")
             classes[family] = getattr(importlib.import_module(module), cls)
-        globals()["FAMILIES"] = classes  # imported once
-        return classes
+        globals()["FAMILIES"] = classes
+    return globals()["FAMILIES"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FAMILIES":
+        return family_classes()
     if name in ("DataSpec", "Family"):
         return getattr(importlib.import_module("genlab.models.base"), name)
     raise AttributeError(f"module 'genlab.models' has no attribute {name!r}")
@@ -48,7 +54,7 @@ def __getattr__(name: str) -> Any:
 
 def build_family(name: str, cfg: FamilyConfig, data: DataSpec, device: torch.device) -> Family:
     """The family `name` built from its own params section `cfg`."""
-    return __getattr__("FAMILIES")[name](cfg, data, device)
+    return family_classes()[name](cfg, data, device)
 
 
-__all__ = ["FAMILIES", "REGISTRY", "SECTIONS", "DataSpec", "Family", "build_family"]
+__all__ = ["FAMILIES", "REGISTRY", "SECTIONS", "DataSpec", "Family", "build_family", "family_classes"]
