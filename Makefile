@@ -25,7 +25,7 @@ $(STAMP): requirements.lock pyproject.toml
 		|| { tail -n 40 $(VENV)/install.log; echo "dependency install failed: see $(VENV)/install.log"; exit 1; }
 	@$(PY) -m pip install --no-input --no-deps --no-build-isolation -e . >> $(VENV)/install.log 2>&1 \
 		|| { tail -n 40 $(VENV)/install.log; echo "installing genlab failed: see $(VENV)/install.log"; exit 1; }
-	@$(ACTIVATE) && python -m genlab.offline_plots >> $(VENV)/install.log 2>&1 \
+	@$(ACTIVATE) && python -m genlab.pipeline.offline_plots >> $(VENV)/install.log 2>&1 \
 		|| echo "note: dvc plots pages will load Vega from the internet (no npm? see $(VENV)/install.log)"
 	@rm -f $(VENV)/.installed-* && touch $@
 
@@ -56,15 +56,15 @@ lint: setup
 # Rerun the committed default experiment: bit-exact against the committed metrics/ on the same machine kind
 # (else two reruns here), and inside the seed bands of metrics/expected.json on any machine.
 repro-check: setup
-	$(ACTIVATE) && python -m genlab.reproduce
+	$(ACTIVATE) && python -m genlab.pipeline.reproduce
 
 # dvc.lock records this commit's code and params (a second; CI runs it first instead of finding out at its end).
 lock-check: setup
-	$(ACTIVATE) && python -m genlab.reproduce lock
+	$(ACTIVATE) && python -m genlab.pipeline.reproduce lock
 
 # Rebuild metrics/expected.json: the committed experiment run with 8 seeds, bands mean +- 4 sd (~15 min).
 expected: setup
-	$(ACTIVATE) && python -m genlab.reproduce expected $(EXPECTED_ARGS)
+	$(ACTIVATE) && python -m genlab.pipeline.reproduce expected $(EXPECTED_ARGS)
 
 # Re-resolve requirements.lock from pyproject.toml's dependencies (needs the package index).
 lock:
@@ -73,20 +73,20 @@ lock:
 
 # dvc exp show narrowed to the active family's params and the key test numbers (SHOW_ARGS="--only-changed", "--md").
 show: setup
-	$(ACTIVATE) && python -m genlab.show $(SHOW_ARGS)
+	$(ACTIVATE) && python -m genlab.pipeline.show $(SHOW_ARGS)
 
 # mlflow ui on the project's store; the URL is printed once the server answers (UI_PORT=5001 for another port).
 UI_PORT ?= 5000
 ui: setup
-	$(ACTIVATE) && python -m genlab.tracking relocate && python -m genlab.tracking ui $(UI_PORT)
+	$(ACTIVATE) && python -m genlab.tracking.store relocate && python -m genlab.tracking.store ui $(UI_PORT)
 
 # A team's tracking server (docs/team.md): PostgreSQL + MLflow with logins on 127.0.0.1:5050, data in .server/.
 # The first start needs the admin password in MLFLOW_AUTH_ADMIN_PASSWORD (or a file named by GENLAB_ADMIN_PASSWORD_FILE).
 server: setup
-	$(ACTIVATE) && python -m genlab.server start
+	$(ACTIVATE) && python -m genlab.tracking.server start
 
 server-stop: setup
-	$(ACTIVATE) && python -m genlab.server stop
+	$(ACTIVATE) && python -m genlab.tracking.server stop
 
 # docs/figures/ui-*.png: mlflow ui on a copy of the store, photographed by headless chromium (apt install chromium).
 screenshots: setup

@@ -7,21 +7,21 @@ from pathlib import Path
 
 import torch
 
-from genlab.config import Config, stage_view
+from genlab.config.experiment import Config, stage_view
+from genlab.core.errors import CheckpointError
+from genlab.core.runtime import seed_everything, stream
 from genlab.data import PreparedData, load_prepared, prepare
-from genlab.errors import CheckpointError
-from genlab.models import DataSpec, Family, build_family
-from genlab.quality.classifier import (
-    DomainClassifier,
+from genlab.evaluation.classifier import (
     build_classifier,
     load_classifier,
     num_classes,
     save_classifier,
     train_classifier,
 )
-from genlab.runtime import seed_everything, stream
-from genlab.sources import image_source, input_levels
-from genlab.training import NullTracker, fit, resume_key
+from genlab.models import DataSpec, Family, build_family
+from genlab.models.classifier import DomainClassifier
+from genlab.training.loop import NullTracker, fit, resume_key
+from genlab.training.sources import image_source, input_levels
 
 OUT = Path(__file__).resolve().parent / "out"
 # Seed 000's VAE (784-512-256-20 MLP, BCE on grey levels, Adam 1e-3), as the VAE benchmarks train it.
@@ -68,9 +68,10 @@ def build(cfg: Config, data: PreparedData, device: torch.device) -> Family:
     seed_everything(cfg.seed, "model_init")
     spec = DataSpec(data.image_shape, input_levels(data, cfg.data.binarize))
     family = build_family(cfg.model.family, cfg.family, spec, device)
-    for name in set(family.upstream) & {"classifier", "perceptual"}:
-        net = build_classifier(getattr(cfg, name), data.image_shape, num_classes(data), data.max_value)
-        family.attach(name, net.to(device).eval())
+    for needed in family.upstream:
+        if needed.stage:  # a network the pipeline trains: its params section is the stage's
+            net = build_classifier(getattr(cfg, needed.stage), data.image_shape, num_classes(data), data.max_value)
+            family.attach(needed.name, net.to(device).eval())
     return family
 
 

@@ -34,8 +34,9 @@ def worker(family: str, epochs: int, threads: str) -> float:
     import torch
     from benchlib import build, prepared, train
 
-    from genlab.config import config_from_dict, parse_params
-    from genlab.runtime import resolve_device
+    from genlab.config.experiment import config_from_dict
+    from genlab.config.params_file import parse_params
+    from genlab.core.runtime import resolve_device
 
     raw = parse_params((ROOT / "params.yaml").read_text())
     raw["model"]["family"] = family

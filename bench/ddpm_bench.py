@@ -24,11 +24,11 @@ import time
 import torch
 from benchlib import build, classifier_for, prepared, test_metrics, train
 
-from genlab.config import config_from_dict
+from genlab.config.experiment import config_from_dict
+from genlab.core.runtime import resolve_device, seed_everything, stream
+from genlab.evaluation.scoring import image_scores, real_pair, sample_in_batches
 from genlab.models import DataSpec, build_family
-from genlab.quality.scoring import image_scores, real_pair, sample_in_batches
-from genlab.runtime import resolve_device, seed_everything, stream
-from genlab.training import Optimisation
+from genlab.training.loop import Optimisation
 
 SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28)}
 

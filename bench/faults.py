@@ -122,7 +122,7 @@ def readable(where: Path) -> list[str]:
     """Outputs that do not load."""
     from PIL import Image
 
-    from genlab import checkpoint
+    from genlab.core import checkpoint
     from genlab.data import load_prepared
 
     bad = []
@@ -145,7 +145,7 @@ def mlflow_state(where: Path, epochs: int) -> tuple[str, int, bool, str]:
     from mlflow import MlflowClient
 
     from genlab.data.checksums import md5_file
-    from genlab.trained import MODEL_MD5_TAG
+    from genlab.evaluation.model_file import MODEL_MD5_TAG
 
     client = MlflowClient(f"sqlite:///{where / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("genlab").experiment_id

@@ -44,16 +44,17 @@ from pathlib import Path
 import torch
 from benchlib import OUT, build, classifier_for, prepared
 
-from genlab import checkpoint
-from genlab.config import config_from_dict
-from genlab.models.flowmo import FlowMo
+from genlab.config.experiment import config_from_dict
+from genlab.core import checkpoint
+from genlab.core.runtime import resolve_device, stream
+from genlab.evaluation.classifier import build_classifier
+from genlab.evaluation.scoring import image_scores, real_pair, reconstruct_in_batches
+from genlab.models.classifier import embed
+from genlab.models.flowmo.family import FlowMo
 from genlab.processes import rectified_flow as rf
-from genlab.quality.classifier import build_classifier, embed
 from genlab.quality.frechet import fid
-from genlab.quality.scoring import image_scores, real_pair, reconstruct_in_batches
-from genlab.runtime import resolve_device, stream
-from genlab.sources import Source, image_source
-from genlab.training import NullTracker, Optimisation, fit
+from genlab.training.loop import NullTracker, Optimisation, fit
+from genlab.training.sources import Source, image_source
 
 VARIANTS = {
     "B0": {"decoder": "regression", "perceptual_weight": 0.0},
@@ -159,8 +160,8 @@ def speed(args) -> None:
     device = resolve_device(args.device)
     cfg = make_config(args, 0, pretrain_epochs=1)
     family = build(cfg, prepared(cfg), device)
-    for name in family.upstream:
-        family.attach(name, build_classifier(cfg.perceptual, (1, 28, 28), 10, 255).to(device).train(False))
+    for needed in family.upstream:
+        family.attach(needed.name, build_classifier(cfg.perceptual, (1, 28, 28), 10, 255).to(device).train(False))
     update = Optimisation(family, cfg.train).update
     x, gen = torch.rand(64, 1, 28, 28, device=device), torch.Generator(device).manual_seed(0)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

@@ -24,10 +24,10 @@ import time
 import torch
 from benchlib import build, classifier_for, prepared, train
 
-from genlab.config import config_from_dict
-from genlab.models.gan_losses import LOSSES
-from genlab.quality.scoring import image_scores, real_pair, sample_in_batches
-from genlab.runtime import resolve_device, stream
+from genlab.config.experiment import config_from_dict
+from genlab.core.runtime import resolve_device, stream
+from genlab.evaluation.scoring import image_scores, real_pair, sample_in_batches
+from genlab.models.gan.losses import LOSSES
 
 ANCHORS = {"bce": 6.8, "lsgan": 7.8, "wgan-gp": 20.3}  # Lucic et al. 2018, Inception FID, best of a large search
 

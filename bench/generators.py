@@ -22,13 +22,13 @@ import time
 import torch
 from benchlib import build, classifier_for, prepared
 
-from genlab import checkpoint
-from genlab.config import config_from_dict
+from genlab.config.experiment import config_from_dict
+from genlab.core import checkpoint
+from genlab.core.runtime import stream
 from genlab.data.tokens import TokenData, tokenize_splits
-from genlab.quality.scoring import image_scores, real_pair, sample_in_batches
-from genlab.runtime import stream
-from genlab.sources import Source, image_source
-from genlab.training import NullTracker, fit
+from genlab.evaluation.scoring import image_scores, real_pair, sample_in_batches
+from genlab.training.loop import NullTracker, fit
+from genlab.training.sources import Source, image_source
 
 
 def make_config(args, family: str, **section):

@@ -33,12 +33,12 @@ from pathlib import Path
 import torch
 from benchlib import OUT, build, classifier_for, prepared
 
-from genlab import distributed
-from genlab.config import config_from_dict
+from genlab.config.experiment import config_from_dict
 from genlab.data import load_prepared
-from genlab.quality.scoring import fid_monitor
-from genlab.sources import Source, image_source
-from genlab.training import EPOCH_KEY, NullTracker, fit
+from genlab.evaluation.scoring import fid_monitor
+from genlab.training import distributed
+from genlab.training.loop import EPOCH_KEY, NullTracker, fit
+from genlab.training.sources import Source, image_source
 
 HEADLINE = {"vae": "val_elbo", "ddpm": "val_loss", "gan": "val_domain_fid", "flowmo": "val_domain_rfid"}
 SECTIONS = {"gan": {"eval_every": 10**6}, "flowmo": {"patch": 4, "eval_every": 10**6}}  # scored after the last epoch
@@ -87,12 +87,12 @@ def train(args, family_name: str, setting: str, processes: int) -> dict | None:
     data = load_prepared(OUT / "prepared_mnist")  # prepared by the parent before any worker starts
     family = build(cfg, data, device)
     distributed.sync_batchnorm(family.modules.values(), device, world)
-    for name in family.upstream:
-        family.attach(name, classifier_for(data, cfg, device, name))
+    for needed in family.upstream:
+        family.attach(needed.name, classifier_for(data, cfg, device, needed.stage))
     scorer = None
     if family.fid_every:
         val = data.to_unit(data.val.images[:1000])
-        scorer = fid_monitor(family.upstreams["classifier"], val, 1000, device, cfg.seed)
+        scorer = fid_monitor(family.upstreams[family.config_class.SCORED_BY], val, 1000, device, cfg.seed)
     images = image_source(data, "none")
     source = Source(images.train[: args.train_images], images.val[:500], images.test, images.to_input)
     times = EpochTimes()

@@ -3,7 +3,7 @@
     python bench/score_speed.py                      # 10,000 samples, MNIST from ../shared/datasets/mnist
     python bench/score_speed.py --n 2000 --inception 64
 
-Times everything `genlab.quality.scoring.image_scores` does for n generated images and n
+Times everything `genlab.evaluation.scoring.image_scores` does for n generated images and n
 reconstructions (here: test images shifted by noise, standing in for a model's output — the cost does
 not depend on what the images show): classifier features of generated, test, train and every training
 image, FID, FID∞, KID and their floors, IS, precision/recall/density/coverage, the memorisation check,
@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from benchlib import OUT, prepared
 
-from genlab.config import config_from_dict
-from genlab.quality.classifier import build_classifier, num_classes
-from genlab.quality.scoring import image_scores, real_pair
+from genlab.config.experiment import config_from_dict
+from genlab.evaluation.classifier import build_classifier, num_classes
+from genlab.evaluation.scoring import image_scores, real_pair
 
 REPO = Path(__file__).resolve().parents[1]
 

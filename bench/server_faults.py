@@ -1,6 +1,6 @@
 """The team tracking server (MLflow) or its PostgreSQL killed while `dvc repro train` tracks into it.
 
-Starts genlab.server (PostgreSQL + MLflow with basic-auth) on free loopback ports, then runs the tiny default
+Starts genlab.tracking.server (PostgreSQL + MLflow with basic-auth) on free loopback ports, then runs the tiny default
 experiment of bench/faults.py (VAE on digits, train.resume: true) against it, once uninterrupted and then once
 per trial, each trial in its own MLflow experiment:
 
@@ -32,7 +32,7 @@ from pathlib import Path
 import requests
 from faults import OUT, env, template, trial_dir
 
-from genlab.server import Server
+from genlab.tracking.server import Server
 
 COMPARED = ("metrics/train.json", "metrics/train_history.csv")
 

@@ -31,11 +31,11 @@ from benchlib import SEED_VAE, build, train
 from torch import nn
 from torch.utils.data import DataLoader
 
-from genlab.config import config_from_dict
+from genlab.config.experiment import config_from_dict
+from genlab.core.runtime import resolve_device
 from genlab.data import load_prepared, prepare
-from genlab.runtime import resolve_device
-from genlab.sources import image_source
-from genlab.training import Optimisation
+from genlab.training.loop import Optimisation
+from genlab.training.sources import image_source
 
 WARMUP_BATCHES = 20
 

@@ -24,8 +24,8 @@ import time
 import torch
 from benchlib import SEED_VAE, build, prepared, test_metrics, train
 
-from genlab.config import config_from_dict
-from genlab.runtime import resolve_device, stream_seed
+from genlab.config.experiment import config_from_dict
+from genlab.core.runtime import resolve_device, stream_seed
 
 ANCHOR_A = "PyTorch examples/vae (784-400-20, batch 128): test loss ~105.6 nats after 10 epochs"
 ANCHOR_B = "Burda, Grosse & Salakhutdinov 2015 (arXiv:1509.00519), Table 1, VAE k=1, 1 stochastic layer: 86.76 nats"

@@ -30,7 +30,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
-from genlab.tracking import EXPERIMENT, relocate
+from genlab.tracking.store import EXPERIMENT, relocate
 
 ROOT = Path(__file__).resolve().parents[1]
 VIEWPORT = {"width": 1440, "height": 1000}

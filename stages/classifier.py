@@ -16,12 +16,12 @@ import argparse
 import time
 from pathlib import Path
 
-from genlab import atomic, paths
-from genlab.config import FAMILY_NAMES, load_config, stage_view, uses_upstream
+from genlab.config.experiment import FAMILY_NAMES, load_config, needs_stage, stage_view
+from genlab.core import atomic, paths
+from genlab.core.runtime import resolve_device, use_threads
 from genlab.data import load_prepared
-from genlab.errors import exit_on_error
-from genlab.quality.classifier import save_classifier, save_unused, train_classifier
-from genlab.runtime import resolve_device, use_threads
+from genlab.evaluation.classifier import save_classifier, save_unused, train_classifier
+from genlab.pipeline.stage import run_stage
 
 
 def outputs(section: str, name: str) -> tuple[Path, Path]:
@@ -45,7 +45,7 @@ def run() -> None:
     use_threads(cfg.threads)
     model_path, metrics_path = outputs(section, args.name)
     family = args.family or cfg.model.family
-    if section == "perceptual" and not uses_upstream(family, "perceptual"):
+    if section == "perceptual" and not needs_stage(family, section):
         reason = f"model.family={family} trains without a perceptual loss, so none was trained"
         save_unused(model_path, section, reason)
         atomic.write_json(metrics_path, {"trained": False, "reason": reason})
@@ -65,4 +65,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    exit_on_error(run)
+    run_stage(run)

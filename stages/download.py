@@ -1,9 +1,9 @@
 """DVC stage `download`: fetch and verify the dataset, write prepared uint8 tensors + manifest."""
 
-from genlab import paths
-from genlab.config import load_config
+from genlab.config.experiment import load_config
+from genlab.core import paths
 from genlab.data import prepare
-from genlab.errors import exit_on_error
+from genlab.pipeline.stage import run_stage
 
 
 def run() -> None:
@@ -14,4 +14,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    exit_on_error(run)
+    run_stage(run)

@@ -9,20 +9,21 @@ reconstructions of one that reconstructs (rFID, rKID, PSNR, SSIM, class accuracy
 train vs test images) read both. Every sample metric has its bootstrap spread `<key>_std`.
 """
 
-from genlab import atomic, paths, tracking
-from genlab.errors import exit_on_error
+from genlab.core import atomic, paths
+from genlab.core.progress import step
+from genlab.core.runtime import stream
+from genlab.evaluation.classifier import load_classifier
+from genlab.evaluation.scoring import image_scores, real_pair, reconstruct_in_batches, sample_in_batches
 from genlab.models.base import Generative, Reconstructor
-from genlab.progress import step
-from genlab.quality.classifier import load_classifier
-from genlab.quality.scoring import image_scores, real_pair, reconstruct_in_batches, sample_in_batches
-from genlab.runtime import stream
-from genlab.sources import source_for
-from genlab.trained import Trained, load_trained, stage_args
+from genlab.pipeline.stage import run_stage, stage_args
+from genlab.pipeline.trained import Trained, load_trained
+from genlab.tracking import store
+from genlab.training.sources import source_for
 
 
 def image_quality(t: Trained, batch_size: int) -> dict[str, float]:
     """Domain-classifier scores of the family's samples and reconstructions with their bootstrap spreads,
-    optionally the Inception-space ones (genlab.quality.scoring.image_scores)."""
+    optionally the Inception-space ones (genlab.evaluation.scoring.image_scores)."""
     cfg, family, data = t.cfg, t.family, t.data
     n = min(cfg.evaluate.num_samples, len(data.test))
     classifier = load_classifier(paths.CLASSIFIER, t.device, data_md5=data.checksum)
@@ -71,7 +72,7 @@ def run() -> None:
     atomic.write_json(t.paths.eval_metrics, {"test": results})
     print(" ".join(f"test/{k} {v:.4f}" for k, v in results.items()))
 
-    tracker = tracking.attach(t.run_id)
+    tracker = store.attach(t.run_id)
     tracker.log_metrics({f"test/{k}": v for k, v in results.items()})
     convention = family.data_convention(binarize)
     if convention:
@@ -80,4 +81,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    exit_on_error(run)
+    run_stage(run)

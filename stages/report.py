@@ -14,10 +14,10 @@ import argparse
 import os
 from pathlib import Path
 
-from genlab import paths
-from genlab.errors import exit_on_error
-from genlab.replicates import ALPHA
-from genlab.report import DEFAULT_METRICS, EXPERIMENT, FILES, GROUP_FILES, build_report, to_markdown
+from genlab.core import paths
+from genlab.core.errors import exit_on_error
+from genlab.reporting.replicates import ALPHA
+from genlab.reporting.report import DEFAULT_METRICS, EXPERIMENT, FILES, GROUP_FILES, build_report, to_markdown
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -72,10 +72,10 @@ def parse(argv=None) -> argparse.Namespace:
 
 def run(argv=None) -> None:
     args = parse(argv)
-    from genlab import tracking  # imported only when needed: it costs seconds (torchvision)
+    from genlab.tracking import store  # imported only when needed: it costs seconds (torchvision)
 
-    uri = args.tracking_uri or tracking.tracking_uri()
-    with tracking.store_errors(uri):
+    uri = args.tracking_uri or store.tracking_uri()
+    with store.store_errors(uri):
         table = build_report(
             uri,
             experiment=args.experiment,
@@ -91,14 +91,14 @@ def run(argv=None) -> None:
         )
     out = Path(args.out)
     print(to_markdown(table), end="")
-    print(f"{len(table)} run(s) from {tracking.display_uri(uri)} -> {out}/runs.csv, runs.md, runs.png")
+    print(f"{len(table)} run(s) from {store.display_uri(uri)} -> {out}/runs.csv, runs.md, runs.png")
     if args.group or args.baseline:
         _print_groups(out)
     if args.html:
         written = [out / name for name in (*FILES, *(GROUP_FILES if args.group or args.baseline else ()), "runs.html")]
-        with tracking.store_errors(uri):
-            run_id = tracking.log_comparison(uri, written, table.attrs["run_ids"], f"report: {len(table)} runs")
-        print(f"-> {out}/runs.html, and with the tables to MLflow run {run_id} (experiment {tracking.REPORTS})")
+        with store.store_errors(uri):
+            run_id = store.log_comparison(uri, written, table.attrs["run_ids"], f"report: {len(table)} runs")
+        print(f"-> {out}/runs.html, and with the tables to MLflow run {run_id} (experiment {store.REPORTS})")
 
 
 def _print_groups(out: Path) -> None:

@@ -6,7 +6,7 @@ Every family: curves.png. A family that generates: samples.png, interpolation_li
 interpolation_slerp.png (latent walks), class_histogram.png (classes of generated images by the domain
 classifier). One with an encoder adds latent_map.png, and its latent walks run between the codes of
 test images instead of prior draws; one that reconstructs adds reconstructions.png; one with figures
-of its own draws them (the DDPM: trajectory.png and steps_grid.png). Last, the run's summary (genlab.summary):
+of its own draws them (the DDPM: trajectory.png and steps_grid.png). Last, the run's summary (genlab.reporting.summary):
 printed, and logged to the run as summary.md and its description.
 """
 
@@ -17,17 +17,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from genlab import paths, tracking
-from genlab.errors import exit_on_error
-from genlab.latents import interpolate, latent_map
+from genlab.core import paths
+from genlab.core.progress import step
+from genlab.core.runtime import stream, stream_seed
+from genlab.core.visualise import plot_class_histogram, plot_curves, plot_latent_map, save_grid
+from genlab.evaluation.classifier import load_classifier
+from genlab.evaluation.latents import interpolate, latent_map
+from genlab.evaluation.scoring import class_frequencies, sample_in_batches
 from genlab.models.base import Encoder, ExtraFigures, Generative, Reconstructor
-from genlab.progress import step
-from genlab.quality.classifier import load_classifier
-from genlab.quality.scoring import class_frequencies, sample_in_batches
-from genlab.runtime import stream, stream_seed
-from genlab.summary import summary
-from genlab.trained import Trained, load_trained, stage_args
-from genlab.visualise import plot_class_histogram, plot_curves, plot_latent_map, save_grid
+from genlab.pipeline.stage import run_stage, stage_args
+from genlab.pipeline.trained import Trained, load_trained
+from genlab.reporting.summary import summary
+from genlab.tracking import store
 
 
 def class_histogram(t: Trained, n: int, path) -> None:
@@ -83,18 +84,18 @@ def run() -> None:
     history = pd.read_csv(t.paths.history).to_dict("records")
     plot_curves(history, family.curves, out / "curves.png")
 
-    tracker = tracking.attach(t.run_id)
+    tracker = store.attach(t.run_id)
     with step("sample", "uploading the figures to MLflow"):
         for png in sorted(out.glob("*.png")):
             tracker.log_artifact(png, "samples")  # checked: a full store is an error here, not a 0-byte figure
     names = ", ".join(sorted(p.name for p in out.glob("*.png")))
     print(f"wrote {names} to {out}/ and to MLflow run {tracker.run_id} (artifacts: samples/)")
     # The pipeline's last words: the run's key numbers against their floors, also on the run's page.
-    text = summary(cfg, t.paths, tracking.run_url(tracker.run_id))
+    text = summary(cfg, t.paths, store.run_url(tracker.run_id))
     tracker.log_text(text, "summary.md")
     tracker.set_tags({"mlflow.note.content": f"```\n{text}```"})
     print(text, end="")
 
 
 if __name__ == "__main__":
-    exit_on_error(run)
+    run_stage(run)

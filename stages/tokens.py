@@ -14,15 +14,16 @@ import genlab  # noqa: F401  (first: it sets OpenMP's spin count, read when torc
 # isort: split
 import torch
 
-from genlab import paths
-from genlab.config import load_config
+from genlab.config.experiment import load_config
+from genlab.core import paths
+from genlab.core.errors import CheckpointError
+from genlab.core.runtime import resolve_device, use_threads
 from genlab.data import FORMAT_VERSION, load_prepared
 from genlab.data.checksums import md5_file
 from genlab.data.tokens import tokenize_splits, write_tokens
-from genlab.errors import CheckpointError, exit_on_error
+from genlab.evaluation.model_file import load_model, model_run_id
 from genlab.models.base import Tokenizer
-from genlab.runtime import resolve_device, use_threads
-from genlab.trained import load_model, model_run_id
+from genlab.pipeline.stage import run_stage
 
 
 @torch.no_grad()
@@ -45,7 +46,7 @@ def run() -> None:
     labels = {split: getattr(data, split).labels for split in tokens}
     manifest = {
         "format_version": FORMAT_VERSION,
-        "tokenizer": str(path),
+        "tokenizer_file": str(path),
         "tokenizer_md5": md5_file(path),
         "tokenizer_run": model_run_id(path),
         "data_md5": data.checksum,
@@ -60,4 +61,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    exit_on_error(run)
+    run_stage(run)

@@ -1,6 +1,6 @@
 """DVC stage `train`: fit the model family on the prepared data, tracked in MLflow.
 
-python stages/train.py [--name NAME] [--family FAMILY]   # see genlab.trained.stage_args
+python stages/train.py [--name NAME] [--family FAMILY]   # see genlab.pipeline.stage.stage_args
 """
 
 import dataclasses
@@ -11,17 +11,23 @@ import sys
 
 import pandas as pd
 
-from genlab import atomic, distributed, machine, mlflow_model, params_guard, paths, resume, tracking, upstream
-from genlab.config import config_from_dict, parse_params, stage_view
+from genlab.config import params_guard
+from genlab.config.experiment import config_from_dict, stage_view
+from genlab.config.params_file import parse_params
+from genlab.core import atomic, machine, paths
+from genlab.core.errors import GenlabError
+from genlab.core.runtime import seed_everything, use_threads
 from genlab.data import load_prepared
 from genlab.data.checksums import md5_file
-from genlab.errors import GenlabError, exit_on_error
+from genlab.evaluation import upstream
+from genlab.evaluation.model_file import MODEL_MD5_TAG, save_model
+from genlab.evaluation.scoring import fid_monitor
 from genlab.models import DataSpec, build_family
-from genlab.quality.scoring import fid_monitor
-from genlab.runtime import seed_everything, use_threads
-from genlab.sources import input_levels, source_for
-from genlab.trained import MODEL_MD5_TAG, save_model, stage_args, stage_config
-from genlab.training import NullTracker, check_trainable, fit, resume_key
+from genlab.pipeline.stage import run_stage, stage_args, stage_config
+from genlab.tracking import mlflow_model, store
+from genlab.training import distributed, resume
+from genlab.training.loop import NullTracker, check_trainable, fit, resume_key
+from genlab.training.sources import input_levels, source_for
 
 
 def write_curves(where: paths.ModelPaths, table: pd.DataFrame, curves: dict[str, str]) -> None:
@@ -39,7 +45,7 @@ def write_curves(where: paths.ModelPaths, table: pd.DataFrame, curves: dict[str,
 def write_outputs(where, family, history, view, data_md5, upstream_md5, fingerprint) -> None:
     """The model file and the metrics; train.json holds the metrics of the epoch whose weights the model keeps:
     the last, or the selected one. No run id: these are DVC outputs, and a random id in them would change
-    dvc.lock on every retrain (evaluate and sample find the run by the model file's md5, genlab.trained)."""
+    dvc.lock on every retrain (evaluate and sample find the run by the model file's md5: evaluation.model_file)."""
     save_model(where, family, view, data_md5, upstream_md5)
     kept = next((row for row in history if row.get("selected")), history[-1])
     summary = {"epochs": len(history)}
@@ -105,7 +111,7 @@ def train(args, cfg, world: distributed.World, device) -> None:
 
     scorer = None
     if family.fid_every:
-        classifier = family.upstreams["classifier"]
+        classifier = family.upstreams[family.config_class.SCORED_BY]
         scorer = fid_monitor(classifier, data.to_unit(data.val.images), family.fid_samples, device, cfg.seed)
     source = source_for(family, data, cfg.data.binarize, upstream_md5)
     # Every check before the first side effect (a new MLflow run, the old checkpoint deleted by resume.started).
@@ -144,7 +150,7 @@ def train(args, cfg, world: distributed.World, device) -> None:
         tracker = resume.reopen(state, cfg.train)
         tracker.set_tags({"genlab.resumed_on": machine.describe(fingerprint)})
     else:
-        tags = tracking.run_tags(cfg, data.checksum, device, fingerprint, where)
+        tags = store.run_tags(cfg, data.checksum, device, fingerprint, where)
         tags.update({f"genlab.upstream.{name}_md5": md5 for name, md5 in upstream_md5.items()})
         tags.update(upstream.run_links(family, where))
         tags.update({"genlab.world_size": str(world.size), "genlab.backend": world.backend or "none"})
@@ -153,11 +159,11 @@ def train(args, cfg, world: distributed.World, device) -> None:
         )
         if left_out:  # data.skip_unreadable: the manifest lists them
             tags["genlab.data_left_out"] = str(left_out)
-        name = tracking.run_name(cfg, tags, view, committed_view(cfg))
-        tracker = tracking.MlflowTracker.create(tracking.flatten(view), tags, run_name=name)
+        name = store.run_name(cfg, tags, view, committed_view(cfg))
+        tracker = store.MlflowTracker.create(store.flatten(view), tags, run_name=name)
         resume.started(where, tracker.run_id)
-        tracker.log_text(tracking.pip_freeze(), "environment/requirements.txt")
-    print(f"MLflow run {tracker.run_id} in {tracking.display_uri(tracker.uri)}")
+        tracker.log_text(store.pip_freeze(), "environment/requirements.txt")
+    print(f"MLflow run {tracker.run_id} in {store.display_uri(tracker.uri)}")
 
     with tracker.active():
         history = fit(
@@ -188,4 +194,4 @@ def train(args, cfg, world: distributed.World, device) -> None:
 
 
 if __name__ == "__main__":
-    exit_on_error(run)
+    run_stage(run)

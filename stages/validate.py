@@ -8,17 +8,26 @@ written here, so DVC runs this stage first and stops here, before it touches any
 active family's — so DVC reruns a stage when, and only when, one of its values changes: editing gan.*
 leaves a VAE pipeline up to date. validated/<family>/<stage>.yaml is the same for a stage that names
 its family (`--family`), as a second model of a two-model pipeline does. validated/params.json holds the
-text read, which later stages run by DVC must still find in params.yaml (`genlab.params_guard`).
+text read, which later stages run by DVC must still find in params.yaml (`genlab.config.params_guard`).
 """
 
 from pathlib import Path
 
 import yaml
 
-from genlab import atomic, params_guard, paths
-from genlab.config import FAMILY_NAMES, PER_FAMILY_STAGES, config_from_dict, parse_params, read_params_text, stage_view
-from genlab.errors import ConfigError, exit_on_error
-from genlab.schema import STAGES
+from genlab.config import params_guard
+from genlab.config.experiment import (
+    FAMILY_NAMES,
+    PER_FAMILY_STAGES,
+    config_from_dict,
+    parse_params,
+    read_params_text,
+    stage_view,
+)
+from genlab.core import atomic, paths
+from genlab.core.errors import ConfigError
+from genlab.core.schema import STAGES
+from genlab.pipeline.stage import run_stage
 
 
 def _write(path: Path, view: dict) -> None:
@@ -30,7 +39,7 @@ def run() -> None:
     params_guard.check_experiment(text)
     cfg = config_from_dict(parse_params(text, str(paths.PARAMS)), require_all=True)
     if cfg.device.startswith("cuda"):  # cuda on a machine without one; torch is loaded for this question only
-        from genlab.runtime import resolve_device
+        from genlab.core.runtime import resolve_device
 
         resolve_device(cfg.device)
     if cfg.data.name == "image_folder" and not Path(cfg.data.path).expanduser().is_dir():
@@ -47,4 +56,4 @@ def run() -> None:
 
 
 if __name__ == "__main__":
-    exit_on_error(run)
+    run_stage(run)

@@ -173,7 +173,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory):
     """The default dataset (scikit-learn's digits), prepared once per test session."""
-    from genlab.config import config_from_dict
+    from genlab.config.experiment import config_from_dict
     from genlab.data import load_prepared, prepare
 
     out = tmp_path_factory.mktemp("prepared")
@@ -214,7 +214,7 @@ def reproduced(_reproduced_once, tmp_path) -> Project:
     """A copy of the tiny experiment after `dvc repro` with its results committed, as `project` would be after
     those two steps: the repro runs once per session, each test gets its own copy (git, DVC cache, outputs and
     the MLflow store, whose artifact locations are pointed at the copy)."""
-    from genlab.tracking import relocate
+    from genlab.tracking.store import relocate
 
     root = tmp_path / "repo"
     # DVC's tmp/ holds the first run's locks and queue state, none of it part of the result

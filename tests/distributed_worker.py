@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from genlab import distributed
-from genlab.config import config_from_dict
+from genlab.config.experiment import config_from_dict
 from genlab.data import load_prepared
-from genlab.distributed import World
-from genlab.sources import image_source
-from genlab.training import NullTracker, evaluate_split, fit
+from genlab.training import distributed
+from genlab.training.distributed import World
+from genlab.training.loop import NullTracker, evaluate_split, fit
+from genlab.training.sources import image_source
 
 from families import TINY_FAMILIES, build_from
 

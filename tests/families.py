@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import torch
 
-from genlab.config import TrainConfig, stage_view
+from genlab.config.experiment import stage_view
+from genlab.config.sections import TrainConfig
+from genlab.core.runtime import seed_everything
+from genlab.core.schema import build
 from genlab.models import FAMILIES, DataSpec, Family
-from genlab.quality.classifier import DomainClassifier
-from genlab.runtime import seed_everything
-from genlab.schema import build
-from genlab.sources import image_source, input_levels
-from genlab.training import NullTracker, Optimisation, fit, resume_key
+from genlab.models.classifier import DomainClassifier
+from genlab.training.loop import NullTracker, Optimisation, fit, resume_key
+from genlab.training.sources import image_source, input_levels
 
 CPU = torch.device("cpu")
 
@@ -60,24 +61,24 @@ def make_family(name: str, shape=(1, 8, 8), levels: int = 17, seed: int = 0, **o
 def attach_stubs(family: Family) -> Family:
     """Stand-ins for the family's upstream networks: small untrained CNNs of its image shape (classifier,
     perceptual) and a tiny untrained FlowMo (tokenizer)."""
-    for upstream in family.upstream:
-        if upstream == "tokenizer":
+    for needed in family.upstream:
+        if needed.name == family.config_class.TOKENS_OF:
             tokenizer = make_family("flowmo", family.image_shape, family.levels)
             with torch.no_grad():  # a fresh FlowMo's zero gates ignore the code: perturb the weights it decodes with
                 for param in tokenizer.ema.parameters():
                     param.add_(0.05 * torch.randn_like(param))
             tokenizer.train(False)
-            family.attach(upstream, tokenizer)
+            family.attach(needed.name, tokenizer)
         else:
-            family.attach(upstream, DomainClassifier(family.image_shape, 10, [4, 8], 8, 16).train(False))
+            family.attach(needed.name, DomainClassifier(family.image_shape, 10, [4, 8], 8, 16).train(False))
     return family
 
 
 def batch(family: Family, n: int, seed: int = 0) -> torch.Tensor:
     """A training batch of what the family reads: images in [0, 1], or token ids with the label last."""
     gen = torch.Generator().manual_seed(seed)
-    if family.inputs == "tokens":
-        tokenizer = family.upstreams["tokenizer"]
+    if family.config_class.TOKENS_OF:
+        tokenizer = family.upstreams[family.config_class.TOKENS_OF]
         tokens = torch.randint(0, tokenizer.vocabulary, (n, tokenizer.sequence_length), generator=gen)
         return torch.cat([tokens, torch.randint(0, 10, (n, 1), generator=gen)], dim=1)
     return torch.rand(n, *family.image_shape, generator=gen)

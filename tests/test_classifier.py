@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from genlab.config import load_config
+from genlab.config.experiment import load_config
+from genlab.core.errors import CheckpointError, DataError
 from genlab.data import load_prepared, prepare
-from genlab.errors import CheckpointError, DataError
-from genlab.quality.classifier import (
-    DomainClassifier,
-    embed,
+from genlab.evaluation.classifier import (
     load_classifier,
     num_classes,
     save_classifier,
     train_classifier,
 )
+from genlab.models.classifier import DomainClassifier, embed
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -125,32 +125,33 @@ def test_stage_writes_the_model_and_metrics(project):
     assert not list((project.root / "models").glob(".*.tmp"))
 
 
-def test_an_upstream_classifier_is_attached_with_its_md5_and_a_changed_file_is_refused(digits, tmp_path, monkeypatch):
-    from genlab import paths, upstream
+def test_an_upstream_classifier_is_attached_with_its_md5_and_a_changed_file_is_refused(digits, tmp_path):
+    from genlab.core import paths
+    from genlab.evaluation import upstream
 
     from families import make_family
 
     path = tmp_path / "classifier.pt"
-    monkeypatch.setattr(paths, "CLASSIFIER", path)
+    where = dataclasses.replace(paths.MODEL_FILES, classifier=path)
     params = _params(**{"classifier.channels": [4], "classifier.features": 6}).to_dict()
     save_classifier(DomainClassifier(digits.image_shape, 10, [4], 6, digits.max_value), path, params, digits.checksum)
     gan = make_family("gan")
-    assert gan.upstream == ("classifier",)
-    md5s = upstream.attach(gan, paths.MODEL_FILES, CPU, digits.checksum, _params())
+    assert [(needed.name, needed.stage) for needed in gan.upstream] == [("classifier", "classifier")]
+    md5s = upstream.attach(gan, where, CPU, digits.checksum, _params())
     assert set(md5s) == {"classifier"} and gan.upstreams["classifier"].num_features == 6
     with pytest.raises(CheckpointError, match="trained on data"):
-        upstream.attach(make_family("gan"), paths.MODEL_FILES, CPU, "0" * 32, _params())
+        upstream.attach(make_family("gan"), where, CPU, "0" * 32, _params())
     torch.manual_seed(1)  # other weights, the same params: another file
     save_classifier(DomainClassifier(digits.image_shape, 10, [4], 6, digits.max_value), path, params, digits.checksum)
     with pytest.raises(CheckpointError, match=r"changed since the gan model was trained .* retrain"):
-        upstream.attach(make_family("gan"), paths.MODEL_FILES, CPU, digits.checksum, _params(), recorded=md5s)
+        upstream.attach(make_family("gan"), where, CPU, digits.checksum, _params(), recorded=md5s)
 
 
 def test_only_a_family_with_a_perceptual_loss_gets_a_perceptual_network(tmp_path):
     """The perceptual stage's view: the full section for FlowMo; one and the same stand-in view for every
     family without a perceptual loss, so that switching among them or editing perceptual.* reruns nothing."""
-    from genlab.config import FAMILY_NAMES, stage_view
-    from genlab.quality.classifier import save_unused
+    from genlab.config.experiment import FAMILY_NAMES, stage_view
+    from genlab.evaluation.classifier import save_unused
 
     cfg = _params(**{"perceptual.epochs": 3})
     views = {family: stage_view(cfg, "perceptual", family) for family in FAMILY_NAMES}

@@ -21,9 +21,9 @@ import torchvision
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from genlab.config import config_from_dict
+from genlab.config.experiment import config_from_dict
+from genlab.core.errors import ConfigError, DataError
 from genlab.data import DATA_FILE, MANIFEST_FILE, PreparedData, image_folder, load_prepared, prepare
-from genlab.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO.parent / "shared" / "datasets" / "mnist"

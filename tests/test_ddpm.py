@@ -8,8 +8,8 @@ import torch
 from sklearn.datasets import load_digits
 from torch.distributions import Normal, kl_divergence
 
-from genlab.errors import ConfigError
-from genlab.models.unet import UNet
+from genlab.core.errors import ConfigError
+from genlab.models.ddpm.unet import UNet
 from genlab.processes.gaussian_diffusion import Schedule
 
 from families import CPU, Stepper, family_config, make_family

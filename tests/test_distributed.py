@@ -1,4 +1,5 @@
-"""Data-parallel training (genlab.distributed) with real torchrun workers on gloo, and the precision/compile knobs."""
+"""Data-parallel training (genlab.training.distributed) with real torchrun workers on gloo, and the precision and
+compile knobs."""
 
 from __future__ import annotations
 
@@ -15,13 +16,13 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from genlab.config import config_from_dict
+from genlab.config.experiment import config_from_dict
+from genlab.core.errors import ConfigError
+from genlab.core.runtime import Rngs
 from genlab.data import load_prepared, prepare
-from genlab.distributed import World
-from genlab.errors import ConfigError
-from genlab.runtime import Rngs
-from genlab.sources import image_source
-from genlab.training import Optimisation, compile_networks, evaluate_split
+from genlab.training.distributed import World
+from genlab.training.loop import Optimisation, compile_networks, evaluate_split
+from genlab.training.sources import image_source
 
 from conftest import REPO, assert_one_point_per_step
 from families import TINY_FAMILIES, build_from, make_family, train_run

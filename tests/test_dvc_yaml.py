@@ -1,5 +1,5 @@
 """dvc.yaml against the code: each stage depends on its params view and on every module it imports,
-and its outputs are the paths genlab.paths names (the stages write there)."""
+and its outputs are the paths genlab.core.paths names (the stages write there)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from genlab import paths
+from genlab.core import paths
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
@@ -62,12 +62,12 @@ def _covered(file: str, deps: list[str]) -> bool:
 
 @pytest.mark.parametrize("name", sorted(ALL_STAGES))
 def test_every_stage_depends_on_the_code_it_imports(name):
-    """What a stage imports only through genlab.config (the family registry) reaches it through its
+    """What a stage imports only through genlab.config.experiment (the family registry) reaches it through its
     params view instead, which the validate stage rewrites whenever src/genlab changes."""
     stage = ALL_STAGES[name]
     assert stage.get("wdir", "../..") == "../.." or name in STAGES
     script = stage["cmd"].split()[1]
-    needed = (_closure(script) - _closure("genlab.config")) | _direct(script)
+    needed = (_closure(script) - _closure("genlab.config.experiment")) | _direct(script)
     missing = sorted(f for f in needed if not _covered(f, stage["deps"]))
     assert not missing, f"stage {name} imports {missing} but dvc.yaml does not list them as deps"
 
@@ -111,10 +111,10 @@ def test_outputs_are_the_paths_the_code_writes():
 
 
 def test_the_params_reference_is_current_and_lists_every_key_of_params_yaml():
-    from genlab.config import reference_markdown
+    from genlab.config.experiment import reference_markdown
 
     current = (REPO / "docs/params.md").read_text()
-    assert current == reference_markdown(), "refresh it: python -m genlab.config > docs/params.md"
+    assert current == reference_markdown(), "refresh it: python -m genlab.config.experiment > docs/params.md"
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
 
     def keys(node, prefix=""):
@@ -132,7 +132,9 @@ def test_bytecode_caches_are_no_part_of_a_code_dependency():
     for path in ("src/genlab/__pycache__/config.cpython-311.pyc", "src/genlab/data/__pycache__/raw.cpython-313.pyc"):
         proc = subprocess.run([dvc, "check-ignore", path], cwd=REPO, capture_output=True, text=True, check=False)
         assert proc.returncode == 0, f"{path} is hashed by DVC: {proc.stdout}{proc.stderr}"
-    kept = subprocess.run([dvc, "check-ignore", "src/genlab/config.py"], cwd=REPO, capture_output=True, text=True)
+    kept = subprocess.run(
+        [dvc, "check-ignore", "src/genlab/config/experiment.py"], cwd=REPO, capture_output=True, text=True
+    )
     assert kept.returncode == 1  # the sources themselves are still hashed
 
 

@@ -5,6 +5,7 @@ Each family gets its tiny row from tests/families.py; registering a family witho
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -164,7 +165,8 @@ def test_the_registry_pairs_each_params_section_with_its_network_code():
 
 def test_params_defaults_agree_with_the_network_codes_own():
     """The params sections repeat a few defaults of the processes (which import torch): the same values."""
-    from genlab.models import flowmo_params, maskgit_params
+    from genlab.models.flowmo import params as flowmo_params
+    from genlab.models.maskgit import params as maskgit_params
     from genlab.processes import masked_tokens, rectified_flow
 
     for name in ("UNIFORM_SHARE", "POSTTRAIN_STEPS", "STEPS", "RHO", "GUIDANCE"):
@@ -173,10 +175,60 @@ def test_params_defaults_agree_with_the_network_codes_own():
 
 
 def test_validating_params_loads_no_torch():
-    """`import genlab.config` (the validate stage's whole need) loads neither torch nor any network code."""
+    """`import genlab.config.experiment` (the validate stage's whole need) loads neither torch nor any network code."""
     import subprocess
     import sys
 
-    code = "import sys, genlab.config; print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))"
+    code = "import sys, genlab.config.experiment; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_what_a_family_needs_is_declared_consistently():
+    """`UPSTREAM`, `TOKENS_OF` and `SCORED_BY` are all the pipeline knows of a family's needs: a trained network
+    names a stage with params of its own, a tokenizer a params key holding its file, a scorer its keys."""
+    from genlab.config.experiment import Config, stage_view
+    from genlab.models import SECTIONS
+
+    stages = {field.name for field in dataclasses.fields(Config)}
+    for name, section in SECTIONS.items():
+        keys = {field.name for field in dataclasses.fields(section)}
+        declared = {needed.name: needed for needed in section.UPSTREAM}
+        assert len(declared) == len(section.UPSTREAM), f"{name}: an upstream declared twice"
+        for needed in section.UPSTREAM:
+            assert needed.stage in stages if needed.stage else needed.name in keys, (name, needed)
+        if section.TOKENS_OF:
+            assert section.TOKENS_OF in declared and declared[section.TOKENS_OF].stage is None, name
+        if section.SCORED_BY:
+            assert declared[section.SCORED_BY].stage and {"eval_every", "fid_samples"} <= keys, name
+            assert {"eval_every", "fid_samples"} <= set(stage_view(Config(), "train", name)[name]), name
+
+
+def test_nothing_outside_a_family_names_it_or_its_own_upstreams():
+    """The pipeline, loop and stages go by the declarations: no string constant outside `models/<family>/` and
+    the registry equals a family's name or the name of an upstream no stage trains (a tokenizer)."""
+    import ast
+    from pathlib import Path
+
+    from genlab.models import SECTIONS
+
+    root = Path(__file__).resolve().parents[1]
+    names = set(SECTIONS) | {u.name for s in SECTIONS.values() for u in s.UPSTREAM if u.stage is None}
+    found = []
+    files = [*root.joinpath("src/genlab").rglob("*.py"), *root.joinpath("stages").glob("*.py")]
+    for file in files:
+        rel = file.relative_to(root)
+        if rel.parts[:3] == ("src", "genlab", "models") and (len(rel.parts) > 4 or rel.name == "__init__.py"):
+            continue  # a family's own folder; the registry
+        tree = ast.parse(file.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(node) is not None
+        }
+        found += [
+            f"{rel}:{node.lineno} {node.value!r}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and node.value in names and id(node) not in docstrings
+        ]
+    assert not found, f"family or upstream names written outside the family: {found}"

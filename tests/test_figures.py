@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from genlab.latents import interpolate, latent_map, slerp
-from genlab.quality.scoring import class_frequencies
-from genlab.visualise import save_grid, to_grid
+from genlab.core.visualise import save_grid, to_grid
+from genlab.evaluation.latents import interpolate, latent_map, slerp
+from genlab.evaluation.scoring import class_frequencies
 
 from families import make_family
 
@@ -62,7 +62,7 @@ def test_slerp_keeps_the_norm_between_equal_norm_endpoints_and_handles_parallel_
 
 
 def test_class_frequencies_sum_to_one_over_the_classifiers_classes():
-    from genlab.quality.classifier import DomainClassifier
+    from genlab.models.classifier import DomainClassifier
 
     torch.manual_seed(0)
     classifier = DomainClassifier((1, 8, 8), num_classes=10, channels=[4], features=8, max_value=16).eval()
@@ -88,7 +88,7 @@ def test_two_dimensional_latents_are_plotted_directly():
 
 
 def test_curves_are_drawn_against_the_epochs_as_counted_from_one(monkeypatch, tmp_path):
-    from genlab import visualise
+    from genlab.core import visualise
 
     figures = []
     monkeypatch.setattr(visualise, "_save_figure", lambda fig, path: figures.append(fig))

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from genlab import checkpoint
-from genlab.config import config_from_dict
-from genlab.errors import ConfigError
-from genlab.models.mmdit import linear_weight_norms
+from genlab.config.experiment import config_from_dict
+from genlab.core import checkpoint
+from genlab.core.errors import ConfigError
+from genlab.models.flowmo.mmdit import linear_weight_norms
 from genlab.quality.reconstruction import psnr
 
 from families import TINY_FAMILIES, Stepper, make_family, train_run
@@ -92,7 +92,7 @@ def test_tokens_round_trip_and_the_test_metrics_count_bits():
     x = torch.rand(10, 1, 8, 8)
     tokens = family.tokenize(x)
     assert tokens.shape == (10, 8) and family.vocabulary == 8 and tokens.max() < 8
-    from genlab.models import lfq
+    from genlab.models.flowmo import lfq
 
     back = lfq.code_indices(lfq.indices_to_codes(tokens.view(10, 4, 2), 3), 3).flatten(1)
     assert torch.equal(back, tokens)

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from genlab.models import lfq
-from genlab.models.mmdit import (
+from genlab.models.flowmo import lfq
+from genlab.models.flowmo.mmdit import (
     FlowMoDecoder,
     FlowMoEncoder,
     JointBlock,

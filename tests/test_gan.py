@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from genlab import checkpoint
-from genlab.config import config_from_dict
-from genlab.models.gan_losses import discriminator_loss, generator_loss, gradient_penalty, mean_output
-from genlab.models.gan_nets import Discriminator, Generator
+from genlab.config.experiment import config_from_dict
+from genlab.core import checkpoint
+from genlab.models.gan.losses import discriminator_loss, generator_loss, gradient_penalty, mean_output
+from genlab.models.gan.nets import Discriminator, Generator
 
 from families import Stepper, make_family, train_run
 

@@ -9,12 +9,12 @@ import math
 import pytest
 import torch
 
-from genlab import checkpoint, paths
-from genlab.config import TrainConfig
+from genlab.config.sections import TrainConfig
+from genlab.core import checkpoint, paths
+from genlab.core.errors import DataError
 from genlab.data.tokens import load_tokens, write_tokens
-from genlab.errors import DataError
-from genlab.sources import Source, token_source
-from genlab.training import NullTracker, fit
+from genlab.training.loop import NullTracker, fit
+from genlab.training.sources import Source, token_source
 
 from families import Stepper, batch, make_family
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from genlab.models.maskgit_nets import MaskedTokenTransformer
+from genlab.models.maskgit.nets import MaskedTokenTransformer
 from genlab.processes import masked_tokens as mt
 
 

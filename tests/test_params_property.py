@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from genlab.config import Config, config_from_dict, load_config
-from genlab.errors import ConfigError
+from genlab.config.experiment import Config, config_from_dict, load_config
+from genlab.core.errors import ConfigError
 
 
 def _numeric(tp) -> bool:

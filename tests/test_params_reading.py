@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from genlab import params_guard
-from genlab.config import load_config, parse_params
-from genlab.errors import ConfigError
+from genlab.config import params_guard
+from genlab.config.experiment import load_config
+from genlab.config.params_file import parse_params
+from genlab.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = (REPO / "params.yaml").read_text()
@@ -139,12 +140,12 @@ def test_a_stage_run_by_dvc_refuses_params_changed_since_validate_and_names_the_
 
 
 def test_a_stage_run_by_dvc_fails_at_its_end_when_params_changed_while_it_ran(workspace, capsys):
-    from genlab.errors import exit_on_error
+    from genlab.pipeline.stage import run_stage
 
     params_guard.record(COMMITTED)
     edit = lambda: Path("params.yaml").write_text(COMMITTED.replace("epochs: 100", "epochs: 5"))  # noqa: E731
     with pytest.raises(SystemExit) as info:
-        exit_on_error(edit)  # e.g. a second `dvc exp run -S train.epochs=5` while this stage trained
+        run_stage(edit)  # e.g. a second `dvc exp run -S train.epochs=5` while this stage trained
     assert info.value.code == 2
     assert "train.epochs: 100 -> 5" in capsys.readouterr().err
 
@@ -215,7 +216,7 @@ def test_a_second_exp_run_in_the_workspace_stops_the_first_instead_of_training_i
 def test_threads_is_null_or_a_positive_count_and_sets_torchs_threads(tmp_path):
     import torch
 
-    from genlab.runtime import use_threads
+    from genlab.core.runtime import use_threads
 
     params = tmp_path / "params.yaml"
     params.write_text(COMMITTED)

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from genlab import paths
+from genlab.core import paths
 from genlab.data.checksums import md5_file
 
 from conftest import Project, assert_one_point_per_step, in_chromium
@@ -217,7 +217,7 @@ def test_exp_run_is_listed_by_exp_show_and_logged_to_the_main_store(reproduced):
     assert grids["HEAD"].read_bytes() != grids[name].read_bytes()  # each experiment's own grid
     # Offline too: with genlab's template (make setup) the page inlines Vega, and Chromium draws every curve
     # and image with the network refused.
-    reproduced.run(sys.executable, "-m", "genlab.offline_plots")
+    reproduced.run(sys.executable, "-m", "genlab.pipeline.offline_plots")
     reproduced.run("dvc", "plots", "diff", "HEAD", name, "-o", "plots_out")
     drawn, images, broken = in_chromium(
         reproduced.root / "plots_out" / "index.html",
@@ -381,7 +381,7 @@ def test_a_kill_between_train_and_dvc_lock_restores_the_outputs_instead_of_a_dup
     assert_one_point_per_step(client, run, EPOCHS)
 
     # Changed code is a new input: DVC's rerun trains a new run.
-    with open(project.root / "src/genlab/training.py", "a") as f:
+    with open(project.root / "src/genlab/training/loop.py", "a") as f:
         f.write("\n# changed\n")
     forget_train_in_lock()
     assert "epoch 3/3" in project.run("dvc", "repro", "train").stdout

@@ -11,7 +11,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from genlab.errors import ConfigError
+from genlab.core.errors import ConfigError
 from genlab.quality import fid, frechet_distance, gaussian_stats, inception_features, inception_score, prdc, psnr, ssim
 from genlab.quality import inception as inception_module
 

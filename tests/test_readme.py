@@ -46,7 +46,7 @@ def make_recipe(target: str) -> list[str]:
 
 
 def test_every_readme_command_names_what_exists():
-    from genlab.replicates import check_overrides
+    from genlab.reporting.replicates import check_overrides
 
     seen = {"make": 0, "dvc exp run": 0, "stage": 0, "module": 0}
     targets = set(re.findall(r"^([a-z][\w-]*)\s*:", (REPO / "Makefile").read_text(), re.M))

@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from genlab import replicates
-from genlab.errors import ConfigError, GenlabError
-from genlab.report import build_report, format_number, to_markdown
+from genlab.core.errors import ConfigError, GenlabError
+from genlab.reporting import replicates
+from genlab.reporting.report import build_report, format_number, to_markdown
 
 from conftest import in_chromium
 
@@ -195,9 +195,10 @@ def test_format_number():
 
 
 def test_experiment_default_matches_tracking():
-    from genlab import report, tracking
+    from genlab.reporting import report
+    from genlab.tracking import store
 
-    assert report.EXPERIMENT == tracking.EXPERIMENT
+    assert report.EXPERIMENT == store.EXPERIMENT
 
 
 def _cli_module():
@@ -393,7 +394,7 @@ def test_html_page_in_a_real_browser(store, tmp_path):
 def test_make_show_keeps_the_active_familys_params_and_the_key_test_numbers():
     import re
 
-    from genlab.show import active_family, columns
+    from genlab.pipeline.show import active_family, columns
 
     assert active_family((REPO / "params.yaml").read_text()) == "vae"
     assert active_family("model: {family: gan}\n") == "gan" and active_family("") == "vae"

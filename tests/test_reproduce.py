@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 
-from genlab import paths
-from genlab.machine import describe, fingerprint, tags
-from genlab.reproduce import band_failures, checked_numbers, history_epochs, make_bands
+from genlab.core import paths
+from genlab.core.machine import describe, fingerprint, tags
+from genlab.pipeline.reproduce import band_failures, checked_numbers, history_epochs, make_bands
 
 HISTORY = "epoch,train_elbo,val_elbo,val_domain_fid\n1,-30.5,-31.0,\n2,-25.0,-26.0,12.5\n3,-24.0,-25.5,\n"
 FILES = paths.MODEL_FILES
@@ -96,7 +96,7 @@ def _reproduce(project, *args, env=None):
     old = dict(project.env)
     project.env.update(env or {})
     try:
-        return project.run(sys.executable, "-m", "genlab.reproduce", *args, check=False, timeout=900)
+        return project.run(sys.executable, "-m", "genlab.pipeline.reproduce", *args, check=False, timeout=900)
     finally:
         project.env = old
 
@@ -142,7 +142,7 @@ def test_bands_pass_another_kernel_path_and_fail_a_doubled_lr(project):
 
 
 def test_a_rerun_that_leaves_changes_fails_on_the_same_machine_kind_and_lists_drift_on_another():
-    from genlab.reproduce import leftover_changes
+    from genlab.pipeline.reproduce import leftover_changes
 
     porcelain = "M  dvc.lock\n M metrics/eval.json\n?? stray.txt\n"
     assert leftover_changes("", same_kind=True) == ([], [])
@@ -153,7 +153,7 @@ def test_a_rerun_that_leaves_changes_fails_on_the_same_machine_kind_and_lists_dr
 
 def test_a_stale_lock_names_the_tracked_code_it_was_not_made_with():
     """CI's first step: dvc.lock must record the commit's code and params; absent outputs and data are no fault."""
-    from genlab.reproduce import stale_lock
+    from genlab.pipeline.reproduce import stale_lock
 
     status = {  # `dvc status --json dvc.yaml` of a fresh clone whose code changed after the last dvc repro
         "validate": [{"changed deps": {"src/genlab": "modified"}}, {"changed outs": {"validated": "deleted"}}],
@@ -170,9 +170,9 @@ def test_a_stale_lock_names_the_tracked_code_it_was_not_made_with():
 
 
 def test_a_forced_rerun_trains_instead_of_restoring_the_last_finished_run(tmp_path, monkeypatch):
-    """genlab.resume restores a finished run's outputs when DVC reruns train on the same inputs; the second
+    """genlab.training.resume restores a finished run's outputs when DVC reruns train on the same inputs; the second
     rerun of the determinism check must train, or two reruns agree only because one copied the other."""
-    import genlab.reproduce as reproduce
+    import genlab.pipeline.reproduce as reproduce
 
     monkeypatch.chdir(tmp_path)
     marker = FILES.training_run
@@ -188,7 +188,7 @@ def test_a_forced_rerun_trains_instead_of_restoring_the_last_finished_run(tmp_pa
 
 
 def test_the_git_dirty_tag_ignores_what_the_pipeline_writes(tmp_path):
-    from genlab.tracking import git_state
+    from genlab.tracking.store import git_state
 
     def git(*args):
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)

@@ -1,10 +1,11 @@
-"""genlab.resume: which checkpoint a train start continues or restores, without a tracking store."""
+"""genlab.training.resume: which checkpoint a train start continues or restores, without a tracking store."""
 
 from __future__ import annotations
 
 import json
 
-from genlab import paths, resume
+from genlab.core import paths
+from genlab.training import resume
 
 
 def test_an_unreadable_finished_checkpoint_is_skipped_not_an_error(tmp_path, monkeypatch, capsys):

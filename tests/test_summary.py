@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from genlab import paths
-from genlab.summary import copy_word, findings, floor_word, progress, render
+from genlab.core import paths
+from genlab.reporting.summary import copy_word, findings, floor_word, progress, render
 
 
 @pytest.mark.parametrize(
@@ -67,4 +67,4 @@ def test_render_says_where_the_results_are_and_what_to_try_next():
     lines = text.splitlines()
     assert lines[0] == "Summary: vae on digits" and lines[1] == "  samples  FID 1"
     assert "samples-prior/ (figures), metrics/prior/eval.json" in text and "MLflow:  http://x/#/run" in text
-    assert "python -m genlab.replicates" in text and "stages/report.py --group --html" in text
+    assert "python -m genlab.reporting.replicates" in text and "stages/report.py --group --html" in text

@@ -1,4 +1,4 @@
-"""The team set-up for real: PostgreSQL + MLflow's tracking server with basic-auth (genlab.server) on loopback,
+"""The team set-up for real: PostgreSQL + MLflow's tracking server with basic-auth (genlab.tracking.server) on loopback,
 a tiny experiment tracked into it by `dvc repro`, read back over the REST API, its security and its faults."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import psutil
 import pytest
 import requests
 
-from genlab.server import Server, ServerError
+from genlab.tracking.server import Server, ServerError
 
 from conftest import Project, assert_one_point_per_step
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from genlab import tracking
-from genlab.errors import StorageError, TrackingError
+from genlab.core.errors import StorageError, TrackingError
+from genlab.tracking import store
 
 
 def test_a_moved_store_still_serves_its_images(empty_store, tmp_path, monkeypatch):
@@ -25,13 +25,13 @@ def test_a_moved_store_still_serves_its_images(empty_store, tmp_path, monkeypatc
     shutil.copyfile(empty_store, old / "mlflow.db")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("GENLAB_ROOT", str(old))
-    tracker = tracking.MlflowTracker.create({"seed": 0}, {"genlab.family": "vae"}, run_name="t")
+    tracker = store.MlflowTracker.create({"seed": 0}, {"genlab.family": "vae"}, run_name="t")
     tracker.log_images({"samples": torch.rand(4, 1, 8, 8)}, step=1)
     tracker.finish()
     shutil.move(old, new)
     monkeypatch.setenv("GENLAB_ROOT", str(new))
-    assert tracking.relocate() > 0 and tracking.relocate() == 0  # once: then nothing points elsewhere
-    client = tracking.attach(tracker.run_id).client
+    assert store.relocate() > 0 and store.relocate() == 0  # once: then nothing points elsewhere
+    client = store.attach(tracker.run_id).client
     (image,) = [
         a.path
         for a in client.list_artifacts(tracker.run_id, "images")
@@ -49,10 +49,10 @@ def test_a_store_whose_creation_was_killed_is_created_on_the_next_run(tmp_path, 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("GENLAB_ROOT", str(tmp_path))
     sqlite3.connect(tmp_path / "mlflow.db").close()  # the file exists, the schema does not
-    assert tracking.relocate() == 0
-    tracker = tracking.MlflowTracker.create({"seed": 0}, {"genlab.family": "vae"}, run_name="t")
+    assert store.relocate() == 0
+    tracker = store.MlflowTracker.create({"seed": 0}, {"genlab.family": "vae"}, run_name="t")
     tracker.finish()
-    assert tracking.attach(tracker.run_id).client.get_run(tracker.run_id).info.status == "FINISHED"
+    assert store.attach(tracker.run_id).client.get_run(tracker.run_id).info.status == "FINISHED"
 
 
 def test_a_stop_signal_during_the_closing_write_still_marks_the_run(run, monkeypatch):
@@ -72,7 +72,7 @@ def test_a_stop_signal_during_the_closing_write_still_marks_the_run(run, monkeyp
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert stopped.value.code == 143
-    assert tracking.attach(tracker.run_id).client.get_run(tracker.run_id).info.status == "FAILED"
+    assert store.attach(tracker.run_id).client.get_run(tracker.run_id).info.status == "FAILED"
 
 
 # --- the artifact store: every upload is checked, and a failed one keeps the file stored before (issue 23, 6)
@@ -95,7 +95,7 @@ def run(empty_store, tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.setenv("GENLAB_ROOT", str(tmp_path))
     shutil.copyfile(empty_store, tmp_path / "mlflow.db")
-    return tracking.MlflowTracker.create({"seed": 0}, {"genlab.family": "vae"}, run_name="t")
+    return store.MlflowTracker.create({"seed": 0}, {"genlab.family": "vae"}, run_name="t")
 
 
 def _stored(tracker, name: str) -> Path:
@@ -162,7 +162,7 @@ def test_a_logged_model_names_the_installed_versions_and_warns_of_nothing(run, c
     'mismatch' between torch 2.14.1+cu130 (torch.__version__) and the installed 2.14.1 both once filled the log."""
     import importlib.metadata
 
-    from genlab.mlflow_model import requirements
+    from genlab.tracking.mlflow_model import requirements
 
     from families import make_family
 
@@ -203,7 +203,7 @@ def test_a_server_that_took_a_figure_short_gets_the_one_before_back(tmp_path):
     figure = tmp_path / "samples.png"
     figure.write_bytes(b"next" * 10)
     with pytest.raises(StorageError, match=r"holds 0 of its 40 bytes; the samples/samples\.png stored before is kept"):
-        tracking.store_file(server, figure, "samples", "run abc")
+        store.store_file(server, figure, "samples", "run abc")
     assert server.files["samples/samples.png"] == b"good" * 10
 
 
@@ -231,18 +231,18 @@ def test_a_damaged_store_is_a_clear_error_at_every_entry_point(run, tmp_path):
     import importlib.util
 
     db = tmp_path / "mlflow.db"
-    assert tracking.backup(db) == tmp_path / "mlflow.db.bak"
+    assert store.backup(db) == tmp_path / "mlflow.db.bak"
     _halved(db)
     spec = importlib.util.spec_from_file_location("report_stage", Path(__file__).parents[1] / "stages" / "report.py")
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
     entry_points = {
-        "relocate": tracking.relocate,
-        "url": tracking.ui_url,
-        "train": lambda: tracking.MlflowTracker.create({"seed": 0}, {}, run_name="t"),
-        "evaluate, sample": lambda: tracking.attach(run.run_id).log_metrics({"test/x": 1.0}),
+        "relocate": store.relocate,
+        "url": store.ui_url,
+        "train": lambda: store.MlflowTracker.create({"seed": 0}, {}, run_name="t"),
+        "evaluate, sample": lambda: store.attach(run.run_id).log_metrics({"test/x": 1.0}),
         "report": lambda: report.run(["--out", str(tmp_path / "reports")]),
-        "backup": lambda: tracking.backup(db),
+        "backup": lambda: store.backup(db),
     }
     for name, entry in entry_points.items():
         with pytest.raises(TrackingError, match=rf"{db} is damaged .*restore genlab's backup {db}\.bak") as caught:
@@ -267,7 +267,7 @@ def test_a_store_of_a_newer_mlflow_is_refused_and_one_of_an_older_is_migrated_af
     with sqlite3.connect(db) as con:
         con.execute("UPDATE alembic_version SET version_num = 'f00dfeedbeef'")
     with pytest.raises(TrackingError, match="schema revision f00dfeedbeef, which MLflow .* does not know: a newer"):
-        tracking.attach(run.run_id)
+        store.attach(run.run_id)
 
     with sqlite3.connect(db) as con:
         con.execute("UPDATE alembic_version SET version_num = ?", (head.down_revision,))
@@ -280,7 +280,7 @@ def test_a_store_of_a_newer_mlflow_is_refused_and_one_of_an_older_is_migrated_af
             con.execute("UPDATE alembic_version SET version_num = ?", (head.revision,))
 
     monkeypatch.setattr(utils, "_upgrade_db", upgrade)
-    tracking.attach(run.run_id).log_metrics({"test/x": 1.0})
+    store.attach(run.run_id).log_metrics({"test/x": 1.0})
     assert upgraded == [head.down_revision]  # the backup, taken first, holds the store as it was
 
 
@@ -289,13 +289,13 @@ def test_a_directory_in_place_of_the_store_is_a_clear_error(tmp_path, monkeypatc
     monkeypatch.setenv("GENLAB_ROOT", str(tmp_path))
     (tmp_path / "mlflow.db").mkdir()
     with pytest.raises(TrackingError, match="mlflow.db is not a file"):
-        tracking.MlflowTracker.create({"seed": 0}, {}, run_name="t")
+        store.MlflowTracker.create({"seed": 0}, {}, run_name="t")
 
 
 def test_a_run_deleted_in_the_ui_says_how_to_get_it_back(run):
     run.client.delete_run(run.run_id)
     with pytest.raises(TrackingError, match="Current state is deleted.*mlflow runs restore --run-id"):
-        tracking.attach(run.run_id).log_metrics({"test/x": 1.0})
+        store.attach(run.run_id).log_metrics({"test/x": 1.0})
 
 
 @pytest.mark.parametrize(
@@ -309,7 +309,7 @@ def test_a_run_deleted_in_the_ui_says_how_to_get_it_back(run):
 def test_a_server_gone_or_gone_mid_answer_says_how_to_continue(failure):
     import requests
 
-    with pytest.raises(TrackingError, match="did not answer") as raised, tracking.store_errors("http://127.0.0.1:9"):
+    with pytest.raises(TrackingError, match="did not answer") as raised, store.store_errors("http://127.0.0.1:9"):
         raise requests.ConnectionError(failure)
     assert "train.resume: true continues it" in str(raised.value)
 
@@ -330,11 +330,11 @@ def test_make_ui_prints_its_url_only_once_the_server_answers(tmp_path):
         port = s.getsockname()[1]
     server = subprocess.Popen([sys.executable, "-c", _LATE_SERVER, str(port)], cwd=tmp_path)
     try:
-        assert tracking.wait_until_answers(server, port, timeout_s=30) >= 1.5
+        assert store.wait_until_answers(server, port, timeout_s=30) >= 1.5
         urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).close()  # it answers now
     finally:
         server.kill()
         server.wait()
     gone = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
     with pytest.raises(TrackingError, match="mlflow ui exited with status 3 before it answered"):
-        tracking.wait_until_answers(gone, port, timeout_s=30)
+        store.wait_until_answers(gone, port, timeout_s=30)

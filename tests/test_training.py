@@ -11,12 +11,12 @@ import pytest
 import torch
 import yaml
 
-from genlab import checkpoint
-from genlab.config import config_from_dict, load_config
-from genlab.errors import CheckpointError, ConfigError, DivergenceError, StorageError
-from genlab.runtime import stream, stream_seed
-from genlab.tracking import repo_root
-from genlab.training import NullTracker, lr_factor
+from genlab.config.experiment import config_from_dict, load_config
+from genlab.core import checkpoint
+from genlab.core.errors import CheckpointError, ConfigError, DivergenceError, StorageError
+from genlab.core.runtime import stream, stream_seed
+from genlab.tracking.store import repo_root
+from genlab.training.loop import NullTracker, lr_factor
 
 from families import TINY_FAMILIES, build_from, train_run
 
@@ -346,8 +346,8 @@ def test_bf16_autocast_changes_the_numbers_but_stays_within_a_percent_of_fp32(di
 
 
 def test_run_names_put_the_changed_params_first():
-    from genlab.config import stage_view
-    from genlab.tracking import run_name
+    from genlab.config.experiment import stage_view
+    from genlab.tracking.store import run_name
 
     committed = config_from_dict({})
     changed = config_from_dict({"vae": {"beta": 2.0, "latent_dim": 2}})
@@ -368,7 +368,7 @@ def test_a_stage_starts_with_deterministic_kernels_and_without_torchvision_or_dy
     code = (
         "import sys, torch\n"
         "from genlab import config, models, tracking, training, trained, visualise\n"
-        "from genlab.runtime import seed_everything\n"
+        "from genlab.core.runtime import seed_everything\n"
         "seed_everything(0, 'model_init')\n"
         "assert torch.are_deterministic_algorithms_enabled()\n"
         "assert torch.is_deterministic_algorithms_warn_only_enabled()\n"
@@ -379,7 +379,7 @@ def test_a_stage_starts_with_deterministic_kernels_and_without_torchvision_or_dy
 
 
 def test_epoch_lines_say_the_epochs_own_seconds_and_the_time_left_at_the_pace_so_far(monkeypatch):
-    from genlab import progress
+    from genlab.core import progress
 
     assert [progress.duration(s) for s in (0.04, 59.9, 125, 3 * 3600 + 61)] == ["0.0 s", "59.9 s", "2 min 05 s",
                                                                                 "3 h 01 min"]  # fmt: skip

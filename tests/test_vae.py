@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
-from genlab.models.likelihoods import (
+from genlab.processes.likelihoods import (
     bernoulli_log_prob,
     discretized_gaussian_log_prob,
     kl_standard_normal,

@@ -6,10 +6,11 @@ import importlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from genlab.errors import DataError
+from genlab.core.errors import DataError
+from genlab.data.params import DATASETS, LOADERS
 
 if TYPE_CHECKING:
-    from genlab.config import Config
+    from genlab.data.params import Settings
     from genlab.data.prepared import PreparedData
     from genlab.data.raw import RawData
     from genlab.data.splits import Split
@@ -29,27 +30,16 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'genlab.data' has no attribute {name!r}")
 
 
-# data.name -> (module, loader). Imported on demand: torchvision, scikit-learn and PIL cost seconds
-# on every `import genlab.data`, and the training stages only need load_prepared.
-LOADERS: dict[str, tuple[str, str]] = {
-    "digits": ("genlab.data.digits", "load"),
-    "mnist": ("genlab.data.torchvision_sets", "load_mnist_style"),
-    "fashion_mnist": ("genlab.data.torchvision_sets", "load_mnist_style"),
-    "kmnist": ("genlab.data.torchvision_sets", "load_mnist_style"),
-    "cifar10": ("genlab.data.torchvision_sets", "load_cifar10"),
-    "image_folder": ("genlab.data.image_folder", "load"),
-}
-DATASETS = tuple(LOADERS)  # the values data.name accepts
 
 
-def _loader(name: str) -> Callable[[Config], RawData]:
+def _loader(name: str) -> Callable[[Settings], RawData]:
     if name not in LOADERS:
         raise DataError(f"unknown dataset data.name={name!r}: set it to one of {', '.join(DATASETS)}")
     module, attr = LOADERS[name]
     return getattr(importlib.import_module(module), attr)
 
 
-def prepare(cfg: Config, out_dir: str | Path) -> dict:
+def prepare(cfg: Settings, out_dir: str | Path) -> dict:
     """Fetch and verify cfg.data's dataset, split it, and write DATA_FILE + MANIFEST_FILE; returns the manifest.
 
     Nothing in out_dir changes unless every step succeeded.

@@ -16,13 +16,13 @@ from genlab.data.raw import RawData
 from genlab.data.splits import Split
 
 if TYPE_CHECKING:
-    from genlab.config import Config
+    from genlab.data.params import Settings
 
 MAX_VALUE = 16
 _BUNDLED_FILE = "digits.csv.gz"
 
 
-def load(cfg: Config) -> RawData:
+def load(cfg: Settings) -> RawData:
     bunch = load_digits()
     # The values are integers stored as float64, so the uint8 cast is exact (no rescaling to 0..255).
     images = torch.from_numpy(bunch.images.astype(np.uint8)).unsqueeze(1)

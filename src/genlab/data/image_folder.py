@@ -16,10 +16,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from genlab.data.checksums import md5_bytes
 from genlab.data.raw import RawData
 from genlab.data.splits import Split
-from genlab.errors import DataError
+from genlab.core.errors import DataError
 
 if TYPE_CHECKING:
-    from genlab.config import Config
+    from genlab.data.params import Settings
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 # The Pillow formats those extensions name (Pillow calls PGM "PPM"). MPO: a camera JPEG that carries extra
@@ -162,7 +162,7 @@ def _listing(items: list[str], limit: int = 5) -> str:
     return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def load(cfg: Config) -> RawData:
+def load(cfg: Settings) -> RawData:
     root = Path(cfg.data.path).expanduser()
     if not root.is_dir():
         raise DataError(f"data.path {root} is not an existing folder: set data.path to {_LAYOUT}")

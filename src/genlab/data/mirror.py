@@ -14,7 +14,7 @@ from urllib.request import url2pathname
 
 from torchvision.datasets.utils import calculate_md5, check_integrity
 
-from genlab.errors import DataError
+from genlab.core.errors import DataError
 
 Files = list[tuple[str, str]]  # (file name, published md5)
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from genlab import atomic
+from genlab.core import atomic
 from genlab.data.checksums import md5_bytes
 from genlab.data.splits import Split
-from genlab.errors import DataError
+from genlab.core.errors import DataError
 
 DATA_FILE = "dataset.pt"
 MANIFEST_FILE = "manifest.json"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from genlab.errors import DataError
+from genlab.core.errors import DataError
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def at_most(split: Split, limit: int | None, seed: int, what: str) -> Split:
     kept in source order; the whole split when it is not larger or `limit` is None."""
     if limit is None or len(split) <= limit:
         return split
-    from genlab.runtime import stream  # seeded by a hash of (seed, name), as every other draw of a run
+    from genlab.core.runtime import stream  # seeded by a hash of (seed, name), as every other draw of a run
 
     perm = torch.randperm(len(split), generator=stream(seed, f"data_limit/{what}"))
     return split.take(perm[:limit].sort().values)

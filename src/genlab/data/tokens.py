@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from genlab.data.prepared import SPLITS, PreparedData, read_tensors, write_tensors
-from genlab.errors import DataError
+from genlab.core.errors import DataError
 
 _FIX = "run `dvc repro pipelines/tokens/dvc.yaml` (or `python stages/tokens.py`) to tokenize again"
 

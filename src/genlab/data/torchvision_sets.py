@@ -13,16 +13,16 @@ from torchvision.datasets.utils import calculate_md5, check_integrity
 from genlab.data.mirror import Files, copy_from_directory, md5_mismatch, resolve
 from genlab.data.raw import RawData
 from genlab.data.splits import Split
-from genlab.errors import DataError
+from genlab.core.errors import DataError
 
 if TYPE_CHECKING:
-    from genlab.config import Config
+    from genlab.data.params import Settings
 
 MNIST_STYLE = {"mnist": MNIST, "fashion_mnist": FashionMNIST, "kmnist": KMNIST}
 
 
 def _dataset_class(
-    cls: type, cfg: Config, dest: Path, files: Files, attrs: Callable[[str], dict[str, Any]], official: str
+    cls: type, cfg: Settings, dest: Path, files: Files, attrs: Callable[[str], dict[str, Any]], official: str
 ) -> tuple[type, str]:
     """cls, or a subclass that downloads from data.mirror; and where the files come from."""
     if not cfg.data.mirror:
@@ -34,7 +34,7 @@ def _dataset_class(
     return type(cls.__name__, (cls,), attrs(url)), str(directory or url)
 
 
-def _construct(dataset_cls: type, cfg: Config, dest: Path, files: Files, source: str) -> tuple:
+def _construct(dataset_cls: type, cfg: Settings, dest: Path, files: Files, source: str) -> tuple:
     try:
         train = dataset_cls(cfg.data.root, train=True, download=True)
         return train, dataset_cls(cfg.data.root, train=False, download=True)
@@ -67,7 +67,7 @@ def _verified(dest: Path, files: Files, source: str, owner: str) -> dict[str, st
     return md5s
 
 
-def load_mnist_style(cfg: Config) -> RawData:
+def load_mnist_style(cfg: Settings) -> RawData:
     cls = MNIST_STYLE[cfg.data.name]
     raw = Path(cfg.data.root) / cls.__name__ / "raw"  # torchvision's MNIST.raw_folder
     files = [(name, md5) for name, md5 in cls.resources]
@@ -95,7 +95,7 @@ def _cifar_split(dataset: CIFAR10) -> Split:
     return Split(images, torch.tensor(dataset.targets, dtype=torch.int64))
 
 
-def load_cifar10(cfg: Config) -> RawData:
+def load_cifar10(cfg: Settings) -> RawData:
     cls = CIFAR10
     root = Path(cfg.data.root)
     files = [(cls.filename, cls.tgz_md5)]

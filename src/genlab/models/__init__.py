@@ -10,12 +10,12 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from genlab.models.ddpm_params import DDPMConfig
-from genlab.models.flowmo_params import FlowMoConfig
-from genlab.models.gan_params import GANConfig
-from genlab.models.maskgit_params import MaskGITConfig
-from genlab.models.vae_params import VAEConfig
-from genlab.schema import FamilyConfig
+from genlab.core.schema import FamilyConfig
+from genlab.models.ddpm.params import DDPMConfig
+from genlab.models.flowmo.params import FlowMoConfig
+from genlab.models.gan.params import GANConfig
+from genlab.models.maskgit.params import MaskGITConfig
+from genlab.models.vae.params import VAEConfig
 
 if TYPE_CHECKING:
     import torch
@@ -24,13 +24,14 @@ if TYPE_CHECKING:
 
 # name -> (params section, module:class of the network code)
 REGISTRY: dict[str, tuple[type[FamilyConfig], str]] = {
-    "vae": (VAEConfig, "genlab.models.vae:VAE"),
-    "gan": (GANConfig, "genlab.models.gan:GAN"),
-    "ddpm": (DDPMConfig, "genlab.models.ddpm:DDPM"),
-    "flowmo": (FlowMoConfig, "genlab.models.flowmo:FlowMo"),
-    "maskgit": (MaskGITConfig, "genlab.models.maskgit:MaskGIT"),
+    "vae": (VAEConfig, "genlab.models.vae.family:VAE"),
+    "gan": (GANConfig, "genlab.models.gan.family:GAN"),
+    "ddpm": (DDPMConfig, "genlab.models.ddpm.family:DDPM"),
+    "flowmo": (FlowMoConfig, "genlab.models.flowmo.family:FlowMo"),
+    "maskgit": (MaskGITConfig, "genlab.models.maskgit.family:MaskGIT"),
 }
 SECTIONS: dict[str, type[FamilyConfig]] = {name: section for name, (section, _) in REGISTRY.items()}
+DEFAULT_FAMILY = next(iter(REGISTRY))  # model.family when params.yaml does not say
 
 
 def family_classes() -> dict[str, type[Family]]:
@@ -57,4 +58,4 @@ def build_family(name: str, cfg: FamilyConfig, data: DataSpec, device: torch.dev
     return family_classes()[name](cfg, data, device)
 
 
-__all__ = ["FAMILIES", "REGISTRY", "SECTIONS", "DataSpec", "Family", "build_family", "family_classes"]
+__all__ = ["DEFAULT_FAMILY", "FAMILIES", "REGISTRY", "SECTIONS", "DataSpec", "Family", "build_family", "family_classes"]

@@ -1,6 +1,6 @@
 """The contract every model family implements so that one training loop and the stages serve them all.
 
-A family builds its networks and says what to minimise; the loop (genlab.training) owns the optimisers,
+A family builds its networks and says what to minimise; the loop (genlab.training.loop) owns the optimisers,
 their steps, gradient clipping, the learning-rate schedule and EMA updates. Optional abilities are
 declared by inheriting a capability class below (Generative, Encoder, Reconstructor, Tokenizer,
 ExtraFigures), never probed.
@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from genlab.core.schema import FamilyConfig, Upstream
 from genlab.models.ema import EMA
-from genlab.schema import FamilyConfig
 
 Update = Callable[[str, torch.Tensor], None]  # update(optimiser name, loss): backward + step, done by the loop
 
@@ -63,15 +63,9 @@ class Family(abc.ABC):
     eval_only_metrics: tuple[str, ...] = ()
     #: metrics drawn as train/val curves (curves.png, DVC plots): name -> unit
     curves: ClassVar[dict[str, str]]
-    #: epochs between domain-FID checks of the samples during training (0 = never)
-    fid_every: int = 0
-    #: samples per check, scored against as many validation images
-    fid_samples: int = 0
-    #: trained models this family uses besides its own weights (see genlab.upstream), attached by the stages:
+    #: trained models this family uses besides its own weights (see genlab.evaluation.upstream), attached by the stages:
     #: declared by its params section (`FamilyConfig.UPSTREAM`), which the pipeline reads without torch
-    upstream: ClassVar[tuple[str, ...]] = ()
-    #: what it trains on (genlab.sources): "images" (the prepared data) or "tokens" (a tokenizer's codes)
-    inputs: ClassVar[str] = "images"
+    upstream: ClassVar[tuple[Upstream, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -89,6 +83,11 @@ class Family(abc.ABC):
         self.ema_of: dict[str, tuple[EMA, nn.Module]] = {}
         #: the upstream models, once attached
         self.upstreams: dict[str, Any] = {}
+        # Scores during training, declared by the section (`SCORED_BY`): epochs between checks (0 = never) and
+        # samples per check, scored against as many validation images.
+        scored = cfg.SCORED_BY is not None
+        self.fid_every: int = cfg.eval_every if scored else 0
+        self.fid_samples: int = cfg.fid_samples if scored else 0
 
     @property
     def dims(self) -> int:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genlab.models.likelihoods import discretized_gaussian_log_prob, kl_standard_normal
+from genlab.processes.likelihoods import discretized_gaussian_log_prob, kl_standard_normal
 
 LINEAR_BETA_START, LINEAR_BETA_END = 1e-4, 0.02  # Ho et al.'s endpoints for T = 1000
 COSINE_OFFSET = 0.008  # s in Nichol & Dhariwal: keeps β_1 from vanishing

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from genlab.errors import ConfigError
+from genlab.core.errors import ConfigError
 
 FEATURE_DIM = 2048
 PYTORCH_FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"

@@ -1,0 +1,83 @@
+"""Device choice, seeding and random streams: everything random flows from `seed`.
+
+Each purpose draws from its own named stream, seeded by a hash of (seed, name). Offsets (seed + 1,
+seed + 2, ...) would make one run's noise stream another seed's batch-order stream, so the runs of a
+seed sweep would share randomness; hashed names never collide, and a new stream moves no other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+
+import numpy as np
+import torch
+
+from genlab.core.errors import ConfigError
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; an explicit CUDA request without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device = {name!r} but no CUDA device is available: use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def use_threads(threads: int | None) -> None:
+    """Run torch's CPU kernels on `threads` threads (params key `threads`); None keeps torch's default."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def stream_seed(seed: int, name: str) -> int:
+    """The seed of stream `name` for run seed `seed`: a non-negative 63-bit integer."""
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def stream(seed: int, name: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator for one purpose (e.g. 'batch_order', 'eval_samples') on `device`."""
+    return torch.Generator(device=device).manual_seed(stream_seed(seed, name))
+
+
+def seed_everything(seed: int, purpose: str) -> None:
+    """Seed the global generators (weight initialisation, library code) from the stream `purpose`."""
+    derived = stream_seed(seed, purpose)
+    random.seed(derived)
+    np.random.seed(derived % 2**32)
+    torch.manual_seed(derived)
+    # Deterministic kernels make the same params on the same machine kind give identical metrics;
+    # cuBLAS needs this workspace setting (read at CUDA start-up) to be deterministic.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    deterministic()
+    torch.backends.cudnn.benchmark = False
+
+
+def deterministic(compiled: bool = False) -> None:
+    """Deterministic kernels, warning where an op has none. torch.use_deterministic_algorithms also sets
+    inductor's flag, which imports torch._dynamo: seconds of every stage's start for a flag that only the
+    kernels torch.compile generates read, so only a compiled run (`compiled=True`) pays for it."""
+    if compiled:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch._C._set_deterministic_algorithms(True, warn_only=True)
+
+
+class Rngs:
+    """The training run's own generators: `order` (CPU: batch order, the same on every worker) and `noise`
+    (on the model's device; worker r > 0 of a data-parallel run has its own, worker 0 the one-process one)."""
+
+    def __init__(self, seed: int, device: torch.device, rank: int = 0):
+        self.order = stream(seed, "batch_order")
+        self.noise = stream(seed, "train_noise" if rank == 0 else f"train_noise/worker{rank}", device)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"order": self.order.get_state(), "noise": self.noise.get_state(), "torch": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        self.order.set_state(state["order"])
+        self.noise.set_state(state["noise"])
+        torch.set_rng_state(state["torch"])

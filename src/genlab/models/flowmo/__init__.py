@@ -1,0 +1,2 @@
+"""The flowmo family: `params` (its params section, no torch), `family` (the Family: losses, sampling,
+metrics) and its networks."""

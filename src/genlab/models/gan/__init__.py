@@ -1,0 +1,2 @@
+"""The gan family: `params` (its params section, no torch), `family` (the Family: losses, sampling,
+metrics) and its networks."""
