@@ -367,7 +367,12 @@ def test_a_stage_starts_with_deterministic_kernels_and_without_torchvision_or_dy
 
     code = (
         "import sys, torch\n"
-        "from genlab import config, models, tracking, training, trained, visualise\n"
+        "from genlab import models\n"
+        "from genlab.config import experiment\n"
+        "from genlab.core import visualise\n"
+        "from genlab.evaluation import model_file\n"
+        "from genlab.tracking import store\n"
+        "from genlab.training import loop\n"
         "from genlab.core.runtime import seed_everything\n"
         "seed_everything(0, 'model_init')\n"
         "assert torch.are_deterministic_algorithms_enabled()\n"
