@@ -161,3 +161,32 @@ def test_only_a_family_with_a_perceptual_loss_gets_a_perceptual_network(tmp_path
     save_unused(path, "perceptual", "model.family=vae trains without a perceptual loss")
     with pytest.raises(CheckpointError, match="holds no network: model.family=vae trains without"):
         load_classifier(path)
+
+
+def test_the_classifier_trains_through_the_one_loop_and_a_resumed_run_ends_with_the_same_weights(digits, tmp_path):
+    from genlab.config.sections import TrainConfig
+    from genlab.core import checkpoint
+    from genlab.core.runtime import seed_everything
+    from genlab.evaluation.classifier import LabelledImages, build_classifier, labelled_source
+    from genlab.training.loop import NullTracker, Trainer
+
+    cfg = _params(**{"classifier.epochs": 2})
+    ccfg, ckpt = cfg.classifier, tmp_path / "classifier-run.pt"
+
+    def trainer(state=None):
+        seed_everything(cfg.seed, "classifier_init")
+        model = build_classifier(ccfg, digits.image_shape, num_classes(digits), digits.max_value)
+        schedule = TrainConfig(epochs=2, batch_size=ccfg.batch_size, lr_schedule="cosine")
+        return model, Trainer(
+            LabelledImages(model, ccfg.lr), labelled_source(digits), schedule, cfg.seed, key="classifier",
+            tracker=NullTracker(), checkpoint_path=ckpt, resume_state=state, order="classifier_order",
+        )  # fmt: skip
+
+    _, first = trainer()
+    first.record(1, *first.epoch(1))  # a run stopped after its first epoch...
+    model, resumed = trainer(checkpoint.load(ckpt))
+    for epoch in resumed.epochs_left():  # ...and resumed by the loop's own resume code
+        resumed.record(epoch, *resumed.epoch(epoch))
+    reference, _ = train_classifier(cfg, digits, CPU)
+    for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items()):
+        assert torch.equal(a, b), name

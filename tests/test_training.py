@@ -394,3 +394,66 @@ def test_epoch_lines_say_the_epochs_own_seconds_and_the_time_left_at_the_pace_so
     assert pace.note(11, 29.0) == "(epoch 29.0 s, ETA 4 min 30 s)"  # 30 s per epoch, 9 to go
     assert pace.note(12, 28.0) == "(epoch 28.0 s, ETA 4 min 00 s)"
     assert progress.Pace(total=3).note(3, 1.0) == "(epoch 1.0 s)"  # the last epoch: nothing left
+
+
+def test_the_trainers_steps_apart_an_epoch_writes_nothing_then_record_checkpoints_before_it_logs(digits, tmp_path):
+    from genlab.config.experiment import stage_view
+    from genlab.training.loop import Trainer, resume_key
+    from genlab.training.sources import image_source
+
+    cfg = config_from_dict(SMALL)
+    ckpt = tmp_path / "train.pt"
+    checkpointed_when_logged = []
+
+    class Watcher(Recorder):
+        def log_metrics(self, metrics, step=None):
+            checkpointed_when_logged.append((step, checkpoint.load(ckpt)["epoch"] if ckpt.exists() else None))
+            super().log_metrics(metrics, step)
+
+    def trainer(state=None, tracker=None):
+        return Trainer(
+            build_from(cfg, digits),
+            image_source(digits, cfg.data.binarize),
+            cfg.train,
+            cfg.seed,
+            key=resume_key(stage_view(cfg, "train")),
+            tracker=tracker or Watcher(),
+            checkpoint_path=ckpt,
+            resume_state=state,
+        )
+
+    first = trainer()
+    assert list(first.epochs_left()) == [1, 2, 3, 4]
+    row, logged = first.epoch(1)
+    assert not ckpt.exists() and checkpointed_when_logged == []  # the epoch itself writes and logs nothing
+    assert row["epoch"] == 1 and {"train_loss", "val_loss"} <= set(row)
+    assert logged["train/loss"] == row["train_loss"] and logged["time/epoch_seconds"] > 0
+    first.record(1, row, logged)
+    assert checkpointed_when_logged == [(1, 1)]  # the metrics went out after the checkpoint was on disk
+    assert first.finish() == [row]
+
+    resumed = trainer(checkpoint.load(ckpt), NullTracker())
+    assert list(resumed.epochs_left()) == [2, 3, 4] and resumed.history == [row]
+    assert resumed.epoch(2)[0] == _run(cfg, digits, None)[1]  # it goes on as the uninterrupted run did
+
+
+def test_the_train_stages_steps_run_in_process_and_set_up_writes_nothing(tmp_path, monkeypatch):
+    from genlab.data import prepare
+    from genlab.pipeline.train import restore_finished, set_up, write_outputs
+
+    cfg = config_from_dict({**SMALL, "train": {"epochs": 2, "batch_size": 128}})
+    monkeypatch.chdir(tmp_path)
+    prepare(cfg, Path("data/prepared"))
+    before = sorted(Path().rglob("*"))
+    setup = set_up(cfg, "model", torch.device("cpu"))
+    assert sorted(Path().rglob("*")) == before
+    assert setup.family.name == "vae" and setup.upstream_md5 == {} and setup.scorer is None
+    history = setup.fit()  # no tracker: no checkpoint, nothing logged
+    assert sorted(Path().rglob("*")) == before and [row["epoch"] for row in history] == [1, 2]
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    assert restore_finished(setup, {}) is None  # only a DVC rerun restores
+    write_outputs(setup, history, {"cpu": "test"})
+    where = setup.where
+    summary = yaml.safe_load(where.train_metrics.read_text())
+    assert summary["epochs"] == 2 and summary["val"]["loss"] == history[-1]["val_loss"]
+    assert where.model.is_file() and {p.stem for p in where.curves.glob("*.csv")} == set(setup.family.curves)

@@ -3,9 +3,9 @@
 Packages in layers, top to bottom; a module imports its own layer and those below (tests/test_architecture.py,
 docs/architecture.md):
 
-    pipeline/    what the stage scripts share, make show, the dvc plots template, the CI rerun
+    pipeline/    what the stage scripts share, the train stage's steps, make show, the dvc plots template, the CI rerun
     reporting/   comparing finished runs: tables with spreads, verdicts, the page, the end-of-run summary
-    evaluation/  the model file and its run, upstream models, the classifier's training, scoring, latents
+    evaluation/  the model file and its run, upstream models, the classifier (trained by the loop), scoring, latents
     training/    the one loop and its optimisation, distributed workers, sources, resume
     tracking/    the MLflow store, the model flavour, the team server
     config/      params.yaml read as DVC does, the shared sections, Config assembled from the registries

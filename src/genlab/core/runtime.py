@@ -67,11 +67,12 @@ def deterministic(compiled: bool = False) -> None:
 
 
 class Rngs:
-    """The training run's own generators: `order` (CPU: batch order, the same on every worker) and `noise`
-    (on the model's device; worker r > 0 of a data-parallel run has its own, worker 0 the one-process one)."""
+    """The training run's own generators: `order` (CPU: batch order, the same on every worker; named `order`,
+    so that each network the loop trains shuffles from its own stream) and `noise` (on the model's device;
+    worker r > 0 of a data-parallel run has its own, worker 0 the one-process one)."""
 
-    def __init__(self, seed: int, device: torch.device, rank: int = 0):
-        self.order = stream(seed, "batch_order")
+    def __init__(self, seed: int, device: torch.device, rank: int = 0, order: str = "batch_order"):
+        self.order = stream(seed, order)
         self.noise = stream(seed, "train_noise" if rank == 0 else f"train_noise/worker{rank}", device)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -9,23 +9,24 @@ network FlowMo trains with (the same network, params section `perceptual`).
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from genlab.config.experiment import Config, config_from_dict
-from genlab.config.sections import ClassifierConfig
+from genlab.config.sections import ClassifierConfig, TrainConfig
 from genlab.core import checkpoint
 from genlab.core.errors import CheckpointError, ConfigError
-from genlab.core.progress import Pace, bar
-from genlab.core.runtime import seed_everything, stream
+from genlab.core.runtime import seed_everything
 from genlab.data import PreparedData
+from genlab.models.base import Family, OptimizerSpec
 from genlab.models.classifier import EVAL_BATCH, DomainClassifier, as_unit
+from genlab.training.loop import NullTracker, fit
+from genlab.training.sources import Source
 
 KIND = "domain_classifier"
 UNUSED = "unused_network"  # the file a network stage writes when the model it serves does not use one
@@ -63,11 +64,66 @@ def evaluate(
     return {"accuracy": correct / n, "loss": loss_sum / n}
 
 
+class LabelledImages(Family):
+    """A classifier as a family the one training loop trains (`training.loop.fit`): cross-entropy on labelled
+    images. Its batches are the rows of `labelled_source` (pixels and label in one row, so the loop's
+    batches-by-index serve it unchanged)."""
+
+    name = "classifier"
+    metric_names = ("loss", "accuracy")
+    curves: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, model: DomainClassifier, lr: float):
+        # Not Family.__init__: no params section of a family's kind (FamilyConfig), nothing upstream, no scorer.
+        self.net, self.lr, self.device = model, lr, model.device
+        self.image_shape = model.image_shape
+        self.modules: dict[str, nn.Module] = {"net": model}
+        self.ema_of: dict = {}
+        self.fid_every = 0
+
+    def optimizers(self) -> dict[str, OptimizerSpec]:
+        return {"net": OptimizerSpec(list(self.net.parameters()), self.lr)}
+
+    def _split(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (rows[:, :-1].reshape(-1, *self.image_shape).to(torch.float32) / self.net.max_value, rows[:, -1].long())
+
+    def _step(self, rows: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x, y = self._split(rows)
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y)
+        return loss, {"loss": loss.detach(), "accuracy": (logits.argmax(1) == y).float().mean()}
+
+    def losses(self, x, epoch, gen):
+        loss, metrics = self._step(x)
+        return {"net": loss}, metrics
+
+    def eval_step(self, x, epoch, gen):
+        return self._step(x)[1]
+
+    def test_metrics(self, batches, gen):
+        raise NotImplementedError("a classifier's test numbers come from evaluate()")
+
+    def snapshot(self, fixed_batch, gen):
+        return {}
+
+
+def labelled_source(data: PreparedData) -> Source:
+    """Each split's uint8 images flattened with the label as last column (uint8 while every label fits)."""
+    dtype = torch.uint8 if num_classes(data) <= 256 else torch.int32
+
+    def rows(split) -> torch.Tensor:
+        return torch.cat([split.images.flatten(1).to(dtype), split.labels[:, None].to(dtype)], dim=1)
+
+    return Source(rows(data.train), rows(data.val), rows(data.test), lambda stored, gen: stored)
+
+
 def train_classifier(
     cfg: Config, data: PreparedData, device: torch.device, section: str = "classifier"
 ) -> tuple[DomainClassifier, dict[str, Any]]:
-    """Train a classifier on data.train (Adam, the params of `section`: `classifier`, or `perceptual` for
-    the perceptual network FlowMo trains with), deterministically from cfg.seed (its own streams).
+    """Train a classifier on data.train with the params of `section` (`classifier`, or `perceptual` for the
+    network FlowMo trains with), deterministically from cfg.seed (its own streams), through the one loop:
+    Adam with the learning rate cosine-decayed to 0 over the run, so the last epochs settle instead of ending
+    wherever the last noisy step left the weights (a few % of test accuracy on digits); fp32, no clipping.
 
     Returns the model (eval mode) and metrics: {"epochs", "train": {accuracy, loss},
     "val": {accuracy, loss}, "test": {accuracy, loss}}; train time is printed, not returned, so
@@ -76,37 +132,17 @@ def train_classifier(
     ccfg = getattr(cfg, section)
     seed_everything(cfg.seed, f"{section}_init")  # weight init draws from the global generator
     model = build_classifier(ccfg, data.image_shape, num_classes(data), data.max_value).to(device)
-    optimiser = torch.optim.Adam(model.parameters(), lr=ccfg.lr, fused=True)
-    n, bs = len(data.train), ccfg.batch_size
-    steps = ccfg.epochs * math.ceil(n / bs)
-    # Cosine decay of the learning rate to 0 over the run: the last epochs settle instead of
-    # ending wherever the last noisy Adam step left the weights (a few % of test accuracy on digits).
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps)))
-    order_gen = stream(cfg.seed, f"{section}_order")
-    train_u8, labels = data.train.images.to(device), data.train.labels.to(device)
-    pace = Pace(ccfg.epochs)
-    for epoch in range(ccfg.epochs):
-        began = time.perf_counter()
-        model.train(True)
-        order = torch.randperm(n, generator=order_gen).to(device)
-        loss_sum, correct = 0.0, 0
-        for i in bar(range(0, n, bs), f"{section} epoch {epoch + 1}/{ccfg.epochs}"):
-            idx = order[i : i + bs]
-            logits = model(as_unit(model, train_u8[idx]))
-            loss = F.cross_entropy(logits, labels[idx])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            loss_sum += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == labels[idx]).sum())
-        val = evaluate(model, data.val.images, data.val.labels)
-        print(
-            f"{section} epoch {epoch + 1}/{ccfg.epochs} train/loss {loss_sum / n:.4f} "
-            f"train/accuracy {correct / n:.4f} val/accuracy {val['accuracy']:.4f} "
-            + pace.note(epoch + 1, time.perf_counter() - began),
-            flush=True,
-        )
+    schedule = TrainConfig(epochs=ccfg.epochs, batch_size=ccfg.batch_size, lr_schedule="cosine")
+    fit(
+        LabelledImages(model, ccfg.lr),
+        labelled_source(data),
+        schedule,
+        cfg.seed,
+        key=section,
+        tracker=NullTracker(),
+        label=f"{section} epoch",
+        order=f"{section}_order",
+    )
     model.train(False)
     metrics: dict[str, Any] = {"epochs": ccfg.epochs}
     for name in ("train", "val", "test"):

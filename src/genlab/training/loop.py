@@ -202,8 +202,8 @@ def evaluate_split(
     return world.reduce_means(results)
 
 
-def _report(epoch: int, epochs: int, row: dict[str, Any], note: str) -> str:
-    parts = [f"epoch {epoch}/{epochs}"]
+def _report(epoch: int, epochs: int, row: dict[str, Any], note: str, label: str = "epoch") -> str:
+    parts = [f"{label} {epoch}/{epochs}"]
     parts += [f"{k.replace('_', '/', 1)} {v:.4f}" for k, v in row.items() if k != "epoch"]
     return " ".join(parts) + f" {note}"
 
@@ -241,21 +241,173 @@ def scores_due(family: Family, epoch: int, epochs: int) -> bool:
     return family.fid_every > 0 and (epoch % family.fid_every == 0 or epoch == epochs)
 
 
-def fit(
-    family: Family,
-    source: Source,
-    train: TrainConfig,
-    seed: int,
-    *,
-    key: str,
-    checkpoint_path: str | Path | None,
-    tracker: Tracker,
-    run_id: str | None = None,
-    resume_state: dict[str, Any] | None = None,
-    scorer: Callable[[Family], dict[str, float]] | None = None,
-    world: World = SINGLE,
-) -> list[dict[str, Any]]:
-    """Train `family` for train.epochs and return one row of metrics per epoch (`epoch` from 1).
+class Trainer:
+    """One training run in three steps a reader can hold apart, each callable on its own (tests do):
+
+        trainer = Trainer(family, source, train, seed, key=..., tracker=...)  # set-up, or resume a checkpoint
+        for epoch in trainer.epochs_left():
+            row, logged = trainer.epoch(epoch)      # the epoch: its batches, the validation split, the scorer
+            trainer.record(epoch, row, logged)      # checkpoint, then images and metrics to the tracker
+        history = trainer.finish()                  # the selected epoch's weights, if the family selects one
+
+    `fit` runs exactly that; its docstring says what each step guarantees.
+    """
+
+    def __init__(
+        self,
+        family: Family,
+        source: Source,
+        train: TrainConfig,
+        seed: int,
+        *,
+        key: str,
+        tracker: Tracker,
+        checkpoint_path: str | Path | None = None,
+        run_id: str | None = None,
+        resume_state: dict[str, Any] | None = None,
+        scorer: Callable[[Family], dict[str, float]] | None = None,
+        world: World = SINGLE,
+        label: str = "epoch",
+        order: str = "batch_order",
+    ):
+        device = family.device
+        check_trainable(train, source, device)
+        self.family, self.source, self.train, self.seed, self.key = family, source, train, seed, key
+        self.tracker, self.checkpoint_path, self.run_id = tracker, checkpoint_path, run_id
+        self.scorer, self.world, self.label = scorer, world, label
+        if world.size > 1 and resume_state is None:
+            family.load_state_dict(world.broadcast(family.state_dict()))  # one starting point, whatever each CPU drew
+        if train.compile:
+            deterministic(compiled=True)
+            for module in family.modules.values():
+                compile_networks(module)
+        self.rngs = Rngs(seed, device, world.rank, order)
+        self.optimisation = Optimisation(family, train, world)
+        self.history: list[dict[str, Any]] = []
+        self.done, self.best = 0, None
+        self.train_stored = source.train.to(device)
+        self.fixed_batch = source.to_input(
+            source.val[:SNAPSHOT_BATCH].to(device), stream(seed, "snapshot_batch", device)
+        )
+        if resume_state is not None:
+            check_resumable(resume_state, key, train.epochs, family.name)
+            family.load_state_dict(resume_state["model"])
+            self.optimisation.load_state_dict(resume_state["optimizers"])
+            self.rngs.load_state_dict(
+                resume_state["worker_rngs"][world.rank] if world.size > 1 else resume_state["rngs"]
+            )
+            self.history, self.done, self.best = (
+                list(resume_state["history"]),
+                resume_state["epoch"],
+                resume_state["best"],
+            )
+            if world.main and "logged" in resume_state and self.done not in tracker.metric_steps(EPOCH_KEY):
+                _log_epoch(tracker, family, self.fixed_batch, seed, self.done, resume_state["logged"])
+        elif world.main:
+            # Step 0 is the untrained model: MLflow's image cards open at step 0, so without it they open blank.
+            _log_snapshot(tracker, family, self.fixed_batch, seed, 0)
+        self.pace = Pace(train.epochs, self.done)
+        self.steps_per_epoch = math.ceil(len(self.train_stored) / train.batch_size)
+
+    def epochs_left(self) -> range:
+        return range(self.done + 1, self.train.epochs + 1)
+
+    def _train_batches(self, epoch: int) -> dict[str, float]:
+        """One pass over the training split in this epoch's order: the per-image means of the train metrics."""
+        family, train, world, device = self.family, self.train, self.world, self.family.device
+        n, bs, epochs = len(self.train_stored), train.batch_size, train.epochs
+        family.train(True)
+        order = torch.randperm(n, generator=self.rngs.order).to(device)
+        batches = []
+        for k, i in enumerate(bar(range(0, n, bs), f"{self.label} {epoch}/{epochs}", show=world.main)):
+            batch = order[i : i + bs]
+            if len(batch) < world.size:  # a last partial batch too small to give every worker an image
+                continue
+            mine = world.shard(batch)
+            self.optimisation.share = len(mine) / len(batch)
+            step = (epoch - 1) * self.steps_per_epoch + k
+            self.optimisation.set_lr_factor(lr_factor(train.lr_schedule, step, epochs * self.steps_per_epoch))
+            stored = self.train_stored[mine]
+            x = self.source.to_input(stored, self.rngs.noise)
+            with precision_context(train.precision, device):
+                metrics = family.train_step(x, epoch, self.rngs.noise, self.optimisation.update)
+            batches.append(({k: v.float() for k, v in metrics.items()}, len(stored)))
+        return world.reduce_means(batches)
+
+    def epoch(self, epoch: int) -> tuple[dict[str, Any], dict[str, float]]:
+        """Train one epoch, then measure the validation split (and run the scorer when due). Returns the
+        history row and the metrics to log; writes nothing. A non-finite training metric raises DivergenceError."""
+        family, world = self.family, self.world
+        began = time.perf_counter()
+        train_metrics = self._train_batches(epoch)
+        bad = [k for k, v in train_metrics.items() if not math.isfinite(v)]
+        if bad:
+            raise DivergenceError(
+                f"training diverged at epoch {epoch}: non-finite {', '.join(bad)}; "
+                f"the last good checkpoint ({self.checkpoint_path}) is kept: resume from it with the same params, "
+                "or lower the learning rate and start afresh (train.resume=false)"
+            )
+        world.average_buffers(family.modules.values())
+        val_metrics = evaluate_split(
+            family, self.source.val, self.source.to_input, epoch, self.seed, world, precision=self.train.precision
+        )
+        seconds = time.perf_counter() - began
+        if self.scorer is not None and scores_due(family, epoch, self.train.epochs):
+            family.train(False)
+            val_metrics.update(world.broadcast(self.scorer(family) if world.main else None))
+        row = {"epoch": epoch}
+        row.update({f"train_{k}": v for k, v in train_metrics.items()})
+        row.update({f"val_{k}": v for k, v in val_metrics.items()})
+        logged = {f"train/{k}": v for k, v in train_metrics.items()}
+        logged.update({f"val/{k}": v for k, v in val_metrics.items()})
+        logged[EPOCH_KEY] = seconds
+        return row, logged
+
+    def record(self, epoch: int, row: dict[str, Any], logged: dict[str, float]) -> None:
+        """Keep the epoch: the history and the best epoch so far, then (rank 0) the console line, the checkpoint
+        written atomically, and last the tracker's images and metrics."""
+        self.history.append(row)
+        self.best = _select(self.family, row, self.best)
+        self.done = epoch
+        worker_rngs = self.world.gather(self.rngs.state_dict())
+        if not self.world.main:
+            return
+        note = self.pace.note(epoch, logged[EPOCH_KEY])
+        print(_report(epoch, self.train.epochs, row, note, self.label), flush=True)
+        if self.checkpoint_path is not None:
+            checkpoint.save(
+                self.checkpoint_path,
+                {
+                    "family": self.family.name,
+                    "resume_key": self.key,
+                    "epoch": epoch,
+                    "model": self.family.state_dict(),
+                    "optimizers": self.optimisation.state_dict(),
+                    "rngs": worker_rngs[0],
+                    "worker_rngs": worker_rngs,
+                    "run_id": self.run_id,
+                    "history": self.history,
+                    "best": self.best,
+                    "logged": logged,  # what a resume logs if the kill came before this epoch was logged
+                },
+            )
+        _log_epoch(self.tracker, self.family, self.fixed_batch, self.seed, epoch, logged)
+
+    def finish(self) -> list[dict[str, Any]]:
+        """The history; a family with a selection rule gets its best epoch's weights back, marked `selected`."""
+        if self.best is not None:
+            self.family.load_state_dict(self.best["model"])
+            for row in self.history:
+                row["selected"] = int(row["epoch"] == self.best["epoch"])
+            if self.world.main:
+                rule = self.family.selection()[0]
+                print(f"kept the weights of epoch {self.best['epoch']}: lowest {rule} ({self.best['value']:.4f})")
+        return self.history
+
+
+def fit(family: Family, source: Source, train: TrainConfig, seed: int, **kwargs: Any) -> list[dict[str, Any]]:
+    """Train `family` for train.epochs and return one row of metrics per epoch (`epoch` from 1); the keyword
+    arguments are `Trainer`'s (`key` and `tracker` required).
 
     Rows hold `epoch` and `<split>_<metric>` for split in train/val. A fresh run logs the snapshot images
     of the untrained model at step 0. After each epoch a checkpoint
@@ -268,108 +420,12 @@ def fit(
     `selection()` rule ends with the weights of its best epoch, marked by `selected` = 1 in the rows.
     Under torchrun every worker calls fit with its `world` (genlab.training.distributed says what they share);
     only rank 0 logs, prints and writes the checkpoint, whose `worker_rngs` let every worker resume.
+    `label` names the epochs in the console (e.g. "classifier epoch"); `order` names the batch-order stream.
     """
-    device = family.device
-    check_trainable(train, source, device)
-    if world.size > 1 and resume_state is None:
-        family.load_state_dict(world.broadcast(family.state_dict()))  # one starting point, whatever each CPU drew
-    if train.compile:
-        deterministic(compiled=True)
-        for module in family.modules.values():
-            compile_networks(module)
-    rngs = Rngs(seed, device, world.rank)
-    optimisation = Optimisation(family, train, world)
-    history: list[dict[str, Any]] = []
-    done, best = 0, None
-    train_stored = source.train.to(device)
-    fixed_batch = source.to_input(source.val[:SNAPSHOT_BATCH].to(device), stream(seed, "snapshot_batch", device))
-    if resume_state is not None:
-        check_resumable(resume_state, key, train.epochs, family.name)
-        family.load_state_dict(resume_state["model"])
-        optimisation.load_state_dict(resume_state["optimizers"])
-        rngs.load_state_dict(resume_state["worker_rngs"][world.rank] if world.size > 1 else resume_state["rngs"])
-        history, done, best = list(resume_state["history"]), resume_state["epoch"], resume_state["best"]
-        if world.main and "logged" in resume_state and done not in tracker.metric_steps(EPOCH_KEY):
-            _log_epoch(tracker, family, fixed_batch, seed, done, resume_state["logged"])
-    elif world.main:
-        # Step 0 is the untrained model: MLflow's image cards open at step 0, so without it they open blank.
-        _log_snapshot(tracker, family, fixed_batch, seed, 0)
-    n, bs, epochs = len(train_stored), train.batch_size, train.epochs
-    pace = Pace(epochs, done)
-    steps_per_epoch = math.ceil(n / bs)
-
-    for epoch in range(done + 1, epochs + 1):
-        began = time.perf_counter()
-        family.train(True)
-        order = torch.randperm(n, generator=rngs.order).to(device)
-        batches = []
-        for k, i in enumerate(bar(range(0, n, bs), f"epoch {epoch}/{epochs}", show=world.main)):
-            batch = order[i : i + bs]
-            if len(batch) < world.size:  # a last partial batch too small to give every worker an image
-                continue
-            mine = world.shard(batch)
-            optimisation.share = len(mine) / len(batch)
-            optimisation.set_lr_factor(
-                lr_factor(train.lr_schedule, (epoch - 1) * steps_per_epoch + k, epochs * steps_per_epoch)
-            )
-            stored = train_stored[mine]
-            x = source.to_input(stored, rngs.noise)
-            with precision_context(train.precision, device):
-                metrics = family.train_step(x, epoch, rngs.noise, optimisation.update)
-            batches.append(({k: v.float() for k, v in metrics.items()}, len(stored)))
-        train_metrics = world.reduce_means(batches)
-        bad = [k for k, v in train_metrics.items() if not math.isfinite(v)]
-        if bad:
-            raise DivergenceError(
-                f"training diverged at epoch {epoch}: non-finite {', '.join(bad)}; "
-                f"the last good checkpoint ({checkpoint_path}) is kept: resume from it with the same params, "
-                "or lower the learning rate and start afresh (train.resume=false)"
-            )
-        world.average_buffers(family.modules.values())
-        val_metrics = evaluate_split(family, source.val, source.to_input, epoch, seed, world, precision=train.precision)
-        seconds = time.perf_counter() - began
-        if scorer is not None and scores_due(family, epoch, epochs):
-            family.train(False)
-            val_metrics.update(world.broadcast(scorer(family) if world.main else None))
-
-        row = {"epoch": epoch}
-        row.update({f"train_{k}": v for k, v in train_metrics.items()})
-        row.update({f"val_{k}": v for k, v in val_metrics.items()})
-        history.append(row)
-        best = _select(family, row, best)
-
-        logged = {f"train/{k}": v for k, v in train_metrics.items()}
-        logged.update({f"val/{k}": v for k, v in val_metrics.items()})
-        logged[EPOCH_KEY] = seconds
-        worker_rngs = world.gather(rngs.state_dict())
-        if not world.main:
-            continue
-        print(_report(epoch, epochs, row, pace.note(epoch, seconds)), flush=True)
-        if checkpoint_path is not None:
-            checkpoint.save(
-                checkpoint_path,
-                {
-                    "family": family.name,
-                    "resume_key": key,
-                    "epoch": epoch,
-                    "model": family.state_dict(),
-                    "optimizers": optimisation.state_dict(),
-                    "rngs": worker_rngs[0],
-                    "worker_rngs": worker_rngs,
-                    "run_id": run_id,
-                    "history": history,
-                    "best": best,
-                    "logged": logged,  # what a resume logs if the kill came before this epoch was logged
-                },
-            )
-        _log_epoch(tracker, family, fixed_batch, seed, epoch, logged)
-    if best is not None:
-        family.load_state_dict(best["model"])
-        for row in history:
-            row["selected"] = int(row["epoch"] == best["epoch"])
-        if world.main:
-            print(f"kept the weights of epoch {best['epoch']}: lowest {family.selection()[0]} ({best['value']:.4f})")
-    return history
+    trainer = Trainer(family, source, train, seed, **kwargs)
+    for epoch in trainer.epochs_left():
+        trainer.record(epoch, *trainer.epoch(epoch))
+    return trainer.finish()
 
 
 def _select(family: Family, row: dict[str, Any], best: dict[str, Any] | None) -> dict[str, Any] | None:
