@@ -33,10 +33,12 @@ $(STAMP): requirements.lock pyproject.toml
 run: setup
 	$(ACTIVATE) && dvc repro
 
-# Lint and format checks, then the test suite. pytest's exit code 5 (nothing collected) is reported as
-# a failure, never as a pass.
+# Lint and format checks, then the test suite on TEST_WORKERS processes (pytest-xdist; default: the cores, at
+# most 4): its end-to-end tests spend most of their time in one-core work (process starts, DVC, MLflow), so two
+# workers on 2 cores take ~40% less time. pytest's exit code 5 (nothing collected) is reported as a failure.
+TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
 test: setup lint browser
-	@$(ACTIVATE) && { python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(ACTIVATE) && { python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS); rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating this as a failure"; exit 1; fi; exit $$rc; }
 
 # The report page is tested in Debian's chromium: installed here when missing and apt-get can (root);

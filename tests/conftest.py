@@ -203,10 +203,17 @@ def project(tmp_path) -> Project:
 
 @pytest.fixture(scope="session")
 def _reproduced_once(tmp_path_factory) -> Path:
+    """The tiny experiment's first `dvc repro` (what it printed: `repro_output`), then its results committed."""
     proj = _tiny_copy(tmp_path_factory.mktemp("reproduced") / "repo")
-    proj.run("dvc", "repro")
+    (proj.root.parent / "repro.out").write_text(proj.run("dvc", "repro").stdout)
     proj.commit("baseline results")
     return proj.root
+
+
+@pytest.fixture
+def repro_output(_reproduced_once) -> str:
+    """What the first `dvc repro` of `reproduced` printed."""
+    return (_reproduced_once.parent / "repro.out").read_text()
 
 
 @pytest.fixture

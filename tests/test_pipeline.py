@@ -34,8 +34,8 @@ def _image_steps(client, run_id: str) -> dict[str, set[int]]:
     return steps
 
 
-def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
-    printed = project.run("dvc", "repro").stdout
+def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(reproduced, repro_output):
+    project, printed = reproduced, repro_output  # the session's one repro of the tiny experiment, then committed
     root = project.root
     for rel in [
         "data/prepared/dataset.pt",
@@ -108,7 +108,7 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
         assert run.data.metrics[f"test/{name}"] == pytest.approx(value)
     assert _image_steps(client, run_id) == {"samples": IMAGE_STEPS, "reconstructions": IMAGE_STEPS}
 
-    head = project.run("git", "rev-parse", "HEAD").stdout.strip()
+    head = project.run("git", "rev-parse", "HEAD~1").stdout.strip()  # the commit the repro ran on
     manifest = json.loads((root / "data/prepared/manifest.json").read_text())
     tags = run.data.tags
     assert tags["genlab.git_commit"] == head and tags["mlflow.source.git.commit"] == head
@@ -161,12 +161,11 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(project):
         assert ran == reruns, (change, out)
 
 
-def test_an_untouched_fresh_clone_retrains_to_a_clean_checkout_and_a_clean_run(project, tmp_path):
+def test_an_untouched_fresh_clone_retrains_to_a_clean_checkout_and_a_clean_run(reproduced, tmp_path):
     """`make run` on a fresh clone: no DVC cache, so train retrains; its outputs hold no random run id, so
     dvc.lock stays as committed and the run is not dirty. The README's reset recipe then restores an
     experiment's workspace, and neither command mentions pipelines/tokens, which never ran."""
-    project.run("dvc", "repro")
-    project.commit("results")
+    project = reproduced  # results committed
     clone = Project(tmp_path / "clone")
     project.run("git", "clone", "-q", str(project.root), str(clone.root))
     assert "Running stage 'train'" in clone.run("dvc", "repro").stdout
@@ -436,61 +435,126 @@ def test_bad_params_fail_with_the_key_named_and_overwrite_nothing(reproduced):
     assert "Traceback" not in proc.stderr and (reproduced.root / "metrics/eval.json").read_bytes() == kept_eval
 
 
-def test_gan_experiment_runs_end_to_end_through_dvc(reproduced):
-    reproduced.run("dvc", "exp", "run", "-S", "model.family=gan", "-S", "gan.loss=hinge")
-    root = reproduced.root
-    history = pd.read_csv(root / "metrics/train_history.csv")
-    assert list(history["epoch"]) == STEPS
-    for name in ("d_loss", "g_loss", "d_real", "d_fake"):
-        assert history[f"train_{name}"].notna().all() and history[f"val_{name}"].notna().all(), name
+def _gan_checks(project, history, test, run, client):
+    root = project.root
     # gan.eval_every = 2 in the tiny config: domain FID after epochs 2 and 3 (the last).
     assert history["val_domain_fid"].notna().tolist() == [False, True, True]
     fid_curve = pd.read_csv(root / "metrics/curves/domain_fid.csv")
     assert list(fid_curve.columns) == ["epoch", "val"] and list(fid_curve["epoch"]) == [2, 3]
-    assert {p.stem for p in (root / "metrics/curves").glob("*.csv")} == {
-        "d_loss",
-        "g_loss",
-        "d_real",
-        "d_fake",
-        "domain_fid",
-    }
-    test = json.loads((root / "metrics/eval.json").read_text())["test"]
-    assert {"d_loss", "g_loss", "domain_fid", "domain_is", "precision", "recall"} <= set(test)
-    assert "elbo" not in test and "psnr" not in test and "domain_rfid" not in test  # no likelihood, no encoder
-    for name in ("samples", "interpolation_linear", "interpolation_slerp", "class_histogram", "curves"):
-        assert (root / f"samples/{name}.png").is_file(), name
-    assert not (root / "samples/reconstructions.png").exists()
-
-    client = reproduced.mlflow()
-    runs = client.search_runs([client.get_experiment_by_name("genlab").experiment_id], "tags.`genlab.family` = 'gan'")
-    assert len(runs) == 1
-    run = runs[0]
-    assert run.data.params["gan.loss"] == "hinge" and run.data.tags.get("dvc.exp_name")
     assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/domain_fid")) == [2, 3]
-    assert _image_steps(client, run.info.run_id) == {"samples": IMAGE_STEPS}
-    assert run.data.metrics["test/domain_fid"] == pytest.approx(test["domain_fid"])
-    reproduced.run("dvc", "plots", "show", "-o", "plots_out")
+    assert run.data.params["gan.loss"] == "hinge" and run.data.tags.get("dvc.exp_name")
 
 
-def test_ddpm_experiment_runs_end_to_end_through_dvc(reproduced):
-    reproduced.run("dvc", "exp", "run", "-S", "model.family=ddpm")
-    root = reproduced.root
-    history = pd.read_csv(root / "metrics/train_history.csv")
-    assert list(history["epoch"]) == STEPS and history["train_loss"].notna().all()
-    test = json.loads((root / "metrics/eval.json").read_text())["test"]
+def _ddpm_checks(project, history, test, run, client):
     parts = test["prior_bpd"] + test["diffusion_bpd"] + test["decoder_bpd"]
-    assert test["bpd"] == pytest.approx(parts, rel=1e-6) and test["bpd_stderr"] > 0
-    assert test["bound_strata"] == 4 and {"domain_fid", "precision", "recall"} <= set(test)
-    for name in ("samples", "trajectory", "steps_grid", "interpolation_slerp", "class_histogram", "curves"):
+    assert test["bpd"] == pytest.approx(parts, rel=1e-6) and test["bpd_stderr"] > 0 and test["bound_strata"] == 4
+    assert "17-level" in run.data.tags["genlab.data_convention"]
+
+
+def _flowmo_checks(project, history, test, run, client):
+    """1A (epochs 1-2) then 1B (epoch 3) in one run; a perceptual network trained for it (the VAE had none), once:
+    switching to the VAE and back restores each family's perceptual stage, evaluation and samples from DVC's run
+    cache. (DVC keeps none for `train`, whose history and machine files are uncached outputs: it retrains.)"""
+    root = project.root
+    assert list(history["train_stage"]) == [0, 0, 2]
+    assert history["val_domain_rfid"].notna().all() and history["val_psnr"].notna().all()
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/psnr")) == STEPS
+    assert json.loads((root / "metrics/train.json").read_text())["selected_epoch"] == 3  # the only 1B epoch's weights
+    assert json.loads((root / "metrics/perceptual.json").read_text())["test"]["accuracy"] > 0
+    assert test["perceptual"] == test["perceptual"] and test["domain_rfid_std"] > 0
+    assert test["bits_per_pixel"] == pytest.approx(4 * 6 / 64) and 1 <= test["token_perplexity"] <= 8
+    assert run.data.tags["genlab.upstream.perceptual_md5"] and run.data.tags["genlab.upstream.classifier_md5"]
+    for family in ("vae", "flowmo"):
+        out = project.run("dvc", "exp", "run", "-S", f"model.family={family}").stdout
+        assert "Stage 'perceptual' is cached" in out and {"perceptual", "evaluate", "sample"}.isdisjoint(_ran(out))
+
+
+# What `dvc exp run -S model.family=<family>` must leave beyond what every family leaves, for each family of
+# the registry trained by dvc.yaml (the default, vae, by test_dvc_repro_writes_outputs_and_a_complete_mlflow_run;
+# a family on a tokenizer's tokens by the two-stage test): -S settings, metrics in the history (train and val), test
+# metrics with a spread / present / absent, figures present / absent, snapshot images, its own checks.
+FAMILY_RUNS = {
+    "gan": dict(
+        settings=["gan.loss=hinge"],
+        history=("d_loss", "g_loss", "d_real", "d_fake"),
+        spread=(),
+        present=("d_loss", "g_loss", "domain_fid", "domain_is", "precision", "recall"),
+        absent=("elbo", "psnr", "domain_rfid"),  # no likelihood, no encoder
+        figures=("samples", "interpolation_linear", "interpolation_slerp", "class_histogram", "curves"),
+        no_figures=("reconstructions",),
+        images={"samples"},
+        checks=_gan_checks,
+    ),
+    "ddpm": dict(
+        settings=[],
+        history=("loss",),
+        spread=(),
+        present=("domain_fid", "precision", "recall", "bpd"),
+        absent=(),
+        figures=("samples", "trajectory", "steps_grid", "interpolation_slerp", "class_histogram", "curves"),
+        no_figures=(),
+        images={"samples"},
+        checks=_ddpm_checks,
+    ),
+    "flowmo": dict(
+        settings=[],
+        history=("flow", "perceptual", "entropy", "commitment", "perplexity", "used_fraction"),
+        spread=("domain_rfid", "domain_rkid", "domain_fid_floor", "psnr", "ssim", "recon_accuracy", "real_accuracy"),
+        present=("perceptual", "bits_per_pixel", "token_perplexity"),
+        absent=("domain_fid", "domain_copy_z", "elbo"),  # a tokenizer neither generates nor has a likelihood
+        figures=("reconstructions", "rho_grid", "steps_grid", "noise_draws", "token_usage", "curves"),
+        no_figures=("samples",),
+        images={"reconstructions"},
+        checks=_flowmo_checks,
+    ),
+}
+
+
+def test_every_family_trained_by_dvc_yaml_has_an_end_to_end_run():
+    from genlab.models import DEFAULT_FAMILY, SECTIONS
+
+    by_dvc_yaml = {f for f, section in SECTIONS.items() if section.TOKENS_OF is None} - {DEFAULT_FAMILY}
+    assert set(FAMILY_RUNS) == by_dvc_yaml
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_RUNS))
+def test_each_family_runs_end_to_end_through_dvc(reproduced, family):
+    """`dvc exp run -S model.family=<family>` from the committed (VAE) experiment: only a family with a perceptual
+    loss trains the perceptual stage; history, curves, test metrics, figures and the MLflow run with its snapshot
+    images; then `dvc plots show`."""
+    from genlab.config.experiment import needs_stage
+    from genlab.models import FAMILIES
+
+    spec, root = FAMILY_RUNS[family], reproduced.root
+    settings = [a for s in [f"model.family={family}", *spec["settings"]] for a in ("-S", s)]
+    ran = _ran(reproduced.run("dvc", "exp", "run", *settings).stdout)
+    assert {"train", "evaluate", "sample"} <= ran and ("perceptual" in ran) == needs_stage(family, "perceptual")
+    history = pd.read_csv(root / "metrics/train_history.csv")
+    assert list(history["epoch"]) == STEPS
+    for name in spec["history"]:
+        assert history[f"train_{name}"].notna().all() and history[f"val_{name}"].notna().all(), name
+    curves = {p.stem for p in (root / "metrics/curves").glob("*.csv")}
+    assert curves == set(FAMILIES[family].curves) & {c[4:] for c in history.columns if c.startswith(("train_", "val_"))}
+    test = json.loads((root / "metrics/eval.json").read_text())["test"]
+    for name in spec["spread"]:
+        assert test[name] == test[name] and test[f"{name}_std"] >= 0, name  # present, not NaN, with a spread
+    assert set(spec["present"]) <= set(test) and not set(spec["absent"]) & set(test)
+    for name in spec["figures"]:
         assert (root / f"samples/{name}.png").is_file(), name
+    for name in spec["no_figures"]:
+        assert not (root / f"samples/{name}.png").exists(), name
 
     client = reproduced.mlflow()
-    runs = client.search_runs([client.get_experiment_by_name("genlab").experiment_id], "tags.`genlab.family` = 'ddpm'")
-    assert len(runs) == 1
-    run = runs[0]
-    assert _image_steps(client, run.info.run_id) == {"samples": IMAGE_STEPS}
-    assert run.data.metrics["test/bpd"] == pytest.approx(test["bpd"])
-    assert "17-level" in run.data.tags["genlab.data_convention"]
+    query = f"tags.`genlab.family` = '{family}'"
+    (run,) = client.search_runs([client.get_experiment_by_name("genlab").experiment_id], query)
+    assert _image_steps(client, run.info.run_id) == {name: IMAGE_STEPS for name in spec["images"]}
+    last = history.iloc[-1]
+    for name in spec["history"]:
+        assert run.data.metrics[f"val/{name}"] == pytest.approx(last[f"val_{name}"]), name
+    for name in (*spec["present"], *spec["spread"]):
+        assert run.data.metrics[f"test/{name}"] == pytest.approx(test[name]), name
+    reproduced.run("dvc", "plots", "show", "-o", "plots_out")
+    spec["checks"](reproduced, history, test, run, client)
 
 
 def test_bad_params_stop_dvc_before_it_deletes_any_output(reproduced):
@@ -515,8 +579,9 @@ def test_bad_params_stop_dvc_before_it_deletes_any_output(reproduced):
         reproduced.run("git", "checkout", "params.yaml")  # dvc leaves the bad value in the workspace
 
 
-def test_two_trained_models_coexist_in_one_pipeline(project):
-    """A second train/evaluate/sample chain, named and with a fixed family, beside the default model."""
+def test_two_trained_models_coexist_in_one_pipeline(reproduced):
+    """A second train/evaluate/sample chain, named and with a fixed family, beside the default model (trained)."""
+    project = reproduced
     default, second = paths.model_paths(), paths.model_paths("gan")
     renames = {
         getattr(default, f).as_posix(): getattr(second, f).as_posix()
@@ -541,7 +606,7 @@ def test_two_trained_models_coexist_in_one_pipeline(project):
                 chain[kind] = [rename(o) for o in chain[kind]]
         dvc["stages"][f"{stage}_gan"] = chain
     (project.root / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
-    project.run("dvc", "repro")
+    assert _ran(project.run("dvc", "repro").stdout) == {"train_gan", "evaluate_gan", "sample_gan"}  # the new chain only
     root = project.root
     for rel in (
         "models/model.pt",
@@ -568,47 +633,6 @@ def test_two_trained_models_coexist_in_one_pipeline(project):
 def _ran(out: str) -> set[str]:
     """The stages `dvc repro` / `dvc exp run` ran (validate, which always runs after an edit, left out)."""
     return set(re.findall(r"Running stage '(?:[^':]*:)?(\w+)'", out)) - {"validate"}
-
-
-def test_flowmo_experiment_runs_end_to_end_through_dvc(project):
-    """1A (epochs 1-2) then 1B (epoch 3) in one `dvc exp run`; reconstruction metrics and figures. Only FlowMo
-    gets a perceptual network trained, and switching families back and forth trains it once. (DVC keeps no
-    run cache for `train`, whose history and machine files are uncached outputs: it retrains, byte-exact.)"""
-    project.run("dvc", "repro")
-    root = project.root
-    assert json.loads((root / "metrics/perceptual.json").read_text())["trained"] is False  # the VAE uses none
-    project.commit("baseline results")
-    assert "perceptual" in _ran(project.run("dvc", "exp", "run", "-S", "model.family=flowmo").stdout)
-    assert json.loads((root / "metrics/perceptual.json").read_text())["test"]["accuracy"] > 0
-    history = pd.read_csv(root / "metrics/train_history.csv")
-    assert list(history["epoch"]) == STEPS and list(history["train_stage"]) == [0, 0, 2]
-    for name in ("flow", "perceptual", "entropy", "commitment", "perplexity", "used_fraction"):
-        assert history[f"train_{name}"].notna().all() and history[f"val_{name}"].notna().all(), name
-    assert history["val_psnr"].notna().all() and history["val_domain_rfid"].notna().all()
-    summary = json.loads((root / "metrics/train.json").read_text())
-    assert summary["selected_epoch"] == 3  # the only 1B epoch: the kept weights are its
-    test = json.loads((root / "metrics/eval.json").read_text())["test"]
-    for name in ("domain_rfid", "domain_rkid", "domain_fid_floor", "psnr", "ssim", "recon_accuracy", "real_accuracy"):
-        assert test[name] == test[name] and test[f"{name}_std"] >= 0, name  # present, not NaN, with a spread
-    assert test["perceptual"] == test["perceptual"] and test["domain_rfid_std"] > 0
-    assert test["bits_per_pixel"] == pytest.approx(4 * 6 / 64) and 1 <= test["token_perplexity"] <= 8
-    # A tokenizer neither generates (no FID, no memorisation check) nor has a likelihood.
-    assert "domain_fid" not in test and "domain_copy_z" not in test and "elbo" not in test
-    for name in ("reconstructions", "rho_grid", "steps_grid", "noise_draws", "token_usage", "curves"):
-        assert (root / f"samples/{name}.png").is_file(), name
-    assert not (root / "samples/samples.png").exists()
-
-    client = project.mlflow()
-    (run,) = client.search_runs(
-        [client.get_experiment_by_name("genlab").experiment_id], "tags.`genlab.family` = 'flowmo'"
-    )
-    assert _image_steps(client, run.info.run_id) == {"reconstructions": IMAGE_STEPS}
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/psnr")) == STEPS
-    assert run.data.tags["genlab.upstream.perceptual_md5"] and run.data.tags["genlab.upstream.classifier_md5"]
-    assert run.data.metrics["test/domain_rfid"] == pytest.approx(test["domain_rfid"])
-    for family in ("vae", "flowmo"):  # DVC's run cache restores each family's perceptual stage and evaluation
-        out = project.run("dvc", "exp", "run", "-S", f"model.family={family}").stdout
-        assert "Stage 'perceptual' is cached" in out and {"perceptual", "evaluate", "sample"}.isdisjoint(_ran(out))
 
 
 TWO_STAGE = "pipelines/tokens/dvc.yaml"
@@ -706,13 +730,13 @@ def test_a_failing_stage_says_how_to_restore_what_dvc_removed(project):
     assert {p.name: p.read_bytes() for p in prepared.iterdir()} == before
 
 
-def test_a_colleague_pulls_a_trained_experiment_from_a_dvc_remote_instead_of_retraining(project, tmp_path):
+def test_a_colleague_pulls_a_trained_experiment_from_a_dvc_remote_instead_of_retraining(reproduced, tmp_path):
     """dvc push + dvc exp push to a local directory remote and a git remote; a fresh clone pulls both."""
+    project = reproduced
     origin, store = tmp_path / "origin.git", tmp_path / "dvc-store"
     project.run("git", "init", "-q", "--bare", str(origin))
     project.run("git", "remote", "add", "origin", str(origin))
     project.run("dvc", "remote", "add", "-d", "store", str(store))
-    project.run("dvc", "repro")
     project.commit("baseline results with a DVC remote")
     project.run("git", "push", "-q", "origin", "main")
     project.run("dvc", "push")
