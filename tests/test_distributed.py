@@ -214,7 +214,7 @@ def test_train_processes_starts_workers_and_a_killed_worker_resumes_to_the_unint
     out = project.stage("train").stdout
     assert "train.processes = 2: -m torch.distributed.run --standalone --nproc_per_node=2" in out
     assert out.count("MLflow run ") == 1 and out.count("epoch 30/30") == 1  # rank 0 alone reports
-    expected = {p: (project.root / p).read_text() for p in ("metrics/train.json", "metrics/train_history.csv")}
+    expected = {p: (project.root / p).read_text() for p in ("metrics/train.json", "models/model-history.json")}
     client = project.mlflow()
     (run,) = client.search_runs([client.get_experiment_by_name("genlab").experiment_id])
     assert run.data.tags["genlab.world_size"] == "2" and run.data.tags["genlab.backend"] == "gloo"

@@ -247,7 +247,7 @@ def test_killed_training_resumes_to_the_same_final_metrics(project):
     project.set_params({"train": {"epochs": 40}})
     project.stage("download")
     project.stage("train")
-    expected = {p: (project.root / p).read_text() for p in ("metrics/train.json", "metrics/train_history.csv")}
+    expected = {p: (project.root / p).read_text() for p in ("metrics/train.json", "models/model-history.json")}
     for p in expected:
         (project.root / p).unlink()
     ckpt, marker = project.root / "checkpoints" / "train.pt", project.root / "checkpoints" / "run.json"
@@ -346,7 +346,7 @@ def test_resume_continues_only_its_own_run_and_closes_killed_ones(project):
     assert resumed.info.status == "FINISHED" and resumed.data.params["train.epochs"] == "40"
     assert resumed.data.tags["genlab.epochs_after_resume"] == "45"
     assert_one_point_per_step(client, resumed, 45)
-    assert len(pd.read_csv(root / "metrics/train_history.csv")) == 45
+    assert len(json.loads((root / "models/model-history.json").read_text())["history"]) == 45
 
 
 def _same_tensors(a, b) -> bool:
@@ -359,7 +359,7 @@ def test_a_kill_between_train_and_dvc_lock_restores_the_outputs_instead_of_a_dup
     """The window bench/faults.py found: train finished (run FINISHED, outputs written) but DVC was killed
     before writing dvc.lock, so DVC runs train again. That rerun restores the outputs; only new inputs retrain."""
     project.run("dvc", "repro", "train")
-    outputs = ("metrics/train.json", "metrics/train_history.csv", "metrics/machine.json")
+    outputs = ("metrics/train.json", "models/model-history.json", "metrics/machine.json")
     expected = {p: (project.root / p).read_bytes() for p in outputs}
     weights = torch.load(project.root / "models/model.pt", weights_only=True)["model"]
 
@@ -453,8 +453,8 @@ def _ddpm_checks(project, history, test, run, client):
 
 def _flowmo_checks(project, history, test, run, client):
     """1A (epochs 1-2) then 1B (epoch 3) in one run; a perceptual network trained for it (the VAE had none), once:
-    switching to the VAE and back restores each family's perceptual stage, evaluation and samples from DVC's run
-    cache. (DVC keeps none for `train`, whose history and machine files are uncached outputs: it retrains.)"""
+    switching to the VAE and back trains nothing: DVC's run cache restores each family's perceptual network, model,
+    evaluation and samples (the history stage redraws the per-epoch files from the restored record)."""
     root = project.root
     assert list(history["train_stage"]) == [0, 0, 2]
     assert history["val_domain_rfid"].notna().all() and history["val_psnr"].notna().all()
@@ -464,9 +464,12 @@ def _flowmo_checks(project, history, test, run, client):
     assert test["perceptual"] == test["perceptual"] and test["domain_rfid_std"] > 0
     assert test["bits_per_pixel"] == pytest.approx(4 * 6 / 64) and 1 <= test["token_perplexity"] <= 8
     assert run.data.tags["genlab.upstream.perceptual_md5"] and run.data.tags["genlab.upstream.classifier_md5"]
+    files = {p: (root / p).read_bytes() for p in ("metrics/train_history.csv", "metrics/eval.json", "models/model.pt")}
     for family in ("vae", "flowmo"):
         out = project.run("dvc", "exp", "run", "-S", f"model.family={family}").stdout
-        assert "Stage 'perceptual' is cached" in out and {"perceptual", "evaluate", "sample"}.isdisjoint(_ran(out))
+        assert "Stage 'perceptual' is cached" in out and "Stage 'train' is cached" in out
+        assert _ran(out) <= {"history"}, out
+    assert {p: (root / p).read_bytes() for p in files} == files
 
 
 # What `dvc exp run -S model.family=<family>` must leave beyond what every family leaves, for each family of
@@ -585,7 +588,7 @@ def test_two_trained_models_coexist_in_one_pipeline(reproduced):
     default, second = paths.model_paths(), paths.model_paths("gan")
     renames = {
         getattr(default, f).as_posix(): getattr(second, f).as_posix()
-        for f in ("model", "train_metrics", "history", "curves", "machine", "eval_metrics", "samples")
+        for f in ("model", "train_metrics", "record", "history", "curves", "machine", "eval_metrics", "samples")
     }
 
     def rename(entry):
@@ -594,9 +597,9 @@ def test_two_trained_models_coexist_in_one_pipeline(reproduced):
         return renames.get(entry, entry)
 
     dvc = yaml.safe_load((project.root / "dvc.yaml").read_text())
-    for stage in ("train", "evaluate", "sample"):
+    for stage in ("train", "history", "evaluate", "sample"):
         chain = dict(dvc["stages"][stage])
-        chain["cmd"] += " --name gan --family gan"
+        chain["cmd"] += " --name gan" + ("" if stage == "history" else " --family gan")
         chain["deps"] = [
             paths.stage_view(stage, "gan").as_posix() if d == paths.stage_view(stage).as_posix() else rename(d)
             for d in chain["deps"]
@@ -606,7 +609,8 @@ def test_two_trained_models_coexist_in_one_pipeline(reproduced):
                 chain[kind] = [rename(o) for o in chain[kind]]
         dvc["stages"][f"{stage}_gan"] = chain
     (project.root / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
-    assert _ran(project.run("dvc", "repro").stdout) == {"train_gan", "evaluate_gan", "sample_gan"}  # the new chain only
+    new_chain = {"train_gan", "history_gan", "evaluate_gan", "sample_gan"}
+    assert _ran(project.run("dvc", "repro").stdout) == new_chain  # the new chain only
     root = project.root
     for rel in (
         "models/model.pt",
@@ -626,8 +630,7 @@ def test_two_trained_models_coexist_in_one_pipeline(reproduced):
     # The second model's stages read gan.*, the first's vae.*: an edit of one reruns only its chain.
     project.set_params({"gan": {"width": 16}})
     out = project.run("dvc", "repro").stdout
-    ran = set(re.findall(r"Running stage '(\w+)'", out)) - {"validate"}
-    assert ran == {"train_gan", "evaluate_gan", "sample_gan"}, out
+    assert _ran(out) == new_chain, out
 
 
 def _ran(out: str) -> set[str]:
@@ -674,7 +677,7 @@ def test_two_stage_tokenizer_and_prior_through_dvc(project):
 
     project.commit("two-stage results")
     out = project.run("dvc", "exp", "run", TWO_STAGE, "-S", "maskgit.depth=2").stdout
-    assert _ran(out) == {"train_prior", "evaluate_prior", "sample_prior"}, out
+    assert _ran(out) == {"train_prior", "history_prior", "evaluate_prior", "sample_prior"}, out
     out = project.run("dvc", "exp", "run", TWO_STAGE, "-S", "flowmo.decoder_width=32").stdout
     assert {"train_tokenizer", "sample_tokenizer", "tokenize", "train_prior"} <= _ran(out), out
 

@@ -439,6 +439,7 @@ def test_the_trainers_steps_apart_an_epoch_writes_nothing_then_record_checkpoint
 
 def test_the_train_stages_steps_run_in_process_and_set_up_writes_nothing(tmp_path, monkeypatch):
     from genlab.data import prepare
+    from genlab.pipeline.history import write_history
     from genlab.pipeline.train import restore_finished, set_up, write_outputs
 
     cfg = config_from_dict({**SMALL, "train": {"epochs": 2, "batch_size": 128}})
@@ -456,4 +457,6 @@ def test_the_train_stages_steps_run_in_process_and_set_up_writes_nothing(tmp_pat
     where = setup.where
     summary = yaml.safe_load(where.train_metrics.read_text())
     assert summary["epochs"] == 2 and summary["val"]["loss"] == history[-1]["val_loss"]
-    assert where.model.is_file() and {p.stem for p in where.curves.glob("*.csv")} == set(setup.family.curves)
+    assert where.model.is_file() and not where.history.exists()  # the history stage's file, drawn from the record:
+    assert write_history(where).to_dict("records") == history
+    assert {p.stem for p in where.curves.glob("*.csv")} == set(setup.family.curves)

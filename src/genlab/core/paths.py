@@ -34,6 +34,7 @@ class ModelPaths:
     checkpoint: Path
     training_run: Path  # the unfinished run the checkpoint belongs to, until it finishes
     train_metrics: Path
+    record: Path  # the training history + the names of its curves: train's cached output, the history stage's input
     history: Path
     curves: Path
     machine: Path  # fingerprint of the machine that trained the model
@@ -52,6 +53,7 @@ def model_paths(name: str = DEFAULT_MODEL) -> ModelPaths:
             Path("checkpoints/train.pt"),
             Path("checkpoints/run.json"),
             Path("metrics/train.json"),
+            Path("models/model-history.json"),
             Path("metrics/train_history.csv"),
             Path("metrics/curves"),
             Path("metrics/machine.json"),
@@ -68,6 +70,7 @@ def model_paths(name: str = DEFAULT_MODEL) -> ModelPaths:
         Path(f"checkpoints-{name}/train.pt"),
         Path(f"checkpoints-{name}/run.json"),
         Path(f"metrics/{name}/train.json"),
+        Path(f"models/{name}-history.json"),
         Path(f"metrics/{name}/train_history.csv"),
         Path(f"metrics/{name}/curves"),
         Path(f"metrics/{name}/machine.json"),

@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -31,6 +33,7 @@ from genlab.evaluation import upstream
 from genlab.evaluation.model_file import MODEL_MD5_TAG, save_model
 from genlab.evaluation.scoring import fid_monitor
 from genlab.models import DataSpec, Family, build_family
+from genlab.pipeline.history import save_record, write_table
 from genlab.tracking import mlflow_model, store
 from genlab.training import distributed, resume
 from genlab.training.distributed import SINGLE, World
@@ -152,27 +155,20 @@ def publish(setup: Setup, tracker: store.MlflowTracker, history: list[dict[str, 
     tracker.log_artifact(where.model, "model_file")  # "model" is the MLflow model below
     example = mlflow_model.example_input(setup.family, setup.data.to_unit(setup.data.test.images[:2]))
     tracker.log_model(setup.family, example, registered_model_name(setup.cfg, where))
-    tracker.log_artifact(where.history, "metrics")
-
-
-def write_curves(where: paths.ModelPaths, table: pd.DataFrame, curves: dict[str, str]) -> None:
-    """<curves>/<metric>.csv with columns epoch, train, val: the DVC plots, whatever the family."""
-    where.curves.mkdir(parents=True, exist_ok=True)
-    for name in curves:
-        cols = {split: f"{split}_{name}" for split in ("train", "val") if f"{split}_{name}" in table}
-        if not cols:  # e.g. domain_fid with gan.eval_every = 0
-            continue
-        curve = table[["epoch", *cols.values()]].rename(columns={v: k for k, v in cols.items()})
-        with atomic.atomic_path(where.curves / f"{name}.csv") as tmp:
-            curve.dropna(subset=list(cols), how="all").to_csv(tmp, index=False)
+    with tempfile.TemporaryDirectory() as tmp:  # the history stage writes the workspace's copy after this stage
+        table = Path(tmp) / where.history.name
+        write_table(pd.DataFrame(history), table)
+        tracker.log_artifact(table, "metrics")
 
 
 def write_outputs(setup: Setup, history: list[dict[str, Any]], fingerprint: dict[str, Any]) -> None:
-    """The model file and the metrics; train.json holds the metrics of the epoch whose weights the model keeps:
-    the last, or the selected one. No run id: these are DVC outputs, and a random id in them would change
-    dvc.lock on every retrain (evaluate and sample find the run by the model file's md5: evaluation.model_file)."""
+    """The model file, the training record (the history stage draws the per-epoch files from it) and the metrics;
+    train.json holds the metrics of the epoch whose weights the model keeps: the last, or the selected one. No run
+    id: these are DVC outputs, and a random id in them would change dvc.lock on every retrain (evaluate and sample
+    find the run by the model file's md5: evaluation.model_file)."""
     where = setup.where
     save_model(where, setup.family, setup.view, setup.data.checksum, setup.upstream_md5)
+    save_record(where, history, setup.family.curves)
     kept = next((row for row in history if row.get("selected")), history[-1])
     summary = {"epochs": len(history)}
     if "selected" in kept:
@@ -181,10 +177,6 @@ def write_outputs(setup: Setup, history: list[dict[str, Any]], fingerprint: dict
         summary[split] = {k[len(split) + 1 :]: v for k, v in kept.items() if k.startswith(split + "_")}
     atomic.write_json(where.train_metrics, summary)
     atomic.write_json(where.machine, fingerprint)
-    table = pd.DataFrame(history)
-    with atomic.atomic_path(where.history) as tmp:
-        table.to_csv(tmp, index=False)
-    write_curves(where, table, setup.family.curves)
 
 
 def registered_model_name(cfg: Config, where: paths.ModelPaths) -> str:
