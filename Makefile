@@ -35,8 +35,8 @@ run: setup
 
 # Lint and format checks, then the test suite on TEST_WORKERS processes (pytest-xdist; default: the cores, at
 # most 4): its end-to-end tests spend most of their time in one-core work (process starts, DVC, MLflow). On 2
-# cores (AMD EPYC, Dec 2026) the suite took 1661 s in one process, 1026 s on two workers, 879 s once the
-# end-to-end tests shared one reproduced project. pytest's exit code 5 (nothing collected) is a failure.
+# cores (AMD EPYC, Dec 2026): 1661 s in one process before, 879 s on two workers with the end-to-end tests
+# sharing one reproduced project. pytest's exit code 5 (nothing collected) is reported as a failure.
 TEST_WORKERS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
 test: setup lint browser
 	@$(ACTIVATE) && { python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS); rc=$$?; \
