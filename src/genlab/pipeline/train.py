@@ -3,8 +3,8 @@
 setup = set_up(cfg, name, device, world)          # family + upstreams + batches + resume key: nothing written
 history = restore_finished(setup, fingerprint)    # a DVC rerun after a kill between training's end and dvc.lock
 tracker, state = open_run(setup, fingerprint)     # the checkpoint's MLflow run reopened, or a new tagged run
-history = fit(...)                                # genlab.training.loop
-publish(setup, tracker, history, fingerprint)     # model file + metrics + curves, then the run's model and tags
+history = setup.fit(tracker, state)               # genlab.training.loop, checkpointing and logging to the run
+publish(setup, tracker, history, fingerprint)     # model file, record + metrics, then the run's model and tags
 """
 
 from __future__ import annotations
@@ -53,9 +53,13 @@ class Setup:
     family: Family
     source: Source
     view: dict[str, Any]  # the train stage's params: the MLflow run's params and the model file's
-    key: str  # resume_key(view)
     upstream_md5: dict[str, str]
     scorer: Callable[[Family], dict[str, float]] | None
+
+    @property
+    def key(self) -> str:
+        """The resume key of the params: a checkpoint continues only a run with the same one."""
+        return resume_key(self.view)
 
     @property
     def inputs(self) -> str:
@@ -98,7 +102,7 @@ def set_up(cfg: Config, name: str, device: torch.device, world: World = SINGLE) 
         scorer = fid_monitor(classifier, data.to_unit(data.val.images), family.fid_samples, device, cfg.seed)
     source = source_for(family, data, cfg.data.binarize, upstream_md5)
     check_trainable(cfg.train, source, device)
-    return Setup(cfg, where, world, device, data, family, source, view, resume_key(view), upstream_md5, scorer)
+    return Setup(cfg, where, world, device, data, family, source, view, upstream_md5, scorer)
 
 
 def restore_finished(setup: Setup, fingerprint: dict[str, Any]) -> list[dict[str, Any]] | None:
