@@ -10,6 +10,8 @@ import os
 import pickle
 import re
 import shutil
+import subprocess
+import sys
 import tarfile
 import threading
 from pathlib import Path
@@ -23,7 +25,9 @@ from sklearn.datasets import load_digits
 
 from genlab.config.experiment import config_from_dict
 from genlab.core.errors import ConfigError, DataError
-from genlab.data import DATA_FILE, MANIFEST_FILE, PreparedData, image_folder, load_prepared, prepare
+from genlab.data import IMAGES_FILE, MANIFEST_FILE, PreparedData, image_folder, load_prepared, prepare
+from genlab.data.prepared import FORMAT_VERSION, LABELS_FILE, write_prepared
+from genlab.data.splits import Split
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_DIR = REPO.parent / "shared" / "datasets" / "mnist"
@@ -140,13 +144,18 @@ def test_to_unit_maps_max_value_to_one(tmp_path):
     assert torch.equal(unit * 16, data.train.images.float())
 
 
-def test_prepared_files_are_plain_tensors_with_a_complete_manifest(tmp_path):
+def test_prepared_files_are_flat_arrays_with_a_complete_manifest(tmp_path):
     manifest = prepare(_cfg(), tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [DATA_FILE, MANIFEST_FILE]
-    assert manifest["prepared_md5"] == hashlib.md5((tmp_path / DATA_FILE).read_bytes()).hexdigest()
-    tensors = torch.load(tmp_path / DATA_FILE, weights_only=True)
-    assert all(isinstance(t, torch.Tensor) for t in tensors.values()) and len(tensors) == 6
-    assert load_prepared(tmp_path).manifest == manifest
+    assert sorted(p.name for p in tmp_path.iterdir()) == [IMAGES_FILE, LABELS_FILE, MANIFEST_FILE]
+    images, labels = (tmp_path / IMAGES_FILE).read_bytes(), (tmp_path / LABELS_FILE).read_bytes()
+    assert manifest["prepared_md5"] == hashlib.md5(images + labels).hexdigest()
+    data = load_prepared(tmp_path)
+    assert data.manifest == manifest
+    # train, val, test back to back: the first train image and the last test image are the file's ends
+    flat = torch.frombuffer(bytearray(images), dtype=torch.uint8).view(-1, *manifest["image_shape"])
+    assert torch.equal(flat, torch.cat([data.train.images, data.val.images, data.test.images]))
+    splits = (data.train, data.val, data.test)
+    assert torch.equal(torch.frombuffer(bytearray(labels), dtype=torch.int64), torch.cat([s.labels for s in splits]))
     for key in (
         "dataset",
         "source",
@@ -256,14 +265,22 @@ def test_failing_prepare_leaves_a_previous_good_dataset_untouched(tmp_path, fail
 
 def test_load_prepared_rejects_corrupted_or_missing_files(tmp_path):
     prepare(_cfg(), tmp_path)
-    raw = bytearray((tmp_path / DATA_FILE).read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    (tmp_path / DATA_FILE).write_bytes(bytes(raw))
-    with pytest.raises(DataError, match=rf"{DATA_FILE}.*corrupted.*dvc repro download"):
-        load_prepared(tmp_path)
-    (tmp_path / DATA_FILE).unlink()
-    with pytest.raises(DataError, match=rf"{DATA_FILE}.*missing.*dvc repro download"):
-        load_prepared(tmp_path)
+    for name in (IMAGES_FILE, LABELS_FILE):
+        path, good = tmp_path / name, (tmp_path / name).read_bytes()
+        flipped = bytearray(good)
+        flipped[len(flipped) // 2] ^= 0xFF
+        path.write_bytes(bytes(flipped))
+        with pytest.raises(DataError, match=r"corrupted: md5.*dvc repro download"):
+            load_prepared(tmp_path)
+        path.write_bytes(good[:-1])
+        short = rf"{name} has {len(good) - 1} bytes.*implies {len(good)}.*dvc repro download"
+        with pytest.raises(DataError, match=short):
+            load_prepared(tmp_path)
+        path.unlink()
+        with pytest.raises(DataError, match=rf"{name}.*missing.*dvc repro download"):
+            load_prepared(tmp_path)
+        path.write_bytes(good)
+    load_prepared(tmp_path)
     (tmp_path / MANIFEST_FILE).unlink()
     with pytest.raises(DataError, match=rf"{MANIFEST_FILE}.*missing.*dvc repro download"):
         load_prepared(tmp_path)
@@ -571,3 +588,34 @@ def test_cifar10_from_a_mirror_is_converted_to_nchw(tmp_path, monkeypatch):
     assert data.manifest["source_md5"][cls.filename] == cls.tgz_md5
     assert torch.equal(data.test.images, torch.from_numpy(batches["test_batch"]).permute(0, 3, 1, 2))
     assert data.test.labels.tolist() == [1, 2, 3] and data.manifest["classes"][0] == "class0"
+
+
+def _synthetic_prepared(out: Path, n_train: int, side: int = 112) -> int:
+    """A prepared dataset of n_train random images (+ 500 val and test) of 17 grey levels; returns its size."""
+    sizes = {"train": n_train, "val": 500, "test": 500}
+    n = sum(sizes.values())
+    source = Split(torch.randint(0, 17, (n, 1, side, side), dtype=torch.uint8), torch.randint(0, 10, (n,)))
+    ends = torch.tensor(list(sizes.values())).cumsum(0).tolist()
+    parts = {name: (source, torch.arange(end - size, end)) for (name, size), end in zip(sizes.items(), ends)}
+    shape = [1, side, side]
+    write_prepared(
+        out, parts, {"format_version": FORMAT_VERSION, "image_shape": shape, "split_sizes": sizes, "max_value": 16}
+    )
+    return n * side * side
+
+
+def test_training_memory_does_not_grow_with_the_dataset(tmp_path):
+    """The train stage maps images.u8 and hands pages back as it reads: an epoch over 9x the data (+50 MB)
+    leaves the peak RSS within a few MB, where loading the data would add its size. glibc's heap is held
+    to a fixed mmap threshold here: by default it grows over a run's first few hundred steps, whatever the
+    data (to a plateau; fixing it costs speed, so genlab leaves it)."""
+    peaks, sizes = [], []
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent), "MALLOC_MMAP_THRESHOLD_": str(64 << 10)}
+    for n_train in (500, 4_500):
+        sizes.append(_synthetic_prepared(tmp_path / str(n_train), n_train))
+        worker = [str(Path(__file__).parent / "rss_worker.py"), str(tmp_path / str(n_train)), "1", str(2 << 20)]
+        done = subprocess.run([sys.executable, *worker], capture_output=True, text=True, check=True, env=env)
+        peaks.append(int(done.stdout.split()[-1]) * 1024)
+    grown, data_grown = peaks[1] - peaks[0], sizes[1] - sizes[0]
+    assert data_grown > 50e6
+    assert grown < 10e6, f"peak RSS grew {grown / 1e6:.0f} MB for {data_grown / 1e6:.0f} MB more data: {peaks}"

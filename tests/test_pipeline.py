@@ -38,7 +38,8 @@ def test_dvc_repro_writes_outputs_and_a_complete_mlflow_run(reproduced, repro_ou
     project, printed = reproduced, repro_output  # the session's one repro of the tiny experiment, then committed
     root = project.root
     for rel in [
-        "data/prepared/dataset.pt",
+        "data/prepared/images.u8",
+        "data/prepared/labels.i64",
         "data/prepared/manifest.json",
         "models/model.pt",
         "models/classifier.pt",

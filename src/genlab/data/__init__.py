@@ -15,11 +15,11 @@ if TYPE_CHECKING:
     from genlab.data.raw import RawData
     from genlab.data.splits import Split
 
-__all__ = ["DATASETS", "FORMAT_VERSION", "prepare", "load_prepared", "PreparedData", "Split", "DATA_FILE", "MANIFEST_FILE"]
+__all__ = ["DATASETS", "FORMAT_VERSION", "prepare", "load_prepared", "PreparedData", "Split", "IMAGES_FILE", "MANIFEST_FILE"]
 
 # The prepared format needs torch; imported on first use (PEP 562), so that the config's registry of
 # dataset names and the checksums load without it.
-_PREPARED = ("DATA_FILE", "FORMAT_VERSION", "MANIFEST_FILE", "PreparedData", "load_prepared", "write_prepared")
+_PREPARED = ("IMAGES_FILE", "FORMAT_VERSION", "MANIFEST_FILE", "PreparedData", "load_prepared", "write_prepared")
 
 
 def __getattr__(name: str):
@@ -40,28 +40,35 @@ def _loader(name: str) -> Callable[[Settings], RawData]:
 
 
 def prepare(cfg: Settings, out_dir: str | Path) -> dict:
-    """Fetch and verify cfg.data's dataset, split it, and write DATA_FILE + MANIFEST_FILE; returns the manifest.
+    """Fetch and verify cfg.data's dataset, split it, and write the prepared files (genlab.data.prepared);
+    returns the manifest.
 
     Nothing in out_dir changes unless every step succeeded.
     """
+    import torch
+
     from genlab.data.prepared import FORMAT_VERSION, write_prepared
     from genlab.data.splits import at_most, carve
 
     raw = _loader(cfg.data.name)(cfg)
-    train, test = raw.train, raw.test
-    if test is None:
-        train, test = carve(train, cfg.data.test_fraction, cfg.seed, "test")
-    train, val = carve(train, cfg.data.val_fraction, cfg.seed, "val")
-    splits = {name: at_most(split, cfg.data.limit, cfg.seed, name) for name, split in
-              (("train", train), ("val", val), ("test", test))}  # fmt: skip
+    # Indices into the source splits: images are gathered only as they are written.
+    if raw.test is None:
+        train, carved = carve(len(raw.train), cfg.data.test_fraction, cfg.seed, "test")
+        test = (raw.train, carved)
+    else:
+        train, test = torch.arange(len(raw.train)), (raw.test, torch.arange(len(raw.test)))
+    rest, carved = carve(len(train), cfg.data.val_fraction, cfg.seed, "val")
+    parts = {"train": (raw.train, train[rest]), "val": (raw.train, train[carved]), "test": test}
+    parts = {name: (source, index[at_most(len(index), cfg.data.limit, cfg.seed, name)])
+             for name, (source, index) in parts.items()}  # fmt: skip
     manifest = {
         "format_version": FORMAT_VERSION,
         "dataset": cfg.data.name,
         "source": raw.source,
         "source_md5": raw.source_md5,
         "max_value": raw.max_value,
-        "image_shape": list(train.images.shape[1:]),
-        "split_sizes": {name: len(split) for name, split in splits.items()},
+        "image_shape": list(raw.train.images.shape[1:]),
+        "split_sizes": {name: len(index) for name, (_, index) in parts.items()},
         "seed": cfg.seed,
         "val_fraction": cfg.data.val_fraction,
         "test_fraction": cfg.data.test_fraction if raw.test is None else None,  # None: official test split
@@ -69,4 +76,4 @@ def prepare(cfg: Settings, out_dir: str | Path) -> dict:
         "classes": raw.classes,
         **raw.extra,
     }
-    return write_prepared(out_dir, splits, manifest)
+    return write_prepared(out_dir, parts, manifest)

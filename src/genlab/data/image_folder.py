@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 import warnings
 from collections import deque
 from pathlib import Path, PurePosixPath
@@ -14,6 +15,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from genlab.data.checksums import md5_bytes
+from genlab.data.prepared import map_file
 from genlab.data.raw import RawData
 from genlab.data.splits import Split
 from genlab.core.errors import DataError
@@ -174,13 +176,21 @@ def load(cfg: Settings) -> RawData:
             f"({_listing(loose)}): move those into a class subfolder or out of data.path"
         )
     mode = "L" if cfg.data.channels == 1 else "RGB"
-    read = {}
+    # Decoded pixels go straight to an unnamed scratch file beside the download cache (not /tmp, often held
+    # in RAM), mapped once complete: preparing a folder larger than memory holds one image at a time.
+    scratch = Path(cfg.data.root)
+    scratch.mkdir(parents=True, exist_ok=True)
+    pixels = tempfile.TemporaryFile(dir=scratch)
+    read = {}  # file -> md5, in the order its pixels were written
     for rel in files:
         try:
             data = (root / rel).read_bytes()
-            read[rel] = (_read(data, mode, cfg.data.image_size), md5_bytes(data))
+            image = _read(data, mode, cfg.data.image_size)
         except (OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             skipped[rel.as_posix()] = _why(exc)
+            continue
+        pixels.write((image[None] if cfg.data.channels == 1 else image.transpose(2, 0, 1)).tobytes())
+        read[rel] = md5_bytes(data)
     classes = sorted({rel.parts[0] for rel in read if len(rel.parts) > 1})
     empty = [] if loose else [d for d in subfolders if d not in classes]  # no usable image inside
     left_out = {**skipped, **skipped_folders, **{f"{d}/": "no usable image" for d in empty}}
@@ -196,15 +206,16 @@ def load(cfg: Settings) -> RawData:
     if not read:
         raise DataError(f"no usable images in {root} (looked recursively for {', '.join(EXTENSIONS)}): "
                         f"set data.path to {_LAYOUT}")  # fmt: skip
-    stacked = torch.from_numpy(np.stack([image for image, _ in read.values()]))
-    stacked = stacked.unsqueeze(1) if cfg.data.channels == 1 else stacked.permute(0, 3, 1, 2).contiguous()
+    pixels.flush()
+    stacked = map_file(pixels)[0].view(len(read), cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+    pixels.close()  # the map keeps the file until it is dropped
     labels = [classes.index(rel.parts[0]) if classes else 0 for rel in read]
     return RawData(
         train=Split(stacked, torch.tensor(labels, dtype=torch.int64)),
         test=None,
         max_value=255,
         source=str(root.resolve()),
-        source_md5={rel.as_posix(): md5 for rel, (_, md5) in read.items()},
+        source_md5={rel.as_posix(): md5 for rel, md5 in read.items()},
         classes=classes or [root.resolve().name],
         extra={
             "image_size": cfg.data.image_size,

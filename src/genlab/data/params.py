@@ -26,7 +26,9 @@ DATASETS = tuple(LOADERS)  # the values data.name accepts
 class DataConfig:
     STAGES: ClassVar = ("download",)
     name: Literal[DATASETS] = key("digits")
-    root: str = key("data/raw", doc="download cache for the torchvision datasets")
+    root: str = key(
+        "data/raw", doc="download cache for the torchvision datasets, and scratch space while an image folder is prepared"
+    )
     mirror: Optional[str] = key(None, doc="directory or URL that replaces the official download location")
     path: Optional[str] = key(None, doc="image_folder: the folder of images (subfolders = classes)")
     image_size: int = key(28, between(4, 1024), doc="image_folder: images are resized to image_size x image_size")

@@ -1,12 +1,23 @@
-"""The prepared dataset on disk: dataset.pt (plain uint8/int64 tensors) and manifest.json, written atomically."""
+"""The prepared dataset on disk, written atomically: images.u8 (every split's uint8 images, train then val then
+test, one flat C-order array), labels.i64 and manifest.json, which vouches for both with their md5.
+
+Stages map images.u8 instead of loading it, so a dataset larger than memory trains: a batch is gathered from
+the pages its indices touch, and `Pages.touched` hands pages back to the page cache as reading goes on, so
+the process's resident memory stays bounded whatever the dataset's size. The token data (genlab.data.tokens)
+is small and keeps one torch file (DATA_FILE).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
-from dataclasses import dataclass
+import mmap
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from genlab.core import atomic
@@ -14,11 +25,48 @@ from genlab.data.checksums import md5_bytes
 from genlab.data.splits import Split
 from genlab.core.errors import DataError
 
-DATA_FILE = "dataset.pt"
+IMAGES_FILE, LABELS_FILE = "images.u8", "labels.i64"
+DATA_FILE = "dataset.pt"  # the token data
 MANIFEST_FILE = "manifest.json"
-FORMAT_VERSION = 1  # of the prepared data and of the token data (genlab.data.tokens)
+FORMAT_VERSION = 2  # of the prepared data and of the token data; 2: images memory-mapped from IMAGES_FILE
 SPLITS = ("train", "val", "test")
 _FIX = "run `dvc repro download` to prepare it again"
+CHUNK = 8 << 20  # bytes read or written at a time when streaming a prepared file
+PAGE_BUDGET = 64 << 20  # mapped bytes read between two hand-backs of their pages (see Pages)
+FAULT_AROUND = 64 << 10  # what Linux maps around a faulting page of a file (its default fault_around_bytes)
+
+
+class Pages:
+    """The memory maps of a prepared dataset and how much of them was read since their pages were last handed
+    back. Mapped pages count in the process's RSS until released; MADV_DONTNEED drops them from this process
+    (the kernel keeps them cached: a re-read costs a minor fault, not a disk read). Resident mapped data thus
+    stays under PAGE_BUDGET plus one batch's pages."""
+
+    def __init__(self, maps: tuple[mmap.mmap, ...] = ()):
+        self.maps, self.read = maps, 0
+        self.mapped = sum(len(m) for m in maps)
+
+    def touched(self, rows: int, row_bytes: int) -> None:
+        """`rows` rows of `row_bytes` each were read, possibly scattered: a fault maps FAULT_AROUND bytes
+        around it as well, so each counts for that much more."""
+        if self.mapped <= PAGE_BUDGET:  # all of it fits the budget: nothing to hand back
+            return
+        self.read += rows * (row_bytes + FAULT_AROUND)
+        if self.read >= PAGE_BUDGET:
+            self.release()
+
+    def release(self) -> None:
+        for m in self.maps:
+            m.madvise(mmap.MADV_DONTNEED)
+        self.read = 0
+
+
+def map_file(file, dtype: torch.dtype = torch.uint8) -> tuple[torch.Tensor, mmap.mmap]:
+    """A flat tensor over a whole file (a path or an open binary file), copy-on-write so torch may hold it
+    as writable, though nothing writes to it; and the map, for `Pages`."""
+    with open(file, "rb") if isinstance(file, (str, Path)) else contextlib.nullcontext(file) as f:
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # holds its own descriptor
+    return torch.frombuffer(mapped, dtype=dtype), mapped
 
 
 @dataclass(frozen=True)
@@ -28,6 +76,7 @@ class PreparedData:
     test: Split
     max_value: int  # the raw pixel value that means 1.0
     manifest: dict
+    pages: Pages = field(default_factory=Pages, compare=False, repr=False)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -80,12 +129,6 @@ def read_tensors(out_dir: str | Path, what: str, fix: str) -> tuple[dict[str, to
         raise DataError(f"{what} file {path} cannot be read ({exc}): {fix}") from exc
 
 
-def write_prepared(out_dir: str | Path, splits: dict[str, Split], manifest: dict) -> dict:
-    """Write the data file, then the manifest that vouches for it; returns the completed manifest."""
-    tensors = {f"{name}_{part}": getattr(splits[name], part) for name in SPLITS for part in ("images", "labels")}
-    return write_tensors(out_dir, tensors, manifest, "prepared dataset")
-
-
 def _read_manifest(path: Path, what: str, fix: str) -> dict:
     try:
         manifest = json.loads(path.read_text())
@@ -99,19 +142,68 @@ def _read_manifest(path: Path, what: str, fix: str) -> dict:
     return manifest
 
 
-def load_prepared(out_dir: str | Path) -> PreparedData:
-    tensors, manifest = read_tensors(out_dir, "prepared data", _FIX)
+def write_prepared(out_dir: str | Path, parts: dict[str, tuple[Split, torch.Tensor]], manifest: dict) -> dict:
+    """Write each split's images (split name -> (source, indices into it)), streamed CHUNK bytes at a time from
+    the source (which may itself be a memory map), then the labels, then the manifest that vouches for both;
+    returns the completed manifest. Nothing in out_dir changes unless every file was written."""
+    out, digest = Path(out_dir), hashlib.md5(usedforsecurity=False)
+    labels = torch.cat([source.labels[index] for source, index in (parts[name] for name in SPLITS)])
     try:
-        splits = {name: Split(tensors[f"{name}_images"], tensors[f"{name}_labels"]) for name in SPLITS}
-    except KeyError as exc:
-        raise DataError(f"prepared data in {out_dir} lacks {exc}: {_FIX}") from None
-    for name, split in splits.items():
-        ok = (
-            split.images.dtype == torch.uint8
-            and split.labels.dtype == torch.int64
-            and list(split.images.shape[1:]) == manifest["image_shape"]
-            and split.images.shape[0] == len(split) == manifest["split_sizes"][name]
-        )
-        if not ok:
-            raise DataError(f"prepared data file {Path(out_dir) / DATA_FILE}: split {name} does not match {MANIFEST_FILE}: {_FIX}")
-    return PreparedData(**splits, max_value=int(manifest["max_value"]), manifest=manifest)
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic.atomic_path(out / IMAGES_FILE) as tmp, open(tmp, "wb") as f:
+            for name in SPLITS:
+                source, index = parts[name]
+                per_chunk = max(1, CHUNK // max(1, source.images[0].numel()))
+                for i in range(0, len(index), per_chunk):
+                    data = source.images[index[i : i + per_chunk]].numpy().tobytes()
+                    digest.update(data)
+                    f.write(data)
+        data = labels.numpy().astype("<i8").tobytes()
+        digest.update(data)
+        atomic.write_bytes(out / LABELS_FILE, data)
+        manifest = {**manifest, "prepared_md5": digest.hexdigest()}
+        atomic.write_bytes(out / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
+    except OSError as exc:
+        raise DataError(f"cannot write the prepared dataset to {out}: {exc}; check that it is writable and has space") from exc
+    return manifest
+
+
+def _streamed_md5(paths: list[Path]) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    for path in paths:
+        with open(path, "rb") as f:
+            while chunk := f.read(CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_prepared(out_dir: str | Path) -> PreparedData:
+    """The prepared splits as views of the mapped images.u8 (labels in memory), both files checked against
+    the manifest's sizes and md5 first; a file that does not match is refused, never half-used."""
+    out = Path(out_dir)
+    manifest = _read_manifest(out / MANIFEST_FILE, "prepared data", _FIX)
+    try:
+        shape, sizes = [int(d) for d in manifest["image_shape"]], [int(manifest["split_sizes"][s]) for s in SPLITS]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{out / MANIFEST_FILE} lacks a valid image_shape or split_sizes ({exc}): {_FIX}") from None
+    n, per_image = sum(sizes), int(np.prod(shape))
+    files = [out / IMAGES_FILE, out / LABELS_FILE]
+    for path, expected in zip(files, (n * per_image, n * 8)):
+        try:
+            got = path.stat().st_size
+        except OSError as exc:
+            raise DataError(f"prepared data file {path} is missing or unreadable ({exc.strerror}): {_FIX}") from None
+        if got != expected:
+            raise DataError(
+                f"prepared data file {path} has {got} bytes, {MANIFEST_FILE} implies {expected} "
+                f"({n} images of {shape}): {_FIX}"
+            )
+    got, expected = _streamed_md5(files), manifest.get("prepared_md5")
+    if got != expected:
+        raise DataError(f"prepared data in {out} is corrupted: md5 {got}, {MANIFEST_FILE} expects {expected}: {_FIX}")
+    images, mapped = map_file(files[0])
+    images = images.view(n, *shape)
+    labels = torch.from_numpy(np.fromfile(files[1], dtype="<i8").astype(np.int64))
+    ends = np.cumsum(sizes).tolist()
+    splits = {name: Split(images[end - size : end], labels[end - size : end]) for name, size, end in zip(SPLITS, sizes, ends)}
+    return PreparedData(**splits, max_value=int(manifest["max_value"]), manifest=manifest, pages=Pages((mapped,)))

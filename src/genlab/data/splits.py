@@ -1,5 +1,5 @@
 """The image/label pair every dataset is reduced to, the seeded carving of one split out of another, and the
-seeded draw that caps a split (data.limit)."""
+seeded draw that caps a split (data.limit): both as indices, so that no image is copied before it is written."""
 
 from __future__ import annotations
 
@@ -18,13 +18,10 @@ class Split:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def take(self, index: torch.Tensor) -> Split:
-        return Split(self.images[index].contiguous(), self.labels[index].contiguous())
 
-
-def carve(split: Split, fraction: float, seed: int, what: str) -> tuple[Split, Split]:
-    """Split off round(fraction * N) (at least 1) items chosen by a seeded permutation: (rest, carved)."""
-    n = len(split)
+def carve(n: int, fraction: float, seed: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (rest, carved) that split n items, round(fraction * n) (at least 1) of them carved off by a
+    seeded permutation."""
     n_carved = max(1, round(fraction * n))
     if n_carved >= n:
         raise DataError(
@@ -33,16 +30,15 @@ def carve(split: Split, fraction: float, seed: int, what: str) -> tuple[Split, S
         )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     # Sorted so that each split keeps the source order; membership alone depends on the seed.
-    carved, rest = perm[:n_carved].sort().values, perm[n_carved:].sort().values
-    return split.take(rest), split.take(carved)
+    return perm[n_carved:].sort().values, perm[:n_carved].sort().values
 
 
-def at_most(split: Split, limit: int | None, seed: int, what: str) -> Split:
-    """At most `limit` items of `split` (data.limit: a smoke-sized run), a seeded draw of its own per split,
-    kept in source order; the whole split when it is not larger or `limit` is None."""
-    if limit is None or len(split) <= limit:
-        return split
+def at_most(n: int, limit: int | None, seed: int, what: str) -> torch.Tensor:
+    """Indices of at most `limit` of n items (data.limit: a smoke-sized run), a seeded draw of its own per
+    split, kept in source order; all n when there are not more or `limit` is None."""
+    if limit is None or n <= limit:
+        return torch.arange(n)
     from genlab.core.runtime import stream  # seeded by a hash of (seed, name), as every other draw of a run
 
-    perm = torch.randperm(len(split), generator=stream(seed, f"data_limit/{what}"))
-    return split.take(perm[:limit].sort().values)
+    perm = torch.randperm(n, generator=stream(seed, f"data_limit/{what}"))
+    return perm[:limit].sort().values

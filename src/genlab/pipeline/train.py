@@ -99,7 +99,8 @@ def set_up(cfg: Config, name: str, device: torch.device, world: World = SINGLE) 
     scorer = None
     if family.fid_every:
         classifier = family.upstreams[family.config_class.SCORED_BY]
-        scorer = fid_monitor(classifier, data.to_unit(data.val.images), family.fid_samples, device, cfg.seed)
+        reference = data.to_unit(data.val.images[: family.fid_samples])  # not the whole split: it may be large
+        scorer = fid_monitor(classifier, reference, family.fid_samples, device, cfg.seed)
     source = source_for(family, data, cfg.data.binarize, upstream_md5)
     check_trainable(cfg.train, source, device)
     return Setup(cfg, where, world, device, data, family, source, view, upstream_md5, scorer)

@@ -24,6 +24,7 @@ from genlab.core import checkpoint
 from genlab.core.errors import CheckpointError, ConfigError, DivergenceError
 from genlab.core.progress import Pace, bar
 from genlab.core.runtime import Rngs, deterministic, stream
+from genlab.data.prepared import Pages
 from genlab.models import Family
 from genlab.models.ema import EMA
 from genlab.training.distributed import SINGLE, World
@@ -186,6 +187,7 @@ def evaluate_split(
     world: World = SINGLE,
     batch_size: int = 1024,
     precision: str = "fp32",
+    pages: Pages | None = None,
 ) -> dict[str, float]:
     """Per-example means of `family.eval_step` over a split. Batch b draws its noise from its own stream
     and the workers take turns over the batches, so any number of workers gives the one-process numbers."""
@@ -195,7 +197,10 @@ def evaluate_split(
         if b % world.size != world.rank:
             continue
         gen = stream(seed, f"val_noise/{epoch}/{b}", family.device)
-        batch = stored[start : start + batch_size].to(family.device)
+        batch = stored[start : start + batch_size]
+        if pages is not None:
+            pages.touched(len(batch), batch[0].nbytes)
+        batch = batch.to(family.device)
         with precision_context(precision, family.device):
             metrics = family.eval_step(to_input(batch, gen), epoch, gen)
         results.append(({k: v.float() for k, v in metrics.items()}, len(batch)))
@@ -285,7 +290,6 @@ class Trainer:
         self.optimisation = Optimisation(family, train, world)
         self.history: list[dict[str, Any]] = []
         self.done, self.best = 0, None
-        self.train_stored = source.train.to(device)
         self.fixed_batch = source.to_input(
             source.val[:SNAPSHOT_BATCH].to(device), stream(seed, "snapshot_batch", device)
         )
@@ -307,7 +311,7 @@ class Trainer:
             # Step 0 is the untrained model: MLflow's image cards open at step 0, so without it they open blank.
             _log_snapshot(tracker, family, self.fixed_batch, seed, 0)
         self.pace = Pace(train.epochs, self.done)
-        self.steps_per_epoch = math.ceil(len(self.train_stored) / train.batch_size)
+        self.steps_per_epoch = math.ceil(len(source.train) / train.batch_size)
 
     def epochs_left(self) -> range:
         return range(self.done + 1, self.train.epochs + 1)
@@ -315,9 +319,9 @@ class Trainer:
     def _train_batches(self, epoch: int) -> dict[str, float]:
         """One pass over the training split in this epoch's order: the per-image means of the train metrics."""
         family, train, world, device = self.family, self.train, self.world, self.family.device
-        n, bs, epochs = len(self.train_stored), train.batch_size, train.epochs
+        n, bs, epochs = len(self.source.train), train.batch_size, train.epochs
         family.train(True)
-        order = torch.randperm(n, generator=self.rngs.order).to(device)
+        order = torch.randperm(n, generator=self.rngs.order)  # on the host, where the (mapped) images are
         batches = []
         for k, i in enumerate(bar(range(0, n, bs), f"{self.label} {epoch}/{epochs}", show=world.main)):
             batch = order[i : i + bs]
@@ -327,8 +331,9 @@ class Trainer:
             self.optimisation.share = len(mine) / len(batch)
             step = (epoch - 1) * self.steps_per_epoch + k
             self.optimisation.set_lr_factor(lr_factor(train.lr_schedule, step, epochs * self.steps_per_epoch))
-            stored = self.train_stored[mine]
-            x = self.source.to_input(stored, self.rngs.noise)
+            stored = self.source.train[mine]
+            self.source.pages.touched(len(stored), stored[0].nbytes)
+            x = self.source.to_input(stored.to(device), self.rngs.noise)
             with precision_context(train.precision, device):
                 metrics = family.train_step(x, epoch, self.rngs.noise, self.optimisation.update)
             batches.append(({k: v.float() for k, v in metrics.items()}, len(stored)))
@@ -349,7 +354,14 @@ class Trainer:
             )
         world.average_buffers(family.modules.values())
         val_metrics = evaluate_split(
-            family, self.source.val, self.source.to_input, epoch, self.seed, world, precision=self.train.precision
+            family,
+            self.source.val,
+            self.source.to_input,
+            epoch,
+            self.seed,
+            world,
+            precision=self.train.precision,
+            pages=self.source.pages,
         )
         seconds = time.perf_counter() - began
         if self.scorer is not None and scores_due(family, epoch, self.train.epochs):

@@ -1,0 +1,28 @@
+"""One training process for tests/test_data.py's memory test: python tests/rss_worker.py PREPARED EPOCHS PAGE_BUDGET
+
+Trains the tiny Bernoulli VAE for EPOCHS (batches of 64, binarised) on PREPARED, mapped as the train stage maps it,
+with pages handed back every PAGE_BUDGET bytes read; then prints its peak resident memory in KiB: VmHWM, as
+ru_maxrss would include the RSS of the parent it was forked from.
+"""
+
+import sys
+from pathlib import Path
+
+from genlab.config.experiment import config_from_dict
+from genlab.data import load_prepared, prepared
+
+from families import TINY_FAMILIES, train_run
+
+
+def main(folder: str, epochs: str, budget: str) -> None:
+    prepared.PAGE_BUDGET = int(budget)
+    data = load_prepared(Path(folder))
+    train = {"epochs": int(epochs), "batch_size": 64}
+    vae = {**TINY_FAMILIES["vae"], "likelihood": "bernoulli"}  # the cheapest per pixel
+    train_run(config_from_dict({"vae": vae, "data": {"binarize": "dynamic"}, "train": train}), data)
+    with open("/proc/self/status") as status:
+        print(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
