@@ -1,7 +1,7 @@
 """One training process for tests/test_data.py's memory test: python tests/rss_worker.py PREPARED EPOCHS PAGE_BUDGET
 
 Trains the tiny Bernoulli VAE for EPOCHS (batches of 64, binarised) on PREPARED, mapped as the train stage maps it,
-with pages handed back every PAGE_BUDGET bytes read; then prints its peak resident memory in KiB: VmHWM, as
+its batches read (not mapped) past PAGE_BUDGET bytes of images; then prints its peak resident memory in KiB: VmHWM, as
 ru_maxrss would include the RSS of the parent it was forked from.
 """
 

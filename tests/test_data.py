@@ -605,7 +605,7 @@ def _synthetic_prepared(out: Path, n_train: int, side: int = 112) -> int:
 
 
 def test_training_memory_does_not_grow_with_the_dataset(tmp_path):
-    """The train stage maps images.u8 and hands pages back as it reads: an epoch over 9x the data (+50 MB)
+    """The train stage maps images.u8 and reads its batches past PAGE_BUDGET: an epoch over 9x the data (+50 MB)
     leaves the peak RSS within a few MB, where loading the data would add its size. glibc's heap is held
     to a fixed mmap threshold here: by default it grows over a run's first few hundred steps, whatever the
     data (to a plateau; fixing it costs speed, so genlab leaves it)."""

@@ -207,7 +207,7 @@ def load(cfg: Settings) -> RawData:
         raise DataError(f"no usable images in {root} (looked recursively for {', '.join(EXTENSIONS)}): "
                         f"set data.path to {_LAYOUT}")  # fmt: skip
     pixels.flush()
-    stacked = map_file(pixels)[0].view(len(read), cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
+    stacked = map_file(pixels).view(len(read), cfg.data.channels, cfg.data.image_size, cfg.data.image_size)
     pixels.close()  # the map keeps the file until it is dropped
     labels = [classes.index(rel.parts[0]) if classes else 0 for rel in read]
     return RawData(

@@ -1,9 +1,8 @@
 """The prepared dataset on disk, written atomically: images.u8 (every split's uint8 images, train then val then
 test, one flat C-order array), labels.i64 and manifest.json, which vouches for both with their md5.
 
-Stages map images.u8 instead of loading it, so a dataset larger than memory trains: a batch is gathered from
-the pages its indices touch, and `Pages.touched` hands pages back to the page cache as reading goes on, so
-the process's resident memory stays bounded whatever the dataset's size. The token data (genlab.data.tokens)
+Stages map images.u8 instead of loading it, so a dataset larger than memory trains: the training loop gathers
+its batches through `Rows`, which keeps the process's resident memory bounded whatever the dataset's size. The token data (genlab.data.tokens)
 is small and keeps one torch file (DATA_FILE).
 """
 
@@ -14,6 +13,7 @@ import hashlib
 import io
 import json
 import mmap
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,41 +32,41 @@ FORMAT_VERSION = 2  # of the prepared data and of the token data; 2: images memo
 SPLITS = ("train", "val", "test")
 _FIX = "run `dvc repro download` to prepare it again"
 CHUNK = 8 << 20  # bytes read or written at a time when streaming a prepared file
-PAGE_BUDGET = 64 << 20  # mapped bytes read between two hand-backs of their pages (see Pages)
-FAULT_AROUND = 64 << 10  # what Linux maps around a faulting page of a file (its default fault_around_bytes)
+PAGE_BUDGET = 64 << 20  # prepared images up to this size are gathered from their map, larger ones read (Rows)
 
 
-class Pages:
-    """The memory maps of a prepared dataset and how much of them was read since their pages were last handed
-    back. Mapped pages count in the process's RSS until released; MADV_DONTNEED drops them from this process
-    (the kernel keeps them cached: a re-read costs a minor fault, not a disk read). Resident mapped data thus
-    stays under PAGE_BUDGET plus one batch's pages."""
+class Rows:
+    """How the training loop gathers a batch of stored images: from a dataset under PAGE_BUDGET bytes by
+    indexing its map; from a larger one by reading each row with pread. A mapped page stays in the process's
+    RSS once touched (and a fault maps far more than one row), so an epoch of random batches would make the
+    whole dataset resident; pread leaves the pages to the kernel's cache, and RSS stays bounded whatever the
+    dataset's size."""
 
-    def __init__(self, maps: tuple[mmap.mmap, ...] = ()):
-        self.maps, self.read = maps, 0
-        self.mapped = sum(len(m) for m in maps)
+    def __init__(self, path: Path | None = None):
+        self.fd = os.open(path, os.O_RDONLY) if path is not None and path.stat().st_size > PAGE_BUDGET else None
 
-    def touched(self, rows: int, row_bytes: int) -> None:
-        """`rows` rows of `row_bytes` each were read, possibly scattered: a fault maps FAULT_AROUND bytes
-        around it as well, so each counts for that much more."""
-        if self.mapped <= PAGE_BUDGET:  # all of it fits the budget: nothing to hand back
-            return
-        self.read += rows * (row_bytes + FAULT_AROUND)
-        if self.read >= PAGE_BUDGET:
-            self.release()
+    def gather(self, stored: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """stored[index] for `stored`, a view of the mapped file (or any tensor, when nothing was mapped)."""
+        if self.fd is None:
+            return stored[index]
+        out = torch.empty((len(index), *stored.shape[1:]), dtype=stored.dtype)
+        row, base, view = stored[0].nbytes, stored.storage_offset() * stored.element_size(), out.numpy().data.cast("B")
+        rows = index.tolist()
+        runs = [(0, rows[0], len(rows))] if rows == list(range(rows[0], rows[0] + len(rows))) else (
+            (k, i, 1) for k, i in enumerate(rows)
+        )  # fmt: skip
+        for k, i, count in runs:  # one read for a run of consecutive rows (a validation batch), else one per row
+            if os.preadv(self.fd, [view[k * row : (k + count) * row]], base + i * row) != count * row:
+                raise DataError(f"prepared data file shrank while being read: {_FIX}")
+        return out
 
-    def release(self) -> None:
-        for m in self.maps:
-            m.madvise(mmap.MADV_DONTNEED)
-        self.read = 0
 
-
-def map_file(file, dtype: torch.dtype = torch.uint8) -> tuple[torch.Tensor, mmap.mmap]:
+def map_file(file, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
     """A flat tensor over a whole file (a path or an open binary file), copy-on-write so torch may hold it
-    as writable, though nothing writes to it; and the map, for `Pages`."""
+    as writable, though nothing writes to it."""
     with open(file, "rb") if isinstance(file, (str, Path)) else contextlib.nullcontext(file) as f:
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # holds its own descriptor
-    return torch.frombuffer(mapped, dtype=dtype), mapped
+    return torch.frombuffer(mapped, dtype=dtype)
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class PreparedData:
     test: Split
     max_value: int  # the raw pixel value that means 1.0
     manifest: dict
-    pages: Pages = field(default_factory=Pages, compare=False, repr=False)
+    rows: Rows = field(default_factory=Rows, compare=False, repr=False)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -201,9 +201,8 @@ def load_prepared(out_dir: str | Path) -> PreparedData:
     got, expected = _streamed_md5(files), manifest.get("prepared_md5")
     if got != expected:
         raise DataError(f"prepared data in {out} is corrupted: md5 {got}, {MANIFEST_FILE} expects {expected}: {_FIX}")
-    images, mapped = map_file(files[0])
-    images = images.view(n, *shape)
+    images = map_file(files[0]).view(n, *shape)
     labels = torch.from_numpy(np.fromfile(files[1], dtype="<i8").astype(np.int64))
     ends = np.cumsum(sizes).tolist()
     splits = {name: Split(images[end - size : end], labels[end - size : end]) for name, size, end in zip(SPLITS, sizes, ends)}
-    return PreparedData(**splits, max_value=int(manifest["max_value"]), manifest=manifest, pages=Pages((mapped,)))
+    return PreparedData(**splits, max_value=int(manifest["max_value"]), manifest=manifest, rows=Rows(files[0]))

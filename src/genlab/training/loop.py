@@ -24,7 +24,7 @@ from genlab.core import checkpoint
 from genlab.core.errors import CheckpointError, ConfigError, DivergenceError
 from genlab.core.progress import Pace, bar
 from genlab.core.runtime import Rngs, deterministic, stream
-from genlab.data.prepared import Pages
+from genlab.data.prepared import Rows
 from genlab.models import Family
 from genlab.models.ema import EMA
 from genlab.training.distributed import SINGLE, World
@@ -187,7 +187,7 @@ def evaluate_split(
     world: World = SINGLE,
     batch_size: int = 1024,
     precision: str = "fp32",
-    pages: Pages | None = None,
+    rows: Rows | None = None,
 ) -> dict[str, float]:
     """Per-example means of `family.eval_step` over a split. Batch b draws its noise from its own stream
     and the workers take turns over the batches, so any number of workers gives the one-process numbers."""
@@ -197,9 +197,8 @@ def evaluate_split(
         if b % world.size != world.rank:
             continue
         gen = stream(seed, f"val_noise/{epoch}/{b}", family.device)
-        batch = stored[start : start + batch_size]
-        if pages is not None:
-            pages.touched(len(batch), batch[0].nbytes)
+        end = min(start + batch_size, len(stored))
+        batch = stored[start:end] if rows is None else rows.gather(stored, torch.arange(start, end))
         batch = batch.to(family.device)
         with precision_context(precision, family.device):
             metrics = family.eval_step(to_input(batch, gen), epoch, gen)
@@ -331,8 +330,7 @@ class Trainer:
             self.optimisation.share = len(mine) / len(batch)
             step = (epoch - 1) * self.steps_per_epoch + k
             self.optimisation.set_lr_factor(lr_factor(train.lr_schedule, step, epochs * self.steps_per_epoch))
-            stored = self.source.train[mine]
-            self.source.pages.touched(len(stored), stored[0].nbytes)
+            stored = self.source.rows.gather(self.source.train, mine)
             x = self.source.to_input(stored.to(device), self.rngs.noise)
             with precision_context(train.precision, device):
                 metrics = family.train_step(x, epoch, self.rngs.noise, self.optimisation.update)
@@ -361,7 +359,7 @@ class Trainer:
             self.seed,
             world,
             precision=self.train.precision,
-            pages=self.source.pages,
+            rows=self.source.rows,
         )
         seconds = time.perf_counter() - began
         if self.scorer is not None and scores_due(family, epoch, self.train.epochs):

@@ -14,7 +14,7 @@ import torch
 from genlab.core import paths
 from genlab.core.errors import DataError
 from genlab.data import PreparedData
-from genlab.data.prepared import Pages
+from genlab.data.prepared import Rows
 from genlab.data.tokens import load_tokens
 from genlab.models import Family
 
@@ -22,14 +22,14 @@ from genlab.models import Family
 @dataclass(frozen=True)
 class Source:
     """Stored train/val/test arrays (uint8 images, or token ids with the label as last column) and the map
-    from a stored batch to the model's input, which may draw noise; `pages` is told of every batch read from
-    them, so that mapped images do not pile up in memory."""
+    from a stored batch to the model's input, which may draw noise; batches are gathered by `rows`, which
+    reads a large mapped dataset without making it resident."""
 
     train: torch.Tensor
     val: torch.Tensor
     test: torch.Tensor
     to_input: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-    pages: Pages = field(default_factory=Pages)
+    rows: Rows = field(default_factory=Rows)
 
 
 def input_levels(data: PreparedData, binarize: str) -> int:
@@ -43,7 +43,7 @@ def image_source(data: PreparedData, binarize: str) -> Source:
         to_input = lambda u8, gen: torch.bernoulli(data.to_unit(u8), generator=gen)  # noqa: E731
     else:
         to_input = lambda u8, gen: data.to_unit(u8)  # noqa: E731
-    return Source(data.train.images, data.val.images, data.test.images, to_input, data.pages)
+    return Source(data.train.images, data.val.images, data.test.images, to_input, data.rows)
 
 
 def token_source(tokenizer_md5: str) -> Source:
