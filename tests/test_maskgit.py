@@ -12,6 +12,7 @@ import torch
 from genlab.config.sections import TrainConfig
 from genlab.core import checkpoint, paths
 from genlab.core.errors import DataError
+from genlab.data.prepared import FORMAT_VERSION
 from genlab.data.tokens import load_tokens, write_tokens
 from genlab.training.loop import NullTracker, fit
 from genlab.training.sources import Source, token_source
@@ -32,7 +33,7 @@ def _tokens(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _write(folder, md5="a" * 32):
     splits = {"train": _tokens(64, 0), "val": _tokens(16, 1), "test": _tokens(16, 2)}
-    manifest = {"format_version": 1, "tokenizer_md5": md5, "sequence_length": 8, "vocabulary": 8}
+    manifest = {"format_version": FORMAT_VERSION, "tokenizer_md5": md5, "sequence_length": 8, "vocabulary": 8}
     write_tokens(folder, {k: v[0] for k, v in splits.items()}, {k: v[1] for k, v in splits.items()}, manifest)
     return splits
 

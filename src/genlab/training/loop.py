@@ -192,7 +192,7 @@ def evaluate_split(
     """Per-example means of `family.eval_step` over a split. Batch b draws its noise from its own stream
     and the workers take turns over the batches, so any number of workers gives the one-process numbers."""
     family.train(False)
-    results = []
+    results = world.sums()
     for b, start in enumerate(range(0, len(stored), batch_size)):
         if b % world.size != world.rank:
             continue
@@ -202,7 +202,7 @@ def evaluate_split(
         batch = batch.to(family.device)
         with precision_context(precision, family.device):
             metrics = family.eval_step(to_input(batch, gen), epoch, gen)
-        results.append(({k: v.float() for k, v in metrics.items()}, len(batch)))
+        results.add(metrics, len(batch))
     return world.reduce_means(results)
 
 
@@ -321,7 +321,7 @@ class Trainer:
         n, bs, epochs = len(self.source.train), train.batch_size, train.epochs
         family.train(True)
         order = torch.randperm(n, generator=self.rngs.order)  # on the host, where the (mapped) images are
-        batches = []
+        batches = world.sums()
         for k, i in enumerate(bar(range(0, n, bs), f"{self.label} {epoch}/{epochs}", show=world.main)):
             batch = order[i : i + bs]
             if len(batch) < world.size:  # a last partial batch too small to give every worker an image
@@ -334,7 +334,7 @@ class Trainer:
             x = self.source.to_input(stored.to(device), self.rngs.noise)
             with precision_context(train.precision, device):
                 metrics = family.train_step(x, epoch, self.rngs.noise, self.optimisation.update)
-            batches.append(({k: v.float() for k, v in metrics.items()}, len(stored)))
+            batches.add(metrics, len(stored))
         return world.reduce_means(batches)
 
     def epoch(self, epoch: int) -> tuple[dict[str, Any], dict[str, float]]:
