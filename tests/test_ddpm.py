@@ -348,3 +348,16 @@ def test_bf16_sampling_autocasts_and_puts_convolutions_channels_last(monkeypatch
         bf16 = model.sample(4, gen(1))
     assert bf16.dtype == torch.float32 and bf16.min() >= 0 and bf16.max() <= 1
     assert 0 < (bf16 - fp32).abs().mean() < 0.05  # moved by rounding, not another sample
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_ddim_in_chunks_draws_the_same_noise_and_gives_the_same_samples(eta):
+    """`chunk` only splits the network's calls: every image takes each step before any takes the next and the
+    η noise is drawn for the whole batch, so only float rounding of the smaller calls can differ."""
+    model = make_ddpm(timesteps=20)
+    x_T = model.prior(7, gen(2))
+    whole = model.process.ddim_sample(model.ema, x_T, 5, eta, gen(3))
+    for chunk in (7, 3, 1):
+        chunked = model.process.ddim_sample(model.ema, x_T, 5, eta, gen(3), chunk=chunk)
+        torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-4)
+    assert model.chunk == 64  # on a CPU the family samples in chunks of CPU_SAMPLE_CHUNK
