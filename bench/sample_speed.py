@@ -22,7 +22,7 @@ call / its seconds):
 --quality trains the default digits DDPM for --epochs and scores --samples DDIM samples (50 steps) in fp32 and
 in bf16 from the same noise with the domain classifier: the shift bf16 makes in domain FID/IS/precision/recall.
 
-    cd /work/wt-sampling && PYTHONPATH=src .venv/bin/python bench/sample_speed.py [--device auto] [--threads N]
+    cd /work/main && PYTHONPATH=src .venv/bin/python bench/sample_speed.py [--device auto] [--threads N]
         [--samplers ddim10 ddim50 flowmo maskgit] [--settings before fp32 bf16 bf16+cl compile] [--quality]
 """
 
