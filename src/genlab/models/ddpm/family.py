@@ -22,7 +22,7 @@ from genlab.models.ema import EMA
 from genlab.processes.gaussian_diffusion import GaussianDiffusion
 
 TRAJECTORY_ROWS, TRAJECTORY_FRAMES = 8, 11
-# Images the U-Net sees at a time when sampling on a CPU: 28x28 DDIM ran 1.25-1.3x faster in chunks of 64 than
+# Images the U-Net sees at a time when sampling on a CPU: 28x28 DDIM ran 1.2-1.5x faster in chunks of 64 than
 # in evaluate's batches of 256 (activations in cache; docs/benchmarks.md §13). A GPU takes the whole batch.
 CPU_SAMPLE_CHUNK = 64
 
