@@ -7,8 +7,8 @@ mode of `genlab.core.runtime.deterministic` writes every new tensor once before 
 bfloat16 autocast. fp32 gives the same numbers as before, bit for bit; bf16 moves them (docs/benchmarks.md §13).
 
 bf16 is refused where the device has no bfloat16 arithmetic: a CPU without AVX512-BF16 or AMX emulates it,
-several times slower than fp32 (4x on a 2-core AVX-512 Xeon), so asking for it there is a mistake, not a
-setting to fall back from silently (the metrics would then depend on the machine the stage ran on).
+several times slower than fp32 (2.5-4x for the U-Net on a 2-core AVX-512 Xeon), so asking for it there is a
+mistake, not a setting to fall back from silently (the metrics would then depend on the machine it ran on).
 """
 
 from __future__ import annotations
