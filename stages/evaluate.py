@@ -10,6 +10,7 @@ train vs test images) read both. Every sample metric has its bootstrap spread `<
 """
 
 from genlab.core import atomic, paths
+from genlab.core.inference import sampling
 from genlab.core.progress import step
 from genlab.core.runtime import stream
 from genlab.evaluation.classifier import load_classifier
@@ -29,12 +30,14 @@ def image_quality(t: Trained, batch_size: int) -> dict[str, float]:
     classifier = load_classifier(paths.CLASSIFIER, t.device, data_md5=data.checksum)
     test, train = real_pair(data, n, stream(cfg.seed, "real_train_pick"))
     images = {}
-    if isinstance(family, Generative):
-        gen = stream(cfg.seed, "eval_samples", t.device)
-        images["generated"] = sample_in_batches(family.sample, n, gen, batch_size)
+    with sampling(cfg.sample.precision, t.device):  # inference mode; bf16 autocast if sample.precision asks
+        if isinstance(family, Generative):
+            gen = stream(cfg.seed, "eval_samples", t.device)
+            images["generated"] = sample_in_batches(family.sample, n, gen, batch_size)
+        if isinstance(family, Reconstructor):
+            gen = stream(cfg.seed, "eval_reconstructions", t.device)
+            images["recon"] = reconstruct_in_batches(family.reconstruct, test, gen, batch_size)
     if isinstance(family, Reconstructor):
-        gen = stream(cfg.seed, "eval_reconstructions", t.device)
-        images["recon"] = reconstruct_in_batches(family.reconstruct, test, gen, batch_size)
         images["labels"] = data.test.labels[:n]
     inception = {"weights": cfg.evaluate.inception_weights, "device": t.device} if cfg.evaluate.inception_fid else None
     train_all = data.to_unit(data.train.images)

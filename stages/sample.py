@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from genlab.core import paths
+from genlab.core.inference import sampling
 from genlab.core.progress import step
 from genlab.core.runtime import stream, stream_seed
 from genlab.core.visualise import plot_class_histogram, plot_curves, plot_latent_map, save_grid
@@ -57,16 +58,9 @@ def generation_figures(t: Trained, test: torch.Tensor, out) -> None:
     class_histogram(t, s.class_samples, out / "class_histogram.png")
 
 
-@torch.no_grad()
-def run() -> None:
-    args = stage_args(__doc__.splitlines()[0])
-    t = load_trained("sample", args.name, args.family)
-    cfg, device, family, data = t.cfg, t.device, t.family, t.data
-    s = cfg.sample
-    out = t.paths.samples
-    out.mkdir(parents=True, exist_ok=True)
-    test = data.to_unit(data.test.images.to(device))
-
+def figures(t: Trained, test: torch.Tensor, out) -> None:
+    """Every figure of the family's images: samples, reconstructions, latent map, the family's own."""
+    cfg, family, s, device = t.cfg, t.family, t.cfg.sample, t.device
     if isinstance(family, Generative):
         with step("sample", f"{s.n} samples, latent walks and the class histogram of {s.class_samples}"):
             generation_figures(t, test, out)
@@ -77,10 +71,24 @@ def run() -> None:
     if isinstance(family, Encoder):
         with step("sample", f"the latent map of {len(test)} test images"):
             points, how = latent_map(family, test, s.latent_map, stream_seed(cfg.seed, "latent_map") % 2**32)
-            plot_latent_map(points, data.test.labels.numpy(), f"test set: {how}", out / "latent_map.png")
+            plot_latent_map(points, t.data.test.labels.numpy(), f"test set: {how}", out / "latent_map.png")
     if isinstance(family, ExtraFigures):
         with step("sample", f"the {family.name} figures"):
             family.figures(out, cfg.seed, test[:16])
+
+
+@torch.no_grad()
+def run() -> None:
+    args = stage_args(__doc__.splitlines()[0])
+    t = load_trained("sample", args.name, args.family)
+    cfg, device, family, data = t.cfg, t.device, t.family, t.data
+    s = cfg.sample
+    out = t.paths.samples
+    out.mkdir(parents=True, exist_ok=True)
+    test = data.to_unit(data.test.images.to(device))
+
+    with sampling(s.precision, device):  # inference mode; bf16 autocast if sample.precision asks
+        figures(t, test, out)
     history = pd.read_csv(t.paths.history).to_dict("records")
     plot_curves(history, family.curves, out / "curves.png")
 

@@ -9,7 +9,10 @@ from sklearn.datasets import load_digits
 from torch.distributions import Normal, kl_divergence
 
 from genlab.core.errors import ConfigError
+from genlab.core.inference import bf16_unsupported, check_precision, sampling
+from genlab.evaluation.scoring import sample_in_batches
 from genlab.models.ddpm.unet import UNet
+from genlab.pipeline.trained import prepare_networks
 from genlab.processes.gaussian_diffusion import Schedule
 
 from families import CPU, Stepper, family_config, make_family
@@ -284,3 +287,77 @@ def test_trained_tiny_model_bound_lies_between_zero_and_the_uniform_code(digits)
     assert 0 < trained["bpd"] < math.log2(17) - 3 * trained["bpd_stderr"]
     assert trained["bpd"] < untrained["bpd"]
     assert trained["prior_bpd"] < 1e-3
+
+
+# --- sampling at the hardware's pace (genlab.core.inference; sample.precision, sample.compile) ---------------
+def _capabilities(monkeypatch, **flags):
+    """Pretend the CPU has (or lacks) the bf16 instruction sets torch reports."""
+    caps = {**torch.cpu.get_capabilities(), "avx512_bf16": False, "amx_bf16": False, **flags}
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+
+
+def test_fp32_sampling_context_gives_the_samples_of_before_bit_for_bit():
+    model = make_ddpm(timesteps=20, sampler_steps=5)
+    before = model.sample(6, gen(1))
+    with sampling("fp32", CPU):
+        after = model.sample(6, gen(1))
+        again = model.sample(6, gen(1))
+    assert torch.equal(after, before) and torch.equal(again, before)  # deterministic, and today's samples
+    assert after.is_inference() and after.shape == (6, 1, 8, 8) and after.dtype == torch.float32
+    assert after.min() >= 0 and after.max() <= 1
+
+
+def test_samples_do_not_depend_on_the_batches_they_are_drawn_in():
+    """The noise of n images is the same drawn in one batch or several (same generator order), so the batch
+    size of evaluate/sample changes no image beyond float rounding of differently blocked kernels."""
+    model = make_ddpm(timesteps=20, sampler_steps=5, channels=8)
+    with sampling("fp32", CPU):
+        noise = [sample_in_batches(model.prior, 10, gen(5), bs) for bs in (10, 4, 3)]
+        images = [sample_in_batches(model.sample, 10, gen(5), bs) for bs in (10, 4, 3)]
+    assert torch.equal(noise[0], noise[1]) and torch.equal(noise[0], noise[2])
+    for other in images[1:]:
+        torch.testing.assert_close(other, images[0], rtol=0, atol=1e-4)
+
+
+def test_bf16_sampling_is_refused_on_a_cpu_without_bf16_units(monkeypatch):
+    _capabilities(monkeypatch)
+    assert "neither AVX512-BF16 nor AMX" in bf16_unsupported(CPU)
+    with pytest.raises(ConfigError, match=r"sample\.precision = bf16 on cpu: .*neither AVX512-BF16 nor AMX.*use fp32"):
+        check_precision("bf16", CPU)
+    with pytest.raises(ConfigError, match="AVX512-BF16"), sampling("bf16", CPU):
+        pass
+    check_precision("fp32", CPU)  # fp32 runs anywhere
+    model = make_ddpm()
+    with pytest.raises(ConfigError, match="AVX512-BF16"):
+        prepare_networks(model, "bf16", compile=False)
+
+
+@pytest.mark.parametrize("unit", ["avx512_bf16", "amx_bf16"])
+def test_bf16_sampling_autocasts_and_puts_convolutions_channels_last(monkeypatch, unit):
+    _capabilities(monkeypatch, **{unit: True})
+    assert bf16_unsupported(CPU) is None
+    model = make_ddpm(timesteps=20, sampler_steps=5)
+    fp32 = model.sample(4, gen(1))
+    conv = model.ema.module.stem.weight
+    prepare_networks(model, "fp32", compile=False)
+    assert conv.is_contiguous()  # fp32 leaves the networks as they were
+    prepare_networks(model, "bf16", compile=False)
+    assert model.ema.module.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    with sampling("bf16", CPU):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        bf16 = model.sample(4, gen(1))
+    assert bf16.dtype == torch.float32 and bf16.min() >= 0 and bf16.max() <= 1
+    assert 0 < (bf16 - fp32).abs().mean() < 0.05  # moved by rounding, not another sample
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+def test_ddim_in_chunks_draws_the_same_noise_and_gives_the_same_samples(eta):
+    """`chunk` only splits the network's calls: every image takes each step before any takes the next and the
+    η noise is drawn for the whole batch, so only float rounding of the smaller calls can differ."""
+    model = make_ddpm(timesteps=20)
+    x_T = model.prior(7, gen(2))
+    whole = model.process.ddim_sample(model.ema, x_T, 5, eta, gen(3))
+    for chunk in (7, 3, 1):
+        chunked = model.process.ddim_sample(model.ema, x_T, 5, eta, gen(3), chunk=chunk)
+        torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-4)
+    assert model.chunk == 64  # on a CPU the family samples in chunks of CPU_SAMPLE_CHUNK

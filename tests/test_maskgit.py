@@ -12,12 +12,13 @@ import torch
 from genlab.config.sections import TrainConfig
 from genlab.core import checkpoint, paths
 from genlab.core.errors import DataError
+from genlab.core.inference import sampling
 from genlab.data.prepared import FORMAT_VERSION
 from genlab.data.tokens import load_tokens, write_tokens
 from genlab.training.loop import NullTracker, fit
 from genlab.training.sources import Source, token_source
 
-from families import Stepper, batch, make_family
+from families import CPU, Stepper, batch, make_family
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -88,3 +89,21 @@ def test_guided_prior_draws_token_sequences_the_tokenizer_decodes():
     tokens = family.prior(6, gen(2))
     assert tokens.shape == (6, 8) and tokens.dtype == torch.int64 and int(tokens.max()) < 8
     assert family.generate(tokens).shape == (6, 1, 8, 8) and not family.walkable
+
+
+def test_sampling_context_decodes_tokens_and_images_as_before(monkeypatch):
+    """MaskGIT's decoding and its tokenizer's (FlowMo's) under the stages' inference context: fp32 gives the
+    same images bit for bit; bf16 (the CPU pretended to have AVX512-BF16) stays in [0, 1], close to them."""
+    family = make_family("maskgit", guidance=2.0, decode_steps=4)
+    family.train(False)
+    before = family.sample(5, gen(3))
+    with sampling("fp32", CPU):
+        after = family.sample(5, gen(3))
+        reconstructed = family.tokenizer.reconstruct(before, gen(4))
+    assert torch.equal(after, before) and after.is_inference()
+    assert torch.equal(reconstructed, family.tokenizer.reconstruct(before, gen(4)))
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx512_bf16": True})
+    with sampling("bf16", CPU):
+        bf16 = family.tokenizer.reconstruct(before, gen(4))
+    assert bf16.dtype == torch.float32 and bf16.min() >= 0 and bf16.max() <= 1
+    assert (bf16 - reconstructed).abs().mean() < 0.05

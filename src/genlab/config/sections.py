@@ -13,6 +13,7 @@ from genlab.core.schema import (
     MAX_EPOCHS,
     MAX_IMAGES,
     MAX_WIDTH,
+    SAMPLING,
     between,
     key,
     positive,
@@ -98,3 +99,12 @@ class SampleConfig:
     interpolation_pairs: int = key(8, between(1, 64))
     latent_map: Literal["pca", "tsne"] = key("pca", doc="families with an encoder")
     class_samples: int = key(1000, between(1, MAX_IMAGES), doc="generated images classified for class_histogram.png")
+    precision: Literal["fp32", "bf16"] = key(
+        "fp32",
+        stages=SAMPLING,
+        doc="bf16: autocast (and channels-last conv weights) while evaluate and sample make images; needs CUDA "
+        "or a CPU with AVX512-BF16 or AMX; moves the metrics a little (docs/benchmarks.md §13)",
+    )
+    compile: bool = key(
+        False, stages=SAMPLING, doc="torch.compile the networks evaluate and sample run (compilation first: ~1 min)"
+    )

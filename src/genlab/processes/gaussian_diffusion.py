@@ -232,18 +232,25 @@ class GaussianDiffusion:
         eta: float,
         gen: torch.Generator | None,
         return_trajectory: bool = False,
+        chunk: int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """DDIM (Song et al. 2021) on `steps` evenly spaced timesteps from T to 0.
 
         η = 0 is deterministic (gen unused); steps = T with η = 1 is ancestral DDPM with variance β̃_t,
         drawing the same noise from `gen` as `ddpm_sample`. With `return_trajectory`, also returns the
-        chain's states x_T, ..., x_0 stacked as (steps + 1, N, C, H, W).
+        chain's states x_T, ..., x_0 stacked as (steps + 1, N, C, H, W). `chunk`: the network sees at most
+        that many images at a time (every image still takes each step before any takes the next, and the
+        noise is drawn for the whole batch, so `chunk` changes no draw): smaller batches run faster where
+        the activations then stay in the CPU's caches (docs/benchmarks.md §13).
         """
         x, states = x_T, [x_T]
         times = self.schedule.ddim_times(steps)
         for t, s in itertools.pairwise(times):
             tt = self._full(len(x), t, x.device)
-            x0 = self.predict_x0(net, x, tt)
+            if chunk is None or chunk >= len(x):
+                x0 = self.predict_x0(net, x, tt)
+            else:
+                x0 = torch.cat([self.predict_x0(net, xc, tc) for xc, tc in zip(x.split(chunk), tt.split(chunk))])
             eps = self.schedule.eps_from_x0(x, tt, x0)  # consistent with the clipped x̂_0
             a, b, sigma = self.schedule.ddim_coefficients(t, s, eta)
             x = a * x0 + b * eps
