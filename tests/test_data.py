@@ -25,8 +25,8 @@ from sklearn.datasets import load_digits
 
 from genlab.config.experiment import config_from_dict
 from genlab.core.errors import ConfigError, DataError
-from genlab.data import IMAGES_FILE, MANIFEST_FILE, PreparedData, image_folder, load_prepared, prepare
-from genlab.data.prepared import FORMAT_VERSION, LABELS_FILE, write_prepared
+from genlab.data import IMAGES_FILE, MANIFEST_FILE, PreparedData, image_folder, load_prepared, prepare, prepared
+from genlab.data.prepared import FORMAT_VERSION, LABELS_FILE, Rows, write_prepared
 from genlab.data.splits import Split
 
 REPO = Path(__file__).resolve().parents[1]
@@ -619,3 +619,14 @@ def test_training_memory_does_not_grow_with_the_dataset(tmp_path):
     grown, data_grown = peaks[1] - peaks[0], sizes[1] - sizes[0]
     assert data_grown > 50e6
     assert grown < 10e6, f"peak RSS grew {grown / 1e6:.0f} MB for {data_grown / 1e6:.0f} MB more data: {peaks}"
+
+
+def test_rows_read_from_the_file_equal_rows_gathered_from_the_map(tmp_path, monkeypatch):
+    prepare(_cfg(), tmp_path)
+    monkeypatch.setattr(prepared, "PAGE_BUDGET", 1)  # every dataset counts as large: batches are read
+    data = load_prepared(tmp_path)
+    assert data.rows.fd is not None and Rows(tmp_path / IMAGES_FILE).fd is not None
+    for split in (data.train, data.val, data.test):  # each split at its own offset in the file
+        shuffled, run = torch.randperm(len(split))[:50], torch.arange(3, 40)
+        for index in (shuffled, run, run[:0]):
+            assert torch.equal(data.rows.gather(split.images, index), split.images[index])

@@ -2,8 +2,8 @@
 test, one flat C-order array), labels.i64 and manifest.json, which vouches for both with their md5.
 
 Stages map images.u8 instead of loading it, so a dataset larger than memory trains: the training loop gathers
-its batches through `Rows`, which keeps the process's resident memory bounded whatever the dataset's size. The token data (genlab.data.tokens)
-is small and keeps one torch file (DATA_FILE).
+its batches through `Rows`, which keeps the process's resident memory bounded whatever the dataset's size.
+The token data (genlab.data.tokens) is small and keeps one torch file (DATA_FILE).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Rows:
 
     def gather(self, stored: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """stored[index] for `stored`, a view of the mapped file (or any tensor, when nothing was mapped)."""
-        if self.fd is None:
+        if self.fd is None or len(index) == 0:
             return stored[index]
         out = torch.empty((len(index), *stored.shape[1:]), dtype=stored.dtype)
         row, base, view = stored[0].nbytes, stored.storage_offset() * stored.element_size(), out.numpy().data.cast("B")
@@ -61,12 +61,12 @@ class Rows:
         return out
 
 
-def map_file(file, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
-    """A flat tensor over a whole file (a path or an open binary file), copy-on-write so torch may hold it
-    as writable, though nothing writes to it."""
+def map_file(file) -> torch.Tensor:
+    """A flat uint8 tensor over a whole file (a path or an open binary file), copy-on-write so torch may hold
+    it as writable, though nothing writes to it."""
     with open(file, "rb") if isinstance(file, (str, Path)) else contextlib.nullcontext(file) as f:
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # holds its own descriptor
-    return torch.frombuffer(mapped, dtype=dtype)
+    return torch.frombuffer(mapped, dtype=torch.uint8)
 
 
 @dataclass(frozen=True)
