@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from genlab.core import atomic
-from genlab.data.checksums import md5_bytes
+from genlab.data.checksums import md5_bytes, md5_file
 from genlab.data.splits import Split
 from genlab.core.errors import DataError
 
@@ -31,7 +31,7 @@ MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 2  # of the prepared data and of the token data; 2: images memory-mapped from IMAGES_FILE
 SPLITS = ("train", "val", "test")
 _FIX = "run `dvc repro download` to prepare it again"
-CHUNK = 8 << 20  # bytes read or written at a time when streaming a prepared file
+CHUNK = 8 << 20  # bytes written at a time when streaming a prepared file
 PAGE_BUDGET = 64 << 20  # prepared images up to this size are gathered from their map, larger ones read (Rows)
 
 
@@ -52,10 +52,11 @@ class Rows:
         out = torch.empty((len(index), *stored.shape[1:]), dtype=stored.dtype)
         row, base, view = stored[0].nbytes, stored.storage_offset() * stored.element_size(), out.numpy().data.cast("B")
         rows = index.tolist()
-        runs = [(0, rows[0], len(rows))] if rows == list(range(rows[0], rows[0] + len(rows))) else (
-            (k, i, 1) for k, i in enumerate(rows)
-        )  # fmt: skip
-        for k, i, count in runs:  # one read for a run of consecutive rows (a validation batch), else one per row
+        if rows == list(range(rows[0], rows[0] + len(rows))):  # consecutive (a validation batch): one read
+            runs = [(0, rows[0], len(rows))]
+        else:
+            runs = [(k, i, 1) for k, i in enumerate(rows)]
+        for k, i, count in runs:
             if os.preadv(self.fd, [view[k * row : (k + count) * row]], base + i * row) != count * row:
                 raise DataError(f"prepared data file shrank while being read: {_FIX}")
         return out
@@ -168,15 +169,6 @@ def write_prepared(out_dir: str | Path, parts: dict[str, tuple[Split, torch.Tens
     return manifest
 
 
-def _streamed_md5(paths: list[Path]) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    for path in paths:
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_prepared(out_dir: str | Path) -> PreparedData:
     """The prepared splits as views of the mapped images.u8 (labels in memory), both files checked against
     the manifest's sizes and md5 first; a file that does not match is refused, never half-used."""
@@ -198,7 +190,7 @@ def load_prepared(out_dir: str | Path) -> PreparedData:
                 f"prepared data file {path} has {got} bytes, {MANIFEST_FILE} implies {expected} "
                 f"({n} images of {shape}): {_FIX}"
             )
-    got, expected = _streamed_md5(files), manifest.get("prepared_md5")
+    got, expected = md5_file(*files), manifest.get("prepared_md5")
     if got != expected:
         raise DataError(f"prepared data in {out} is corrupted: md5 {got}, {MANIFEST_FILE} expects {expected}: {_FIX}")
     images = map_file(files[0]).view(n, *shape)
