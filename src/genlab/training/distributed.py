@@ -30,22 +30,7 @@ from torch import nn
 
 from genlab.core.errors import ConfigError
 from genlab.core.runtime import resolve_device
-
-
-class Sums:
-    """Running per-example sums of per-batch mean metrics (batch mean x batch size), added in batch order.
-    Running sums, not a list of the batches' metrics: an epoch's worth of small tensors kept alive pinned
-    fragments of glibc's heap, which grew ~1 MB per step for 12k-pixel images."""
-
-    def __init__(self, dtype: torch.dtype):
-        self.dtype, self.totals, self.count = dtype, {}, 0
-
-    def add(self, metrics: dict[str, torch.Tensor], n: int) -> None:
-        for k, v in metrics.items():
-            v = v.detach().double().cpu() if self.dtype == torch.float64 else v.float()
-            self.totals[k] = self.totals.get(k, 0) + v * n
-        self.count += n
-
+from genlab.models.base import Sums
 
 # A worker waiting longer than this for the others (one was killed, one hangs) fails instead of hanging.
 TIMEOUT = datetime.timedelta(minutes=10)
@@ -74,7 +59,7 @@ class World:
     def reduce_means(self, sums: Sums) -> dict[str, float]:
         """Per-example means over every worker's batches."""
         if self.size == 1:
-            return {k: (total / sums.count).item() for k, total in sums.totals.items()}
+            return sums.means()
         # A worker may have had no batch (a validation split of one batch): take the names from one that had.
         keys = next((names for names in self.gather(list(sums.totals)) if names), [])
         vector = torch.zeros(len(keys) + 1, dtype=torch.float64)
