@@ -6,7 +6,8 @@ classifier and perceptual stages are part of the bill, as on a user's first try)
     PYTHONPATH=src .venv/bin/python bench/family_costs.py --only gan ddpm --set smoke-mnist
 
 Prints one Markdown row per command: family, data, wall time, the train stage's mean epoch seconds (from its
-`(epoch X s` lines), the epochs run, and the headline number (FID of samples, else of reconstructions).
+`(epoch X s` lines), the epochs run, and the headline number (FID of samples, else of reconstructions) ±
+its bootstrap spread.
 The MNIST sets read the local mirror (../shared/datasets/mnist). GPU: the same commands with -S device=cuda.
 """
 
@@ -58,8 +59,9 @@ def run(overrides: list[str]) -> dict:
         epochs = [float(s) for s in re.findall(r"^epoch \d+/\d+ .*\(epoch ([\d.]+) s", proc.stdout, re.M)]
         test = json.loads((clone / "metrics/eval.json").read_text())["test"]
         key = "domain_fid" if "domain_fid" in test else "domain_rfid"
+        headline = f"{key} {test[key]:.2f} ± {test.get(key + '_std', float('nan')):.2f}"
         return {"wall": wall, "epoch_s": sum(epochs) / max(len(epochs), 1), "epochs": len(epochs),
-                "headline": f"{key} {test[key]:.2f}", "n_test": int(test.get("num_samples", 0))}  # fmt: skip
+                "headline": headline, "n_test": int(test.get("num_samples", 0))}  # fmt: skip
 
 
 def main() -> None:

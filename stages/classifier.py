@@ -19,7 +19,7 @@ from pathlib import Path
 from genlab.config.experiment import FAMILY_NAMES, load_config, needs_stage, stage_view
 from genlab.core import atomic, paths
 from genlab.core.runtime import resolve_device, use_threads
-from genlab.data import load_prepared, prepared_image_shape
+from genlab.data import load_prepared
 from genlab.evaluation.classifier import save_classifier, save_unused, train_classifier
 from genlab.pipeline.stage import run_stage
 
@@ -42,7 +42,7 @@ def run() -> None:
     args = parser.parse_args()
     section = args.section
     cfg = load_config(paths.PARAMS)
-    use_threads(cfg.threads, prepared_image_shape(paths.PREPARED_DIR))
+    use_threads(cfg.threads)
     model_path, metrics_path = outputs(section, args.name)
     family = args.family or cfg.model.family
     if section == "perceptual" and not needs_stage(family, section):

@@ -18,7 +18,7 @@ from genlab.config.experiment import load_config
 from genlab.core import paths
 from genlab.core.errors import CheckpointError
 from genlab.core.runtime import resolve_device, use_threads
-from genlab.data import FORMAT_VERSION, load_prepared, prepared_image_shape
+from genlab.data import FORMAT_VERSION, load_prepared
 from genlab.data.checksums import md5_file
 from genlab.data.tokens import tokenize_splits, write_tokens
 from genlab.evaluation.model_file import load_model, model_run_id
@@ -32,7 +32,7 @@ def run() -> None:
     parser.add_argument("--tokenizer", default="models/tokenizer.pt", help="the trained tokenizer's model file")
     path = parser.parse_args().tokenizer
     cfg = load_config(paths.PARAMS)
-    use_threads(cfg.threads, prepared_image_shape(paths.PREPARED_DIR))
+    use_threads(cfg.threads)
     device = resolve_device(cfg.device)
     data = load_prepared(paths.PREPARED_DIR)
     tokenizer, saved = load_model(path, device, cfg)

@@ -46,9 +46,8 @@ SEED_RANGE = ((lambda v: 0 <= v < 2**32), "an integer in [0, 4294967295]")
 
 
 THREADS_DOC = (
-    "CPU threads of each stage's process; null = chosen from the images: 1 up to 16x16 pixels (digits), else "
-    "torch's default (one per core). Beside other CPU jobs (dvc queue start -j 2) 1 keeps a run near its fair "
-    "share; numbers are bit-identical only at equal threads (machine.threads on every MLflow run)"
+    "CPU threads of each stage's process; null = torch's default (one per core). Beside other CPU jobs "
+    "(dvc queue start -j 2) 1 keeps a run near its fair share; numbers are bit-identical only at equal threads"
 )
 
 

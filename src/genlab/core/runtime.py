@@ -26,15 +26,8 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-SMALL_IMAGE_PIXELS = 16 * 16  # threads: null gives images up to this size one thread (docs/benchmarks.md §9)
-
-
-def use_threads(threads: int | None, image_shape: tuple[int, ...]) -> None:
-    """Run torch's CPU kernels on `threads` threads (params key `threads`). None chooses from the images
-    (C, H, W): one thread up to 16x16 pixels, whose kernels are too small to split (two threads meet at a
-    barrier after each, slower alone and far slower beside other jobs), else torch's default of one per core."""
-    if threads is None and image_shape[-2] * image_shape[-1] <= SMALL_IMAGE_PIXELS:
-        threads = 1
+def use_threads(threads: int | None) -> None:
+    """Run torch's CPU kernels on `threads` threads (params key `threads`); None keeps torch's default."""
     if threads is not None:
         torch.set_num_threads(threads)
 

@@ -15,11 +15,11 @@ if TYPE_CHECKING:
     from genlab.data.raw import RawData
     from genlab.data.splits import Split
 
-__all__ = ["DATASETS", "FORMAT_VERSION", "prepare", "load_prepared", "prepared_image_shape", "PreparedData", "Split", "IMAGES_FILE", "MANIFEST_FILE"]
+__all__ = ["DATASETS", "FORMAT_VERSION", "prepare", "load_prepared", "PreparedData", "Split", "IMAGES_FILE", "MANIFEST_FILE"]
 
 # The prepared format needs torch; imported on first use (PEP 562), so that the config's registry of
 # dataset names and the checksums load without it.
-_PREPARED = ("IMAGES_FILE", "FORMAT_VERSION", "MANIFEST_FILE", "PreparedData", "load_prepared", "prepared_image_shape", "write_prepared")
+_PREPARED = ("IMAGES_FILE", "FORMAT_VERSION", "MANIFEST_FILE", "PreparedData", "load_prepared", "write_prepared")
 
 
 def __getattr__(name: str):

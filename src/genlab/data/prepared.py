@@ -169,15 +169,6 @@ def write_prepared(out_dir: str | Path, parts: dict[str, tuple[Split, torch.Tens
     return manifest
 
 
-def prepared_image_shape(out_dir: str | Path) -> tuple[int, ...]:
-    """The image shape (C, H, W) a prepared folder's manifest records, without reading the images."""
-    manifest_path = Path(out_dir) / MANIFEST_FILE
-    try:
-        return tuple(int(d) for d in _read_manifest(manifest_path, "prepared data", _FIX)["image_shape"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(f"{manifest_path} lacks a valid image_shape ({exc}): {_FIX}") from None
-
-
 def load_prepared(out_dir: str | Path) -> PreparedData:
     """The prepared splits as views of the mapped images.u8 (labels in memory), both files checked against
     the manifest's sizes and md5 first; a file that does not match is refused, never half-used."""

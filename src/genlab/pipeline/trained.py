@@ -14,7 +14,7 @@ from genlab.core import checkpoint, paths
 from genlab.core.errors import CheckpointError
 from genlab.core.inference import check_precision
 from genlab.core.runtime import deterministic, resolve_device, seed_everything, use_threads
-from genlab.data import PreparedData, load_prepared, prepared_image_shape
+from genlab.data import PreparedData, load_prepared
 from genlab.evaluation import upstream
 from genlab.evaluation.model_file import load_model, read_run_id
 from genlab.models import Family
@@ -38,7 +38,7 @@ class Trained:
 
 def load_trained(stage: str, name: str, family: str | None) -> Trained:
     cfg = stage_config(family)
-    use_threads(cfg.threads, prepared_image_shape(paths.PREPARED_DIR))
+    use_threads(cfg.threads)
     seed_everything(cfg.seed, f"{stage}_global")
     device = resolve_device(cfg.device)
     check_precision(cfg.sample.precision, device)
