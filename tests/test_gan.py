@@ -12,7 +12,7 @@ from genlab.core import checkpoint
 from genlab.models.gan.losses import discriminator_loss, generator_loss, gradient_penalty, mean_output
 from genlab.models.gan.nets import Discriminator, Generator
 
-from families import Stepper, make_family, train_run
+from families import Stepper, build_from, make_family, train_run
 
 REAL = torch.tensor([2.0, -1.0, 0.5])
 FAKE = torch.tensor([-3.0, 0.0, 1.0])
@@ -156,6 +156,22 @@ def test_gan_training_is_deterministic_and_resumes_bit_for_bit(digits, tmp_path)
     assert set(state["optimizers"]) == {"generator", "discriminator"} and state["model"]["steps"] > 0
     resumed = _fit({**GAN_RUN, "train": {**GAN_RUN["train"], "resume": True}}, digits, ckpt, state)
     assert resumed == full
+
+
+def test_gan_trains_channels_last_and_its_weights_sample_the_same_in_the_default_layout(digits):
+    cfg = config_from_dict({**GAN_RUN, "train": {**GAN_RUN["train"], "epochs": 1}})
+    trained = build_from(cfg, digits)
+    train_run(cfg, digits, family=trained)
+    conv = next(
+        m.weight for m in trained.discriminator.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1
+    )
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    fresh = build_from(cfg, digits)  # as evaluate and sample load a model file: contiguous weights
+    fresh.load_state_dict(trained.state_dict())
+    for family in (trained, fresh):
+        family.train(False)
+    z = trained.prior(8, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(trained.generate(z), fresh.generate(z), rtol=1e-5, atol=1e-6)
 
 
 def test_fid_scorer_runs_every_eval_every_epochs_and_after_the_last(digits):

@@ -86,6 +86,9 @@ class Family(abc.ABC):
     #: trained models this family uses besides its own weights (see genlab.evaluation.upstream), attached by the stages:
     #: declared by its params section (`FamilyConfig.UPSTREAM`), which the pipeline reads without torch
     upstream: ClassVar[tuple[Upstream, ...]] = ()
+    #: train in channels-last memory format, the layout oneDNN and cuDNN convolve fastest in, where it measured
+    #: faster (docs/benchmarks.md §15: the DCGAN 1.22x on MNIST; the DDPM's U-Net 0.98x, so not there)
+    channels_last: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -276,6 +276,9 @@ class Trainer:
     ):
         device = family.device
         check_trainable(train, source, device)
+        if family.channels_last:
+            for module in family.modules.values():
+                module.to(memory_format=torch.channels_last)  # batches follow in _train_batches
         self.family, self.source, self.train, self.seed, self.key = family, source, train, seed, key
         self.tracker, self.checkpoint_path, self.run_id = tracker, checkpoint_path, run_id
         self.scorer, self.world, self.label = scorer, world, label
@@ -332,6 +335,8 @@ class Trainer:
             self.optimisation.set_lr_factor(lr_factor(train.lr_schedule, step, epochs * self.steps_per_epoch))
             stored = self.source.rows.gather(self.source.train, mine)
             x = self.source.to_input(stored.to(device), self.rngs.noise)
+            if family.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             with precision_context(train.precision, device):
                 metrics = family.train_step(x, epoch, self.rngs.noise, self.optimisation.update)
             batches.add(metrics, len(stored))

@@ -18,6 +18,7 @@ from genlab.models.gan.params import GANConfig
 
 class GAN(Family, Generative):
     name = "gan"
+    channels_last = True
     config_class = GANConfig
     curves = {
         "d_loss": "loss",
