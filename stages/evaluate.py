@@ -40,14 +40,13 @@ def image_quality(t: Trained, batch_size: int) -> dict[str, float]:
     if isinstance(family, Reconstructor):
         images["labels"] = data.test.labels[:n]
     inception = {"weights": cfg.evaluate.inception_weights, "device": t.device} if cfg.evaluate.inception_fid else None
-    train_all = data.to_unit(data.train.images)
     scores = image_scores(
         classifier,
         test,
         cfg.seed,
         cfg.evaluate.bootstrap,
         train=train,
-        train_all=train_all,
+        train_all=data.train.images,  # uint8 (mapped): the classifier converts batch by batch, never the whole split
         inception=inception,
         **images,
     )

@@ -178,8 +178,9 @@ def image_scores(
     `resamples` resamples; none when 0), plus `domain_fid_inf` for generated images.
 
     test: the n test images; train: n train images, for the floors; generated (with train_all, every
-    training image: the memorisation check's reference) and/or recon (the reconstructions of `test`, with
-    the test `labels`); inception: {"weights": path or None, "device": ...} adds the Inception-space numbers.
+    training image, uint8 or float as `embed` takes them: the memorisation check's reference) and/or recon
+    (the reconstructions of `test`, with the test `labels`); inception: {"weights": path or None, "device": ...}
+    adds the Inception-space numbers.
     The resamples and FID∞'s subsets come from the named streams 'bootstrap' and 'fid_infinity' of `seed`.
     """
     f_test, p_test = embed(classifier, test)
