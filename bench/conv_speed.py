@@ -4,7 +4,8 @@ For each family: the conv/matmul FLOPs of one training step (torch.utils.flop_co
 of every network the step runs, per image), then training images/s over `--batches` steps of batch 64 after
 `--warmup` steps, for each variant, as achieved GFLOP/s and as a share of a 2048^3 fp32 matmul's GFLOP/s:
 
-  default        what `dvc repro train` runs today (float32, contiguous NCHW, eager)
+  default        float32, contiguous NCHW, eager: the DDPM as `dvc repro train` runs it, the GAN as it ran
+                 before it trained channels-last (Family.channels_last, from this comparison)
   channels_last  networks and batches in channels-last memory format (oneDNN's preferred conv layout)
   bf16           autocast to bfloat16 (only where the CPU has AVX512-BF16/AMX, or on CUDA; skipped otherwise)
   compile        torch.compile of the family's networks (train.compile=true; its compile time is reported apart)
