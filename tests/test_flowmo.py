@@ -138,17 +138,20 @@ def test_training_resumes_bit_for_bit_across_the_1a_to_1b_boundary(digits, tmp_p
     assert resumed == full
 
 
-def test_post_training_keeps_the_epoch_with_the_best_validation_rfid(digits):
+def test_post_training_keeps_the_epoch_with_the_best_validation_rfid_scoring_every_1b_epoch(digits):
     cfg = config_from_dict(
         {
             **RUN,
-            "flowmo": {**RUN["flowmo"], "pretrain_epochs": 1, "eval_every": 1},
-            "train": {**RUN["train"], "epochs": 3},
+            "flowmo": {**RUN["flowmo"], "pretrain_epochs": 2, "eval_every": 10},
+            "train": {**RUN["train"], "epochs": 4},
         }
     )
-    scores = iter([5.0, 3.0, 4.0])  # epoch 1 (1A, not eligible), epoch 2 (1B, best), epoch 3 (1B)
+    scores = iter([3.0, 4.0])  # 1A epochs 1-2 are not due (eval_every 10); 1B's epoch 3 (best) and 4 are
     history = train_run(cfg, digits, scorer=lambda family: {"domain_rfid": next(scores)})
-    assert [row["selected"] for row in history] == [0, 1, 0]
+    assert ["val_domain_rfid" in row for row in history] == [False, False, True, True]
+    assert [row["selected"] for row in history] == [0, 0, 1, 0]
+    # 1B's objective on val: from the last 1A epoch (its baseline) on
+    assert ["val_sample_distance" in row for row in history] == [False, True, True, True]
 
 
 def test_regression_baselines_decode_in_one_pass_and_b2_trains_its_critic():

@@ -241,8 +241,12 @@ def compile_networks(module: nn.Module) -> None:
 
 
 def scores_due(family: Family, epoch: int, epochs: int) -> bool:
-    """Whether the sample scorer runs after this epoch (1-based): every `fid_every` epochs and after the last."""
-    return family.fid_every > 0 and (epoch % family.fid_every == 0 or epoch == epochs)
+    """Whether the sample scorer runs after this epoch (1-based): every `fid_every` epochs, after the last, and
+    after every epoch the family's `selection()` may keep (it compares them by the score)."""
+    if family.fid_every <= 0:
+        return False
+    rule = family.selection()
+    return epoch % family.fid_every == 0 or epoch == epochs or (rule is not None and epoch >= rule[1])
 
 
 class Trainer:

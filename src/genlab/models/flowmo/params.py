@@ -76,7 +76,9 @@ class FlowMoConfig(FamilyConfig):
         8, between(1, 1000), doc="sampler steps of in-training reconstructions (grids, val PSNR, rFID)"
     )
     eval_every: int = key(
-        1, between(0, MAX_EPOCHS), doc="epochs between val rFID checks (0 = never; the last epoch always)"
+        10,
+        between(0, MAX_EPOCHS),
+        doc="epochs between val rFID checks in 1A (0 = never; else every 1B epoch and the last too)",
     )
     fid_samples: int = key(500, between(10, MAX_IMAGES), doc="validation images reconstructed for each check")
     sampler_steps: int = key(STEPS, between(1, MAX_STEPS), stages=SAMPLING, doc="Euler steps of reconstructions")
