@@ -82,6 +82,20 @@ def test_training_is_deterministic(digits, tiny_run):
     assert set(metrics["test"]) == {"accuracy", "loss"} and 0 <= metrics["test"]["accuracy"] <= 1
 
 
+def test_labelled_batches_are_each_split_s_pixels_and_labels_gathered_by_index(digits):
+    from genlab.evaluation.classifier import labelled_source
+
+    source = labelled_source(digits)
+    for stored, split in zip((source.train, source.val, source.test), (digits.train, digits.val, digits.test)):
+        assert len(stored) == len(split)
+        index = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:70]
+        rows = source.rows.gather(stored, index)
+        assert rows.dtype == torch.uint8
+        assert torch.equal(rows[:, :-1], split.images[index].flatten(1))
+        assert torch.equal(rows[:, -1].long(), split.labels[index])
+    assert source.rows.gather(source.val, torch.arange(0)).shape == (0, digits.train.images[0].numel() + 1)
+
+
 def test_save_load_round_trip_and_other_data_is_refused(digits, tiny_run, tmp_path):
     cfg, model, metrics = tiny_run
     path = tmp_path / "classifier.pt"

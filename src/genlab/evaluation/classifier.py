@@ -23,6 +23,7 @@ from genlab.core import checkpoint
 from genlab.core.errors import CheckpointError, ConfigError
 from genlab.core.runtime import seed_everything
 from genlab.data import PreparedData
+from genlab.data.prepared import Rows
 from genlab.models.base import Family, OptimizerSpec
 from genlab.models.classifier import EVAL_BATCH, DomainClassifier, as_unit
 from genlab.training.loop import NullTracker, fit
@@ -47,14 +48,21 @@ def build_classifier(
 
 @torch.no_grad()
 def evaluate(
-    model: DomainClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = EVAL_BATCH
+    model: DomainClassifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = EVAL_BATCH,
+    rows: Rows | None = None,
 ) -> dict[str, float]:
-    """Accuracy and mean cross-entropy (nats) of `model` on uint8 images."""
+    """Accuracy and mean cross-entropy (nats) of `model` on uint8 images (batches gathered by `rows`, the
+    prepared data's, when the images are its mapped file: see Rows)."""
     was_training = model.training
     model.train(False)
     correct, loss_sum = 0, 0.0
+    rows = rows or Rows()
     for start in range(0, len(images), batch_size):
-        x = as_unit(model, images[start : start + batch_size].to(model.device))
+        batch = rows.gather(images, torch.arange(start, min(start + batch_size, len(images))))
+        x = as_unit(model, batch.to(model.device))
         y = labels[start : start + batch_size].to(model.device)
         logits = model(x)
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
@@ -107,14 +115,35 @@ class LabelledImages(Family):
         return {}
 
 
+class LabelledRows(Rows):
+    """Labelled rows (a split's uint8 pixels flattened, the label as last column) gathered batch by batch from
+    the prepared splits, so a dataset larger than memory is never copied whole. A split is stored as the
+    numbers of its images among all three splits (train, then val, then test)."""
+
+    def __init__(self, data: PreparedData, dtype: torch.dtype):
+        super().__init__()
+        self.data, self.dtype = data, dtype
+        self.splits = (data.train, data.val, data.test)
+        self.starts = torch.tensor([0, len(data.train), len(data.train) + len(data.val)])
+
+    def handles(self) -> list[torch.Tensor]:
+        """The stored form of each split: its images' numbers."""
+        return [torch.arange(len(split)) + start for split, start in zip(self.splits, self.starts.tolist())]
+
+    def gather(self, stored: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        numbers = stored[index]
+        if len(numbers) == 0:
+            return torch.empty((0, self.data.train.images[0].numel() + 1), dtype=self.dtype)
+        k = int(torch.searchsorted(self.starts, numbers[0], right=True)) - 1  # a stored tensor is one split's
+        split, local = self.splits[k], numbers - self.starts[k]
+        pixels = self.data.rows.gather(split.images, local).flatten(1).to(self.dtype)
+        return torch.cat([pixels, split.labels[local, None].to(self.dtype)], dim=1)
+
+
 def labelled_source(data: PreparedData) -> Source:
-    """Each split's uint8 images flattened with the label as last column (uint8 while every label fits)."""
-    dtype = torch.uint8 if num_classes(data) <= 256 else torch.int32
-
-    def rows(split) -> torch.Tensor:
-        return torch.cat([split.images.flatten(1).to(dtype), split.labels[:, None].to(dtype)], dim=1)
-
-    return Source(rows(data.train), rows(data.val), rows(data.test), lambda stored, gen: stored)
+    """Batches of labelled rows (`LabelledRows`: uint8 while every label fits), gathered as the loop asks."""
+    rows = LabelledRows(data, torch.uint8 if num_classes(data) <= 256 else torch.int32)
+    return Source(*rows.handles(), lambda stored, gen: stored, rows)
 
 
 def train_classifier(
@@ -147,7 +176,7 @@ def train_classifier(
     metrics: dict[str, Any] = {"epochs": ccfg.epochs}
     for name in ("train", "val", "test"):
         split = getattr(data, name)
-        metrics[name] = evaluate(model, split.images, split.labels)
+        metrics[name] = evaluate(model, split.images, split.labels, rows=data.rows)
     return model, metrics
 
 

@@ -296,8 +296,9 @@ class Trainer:
         self.optimisation = Optimisation(family, train, world)
         self.history: list[dict[str, Any]] = []
         self.done, self.best = 0, None
+        first = torch.arange(min(SNAPSHOT_BATCH, len(source.val)))
         self.fixed_batch = source.to_input(
-            source.val[:SNAPSHOT_BATCH].to(device), stream(seed, "snapshot_batch", device)
+            source.rows.gather(source.val, first).to(device), stream(seed, "snapshot_batch", device)
         )
         if resume_state is not None:
             check_resumable(resume_state, key, train.epochs, family.name)
