@@ -20,9 +20,10 @@ ms per step over --steps steps, after 20 warm-up steps (which include any compil
 
 and the floor of bench/vae_floor.py (the step's 17 matrix products and one fused Adam update, nothing else) in
 the same process. Prints each route's ms/step, its ratio to the floor and to genlab's eager step, and the
-final train loss of each route (the routes must learn alike). Asserts nothing.
+final train loss of each route (the routes must learn alike); `--profile` adds torch.profiler's operator
+table of genlab's eager step. Asserts nothing.
 
-    cd /work/main && PYTHONPATH=src:bench:bench/out/pythae .venv/bin/python bench/vae_routes.py [--steps 150]
+    PYTHONPATH=src:bench:bench/out/pythae .venv/bin/python bench/vae_routes.py [--steps 150] [--profile]
 """
 
 from __future__ import annotations
@@ -155,6 +156,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=150, help="steps per timed round")
     parser.add_argument("--mirror", default="../shared/datasets/mnist", help="the four MNIST .gz files")
+    parser.add_argument(
+        "--profile", action="store_true", help="then torch.profiler's table of genlab's eager step (where it goes)"
+    )
     args = parser.parse_args()
     cfg = config_from_dict(
         {
@@ -201,6 +205,25 @@ def main() -> None:
         print(f"{name:<11} {ms:8.3f} {ms / (floor * 1e3):8.2f} {ms / eager:9.2f}  {loss:.1f}")
     if "pythae" in results:
         print(f"pythae / genlab: {results['pythae'][0] / eager:.2f}")
+    if args.profile:
+        profile(genlab_route(cfg, data, "eager"), batches, args.steps)
+
+
+def profile(step, batches: torch.Tensor, steps: int) -> None:
+    """Self CPU time per operator over `steps` eager genlab steps: the products (addmm, mm) against the rest."""
+    for i in range(WARMUP):
+        step(batches[i])
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            step(batches[i % len(batches)])
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    products = sum(e.self_cpu_time_total for e in events if e.key in ("aten::addmm", "aten::mm"))
+    print(
+        f"\nprofile of {steps} genlab steps: {total / steps / 1e3:.3f} ms/step of self CPU time (profiler on), "
+        f"matrix products {products / total:.0%}"
+    )
+    print(events.table(sort_by="self_cpu_time_total", row_limit=15))
 
 
 if __name__ == "__main__":
