@@ -204,8 +204,8 @@ class FlowMo(Family, Reconstructor, Tokenizer, ExtraFigures):
     def eval_step(self, x, epoch, gen):
         _, metrics, _ = self._terms(self.ema.module, x, gen, epoch)
         metrics["psnr"] = psnr(self.quick_reconstruct(x, gen), x).mean()
-        # 1B's objective, from the last 1A epoch (its baseline) on: in earlier epochs it would cost a third of
-        # the epoch (an 8-step chain per val image) for a curve nothing reads.
+        # 1B's objective, from the last 1A epoch (its baseline) on: before, its 8-step chain per val image would
+        # cost ~0.3 s of each 2-3 s epoch for a curve nothing reads.
         if epoch >= self.cfg.pretrain_epochs:
             metrics["sample_distance"] = self.sample_distance(self.ema.module["decoder"], self.codes(x), x, gen, False)
         return metrics
