@@ -10,7 +10,8 @@ into the image, conditioned on those tokens. Training has two stages, selected b
   after `freeze_encoder_after` epochs (a fresh Adam over the decoder, as FlowMo's code rebuilds its optimiser);
 - 1B, the epochs after: mode-seeking post-training with the encoder frozen — a k-step Euler sample from
   noise, differentiated end to end, replaces x̂ in the perceptual term (its logits MSE at weight
-  `sample_weight`); its own Adam at `posttrain_lr`; the kept weights are those of the 1B epoch with the best
+  `sample_weight`); its own Adam at `posttrain_lr` (scaled, like every optimiser's, by `train.lr_schedule`
+  over the whole run: cosine leaves 1B a few % of it); the kept weights are those of the 1B epoch with the best
   validation rFID (scored after every 1B epoch unless `eval_every` = 0), since the paper stops early against
   reward hacking.
 
