@@ -1,10 +1,10 @@
 """The seed VAE's training step by route, side by side in one process, against its floor (issue 25.5).
 
 Every route trains seed 000's model (MLP 784-512-256-(mu, logvar) z=20 and back, Bernoulli cross-entropy + KL,
-Adam lr 1e-3, batch 64) on the same MNIST batches (seed and pythae from the same initial weights, genlab from
-its own seeded ones) (grey levels in [0, 1], held
-as float tensors, so no route pays for data loading), and is timed as the median over 5 rounds of the mean
-ms per step over --steps steps, after 20 warm-up steps (which include any compilation):
+Adam lr 1e-3, batch 64) on the same MNIST batches (grey levels in [0, 1], held as float tensors, so no route
+pays for data loading; seed and pythae from the same initial weights, genlab from its own seeded ones), and is
+timed as the median over 5 rounds of the mean ms per step over --steps steps, after 20 warm-up steps (which
+include any compilation):
 
   seed          the blog post's step: forward, F.binary_cross_entropy(reduction='sum') + KL, Adam (for-each)
   genlab        `family.train_step` with the loop's `Optimisation.update` (fused Adam): what `fit` runs per batch
