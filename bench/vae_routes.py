@@ -34,11 +34,10 @@ import time
 
 import torch
 import vae_floor
-from benchlib import SEED_VAE, build
+from benchlib import SEED_VAE, build, prepared
 from vae_epoch import SeedVAE, cpu_model, seed_loss
 
 from genlab.config.experiment import config_from_dict
-from genlab.data import load_prepared, prepare
 from genlab.processes.likelihoods import kl_standard_normal
 from genlab.training.loop import Optimisation, compile_networks
 
@@ -169,10 +168,9 @@ def main() -> None:
             "train": {"epochs": 1, "batch_size": BATCH, "lr_schedule": "constant"},
         }
     )
-    prepare(cfg, "bench/out/prepared_mnist")
-    data = load_prepared("bench/out/prepared_mnist")
+    data = prepared(cfg)
     n = (WARMUP + ROUNDS * args.steps) * BATCH
-    images = data.train.images[: min(n, len(data.train))].float() / 255
+    images = data.to_unit(data.train.images[: min(n, len(data.train))])
     batches = images[: len(images) // BATCH * BATCH].view(-1, BATCH, 1, 28, 28)
     print(
         f"machine: {cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
