@@ -57,7 +57,7 @@ def test_train_step_moves_every_network_and_eval_step_moves_none(name):
     assert moved(before, family) == set(family.modules), f"not every network trained: {moved(before, family)}"
     assert list(metrics) == list(family.metric_names)
     assert all(v.dim() == 0 and not v.requires_grad and math.isfinite(v.item()) for v in metrics.values())
-    scored = {"domain_fid", "domain_rfid"}  # added by the in-training scorer
+    scored = {"domain_fid", "domain_rfid", "psnr"}  # added by the in-training scorer
     assert set(family.curves) <= set(family.metric_names) | set(family.eval_only_metrics) | scored
 
 

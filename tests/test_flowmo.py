@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from genlab.core import checkpoint
 from genlab.core.errors import ConfigError
 from genlab.models.flowmo.mmdit import linear_weight_norms
 from genlab.quality.reconstruction import psnr
+from genlab.training.loop import lr_factor
 
 from families import TINY_FAMILIES, Stepper, make_family, train_run
 
@@ -61,6 +64,32 @@ def test_freeze_encoder_after_moves_training_to_the_decoder_optimiser():
     before = [p.clone() for p in family.encoder.parameters()]
     Stepper(family)(torch.rand(8, 1, 8, 8), gen(1), epoch=2)
     assert all(torch.equal(a, b) for a, b in zip(before, family.encoder.parameters()))
+
+
+def test_each_stage_s_optimiser_runs_its_schedule_over_that_stage_s_epochs(digits):
+    assert [make_family("flowmo", pretrain_epochs=2).schedule_window(o, 4) for o in ("model", "posttrain")] == [
+        (1, 2),
+        (3, 4),
+    ]
+    frozen = make_family("flowmo", freeze_encoder_after=1, pretrain_epochs=3)
+    assert [frozen.schedule_window(o, 5) for o in ("model", "decoder", "posttrain")] == [(1, 1), (2, 3), (4, 5)]
+    assert make_family("flowmo", decoder="regression", pretrain_epochs=2).schedule_window("model", 4) == (1, 4)
+
+    cfg = config_from_dict({**RUN, "train": {**RUN["train"], "epochs": 4, "lr_schedule": "cosine"}})
+    seen = []  # in the family's order: model, decoder, posttrain
+    real_adam = torch.optim.Adam
+
+    def adam(*args, **kwargs):
+        seen.append(real_adam(*args, **kwargs))
+        return seen[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim, "Adam", adam)
+        train_run(cfg, digits)
+    steps = math.ceil(len(digits.train.images) / cfg.train.batch_size) * 2  # each stage's: 2 epochs
+    model, _, posttrain = (opt.param_groups[0]["lr"] for opt in seen)
+    assert posttrain == pytest.approx(cfg.family.posttrain_lr * lr_factor("cosine", steps - 1, steps))
+    assert model == 0  # 1A's schedule ended with 1A
 
 
 def test_block_linears_keep_their_initial_norms_after_every_step():

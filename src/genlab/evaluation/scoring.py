@@ -47,7 +47,8 @@ def fid_monitor(
 ) -> Callable[[object], dict[str, float]]:
     """A training-time scorer: domain FID between n samples and n reference (validation) images, or for
     a family that reconstructs but does not generate (a tokenizer), `domain_rfid` between the
-    reconstructions of those images and the images themselves.
+    reconstructions of those images and the images themselves, and their mean `psnr` (dB): a sampled
+    reconstruction costs as much as several training steps, so it is made when scored, not every epoch.
 
     Every call draws the same noise (a generator seeded afresh), so the curve over epochs shows the
     model changing, not the noise; the run's own generators are left untouched, so resuming is exact.
@@ -62,7 +63,7 @@ def fid_monitor(
             generated = sample_in_batches(family.sample, n, gen, batch_size)
             return {"domain_fid": fid(embed(classifier, generated)[0], f_ref)}
         recon = reconstruct_in_batches(family.quick_reconstruct, reference, gen, batch_size)
-        return {"domain_rfid": fid(embed(classifier, recon)[0], f_ref)}
+        return {"domain_rfid": fid(embed(classifier, recon)[0], f_ref), "psnr": psnr(recon, reference).mean().item()}
 
     return score
 

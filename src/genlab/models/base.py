@@ -145,6 +145,11 @@ class Family(abc.ABC):
         constraints on the weights (FlowMo keeps each Linear at its initial norm). Default: nothing."""
         return
 
+    def schedule_window(self, optimiser: str, epochs: int) -> tuple[int, int]:
+        """(first, last) epoch, 1-based, over which `train.lr_schedule` runs for `optimiser`: the epochs it
+        steps in. Default: the whole run; a family that trains in stages gives each stage's optimiser its own."""
+        return 1, epochs
+
     def selection(self) -> tuple[str, int] | None:
         """(history column, first epoch): keep the weights of the epoch with the lowest value of that
         validation column from that epoch on, instead of the last epoch's. Default: the last epoch."""

@@ -75,10 +75,11 @@ def check_resumable(state: dict[str, Any], key: str, epochs: int, family_name: s
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:
-    """Multiplier of every optimiser's base learning rate at this step; cosine reaches 0 after the last."""
+    """Multiplier of an optimiser's base learning rate at step `step` of its `total`; cosine reaches 0 after
+    the last (steps outside 0..total, where the optimiser does not step, are clamped)."""
     if schedule == "constant":
         return 1.0
-    return 0.5 * (1 + math.cos(math.pi * step / total))
+    return 0.5 * (1 + math.cos(math.pi * min(max(step, 0), total) / total))
 
 
 class Optimisation:
@@ -113,9 +114,11 @@ class Optimisation:
         # Read afresh each time: Optimizer.load_state_dict replaces the group dicts.
         return [g for opt in self.optimizers.values() for g in opt.param_groups]
 
-    def set_lr_factor(self, factor: float) -> None:
-        for group in self._groups():
-            group["lr"] = group["initial_lr"] * factor
+    def set_lr_factors(self, factors: dict[str, float]) -> None:
+        """Each optimiser's base learning rate times its factor (by optimiser name)."""
+        for name, opt in self.optimizers.items():
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] * factors[name]
 
     def update(self, name: str, loss: torch.Tensor) -> None:
         """Backpropagate `loss` and step optimiser `name` (then the EMA that follows its network)."""
@@ -319,9 +322,19 @@ class Trainer:
             _log_snapshot(tracker, family, self.fixed_batch, seed, 0)
         self.pace = Pace(train.epochs, self.done)
         self.steps_per_epoch = math.ceil(len(source.train) / train.batch_size)
+        # Each optimiser's schedule spans the epochs it steps in (FlowMo's 1B optimiser: the 1B epochs only).
+        self.windows = {name: family.schedule_window(name, train.epochs) for name in self.optimisation.optimizers}
 
     def epochs_left(self) -> range:
         return range(self.done + 1, self.train.epochs + 1)
+
+    def _lr_factors(self, step: int) -> dict[str, float]:
+        """Each optimiser's learning-rate factor at global step `step` (0-based) of the run."""
+        spe, schedule = self.steps_per_epoch, self.train.lr_schedule
+        return {
+            name: lr_factor(schedule, step - (first - 1) * spe, (last - first + 1) * spe)
+            for name, (first, last) in self.windows.items()
+        }
 
     def _train_batches(self, epoch: int) -> dict[str, float]:
         """One pass over the training split in this epoch's order: the per-image means of the train metrics."""
@@ -336,8 +349,7 @@ class Trainer:
                 continue
             mine = world.shard(batch)
             self.optimisation.share = len(mine) / len(batch)
-            step = (epoch - 1) * self.steps_per_epoch + k
-            self.optimisation.set_lr_factor(lr_factor(train.lr_schedule, step, epochs * self.steps_per_epoch))
+            self.optimisation.set_lr_factors(self._lr_factors((epoch - 1) * self.steps_per_epoch + k))
             stored = self.source.rows.gather(self.source.train, mine)
             x = self.source.to_input(stored.to(device), self.rngs.noise)
             if family.channels_last:

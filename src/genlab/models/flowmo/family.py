@@ -10,10 +10,10 @@ into the image, conditioned on those tokens. Training has two stages, selected b
   after `freeze_encoder_after` epochs (a fresh Adam over the decoder, as FlowMo's code rebuilds its optimiser);
 - 1B, the epochs after: mode-seeking post-training with the encoder frozen — a k-step Euler sample from
   noise, differentiated end to end, replaces x̂ in the perceptual term (its logits MSE at weight
-  `sample_weight`); its own Adam at `posttrain_lr` (scaled, like every optimiser's, by `train.lr_schedule`
-  over the whole run: cosine leaves 1B a few % of it); the kept weights are those of the 1B epoch with the best
-  validation rFID (scored after every 1B epoch unless `eval_every` = 0), since the paper stops early against
-  reward hacking.
+  `sample_weight`); its own Adam at `posttrain_lr`. `train.lr_schedule` runs over each stage's epochs for
+  that stage's optimiser (`schedule_window`): cosine takes 1A's lr to 0 at the end of 1A and 1B's at the
+  end of the run. The kept weights are those of the 1B epoch with the best validation rFID (scored after
+  every 1B epoch unless `eval_every` = 0), since the paper stops early against reward hacking.
 
 Each Linear of the transformer blocks is rescaled to its initial norm after every step; evaluation and
 sampling use an EMA of the weights. `decoder: regression` gives the baselines of the paper's comparison with
@@ -43,7 +43,6 @@ from genlab.models.flowmo.perceptual import PerceptualDistance
 from genlab.models.gan.losses import discriminator_loss, generator_loss
 from genlab.models.gan.nets import Discriminator
 from genlab.processes import rectified_flow as rf
-from genlab.quality.reconstruction import psnr
 
 NOISE_DRAWS = 6  # decodings of one image in samples/noise_draws.png
 
@@ -52,7 +51,7 @@ class FlowMo(Family, Reconstructor, Tokenizer, ExtraFigures):
     name = "flowmo"
     config_class = FlowMoConfig
     metric_names = ("loss", "flow", "perceptual", "entropy", "commitment", "perplexity", "used_fraction", "stage")
-    eval_only_metrics = ("psnr", "sample_distance")
+    eval_only_metrics = ("sample_distance",)  # val psnr comes with val rFID (genlab.evaluation.scoring.fid_monitor)
     curves = {
         "flow": "MSE of v",
         "perceptual": "distance",
@@ -111,6 +110,13 @@ class FlowMo(Family, Reconstructor, Tokenizer, ExtraFigures):
         if epoch > cfg.pretrain_epochs and cfg.decoder == "flow":
             return 2
         return int(cfg.freeze_encoder_after is not None and epoch > cfg.freeze_encoder_after)
+
+    def schedule_window(self, optimiser, epochs):
+        """The epochs whose stage steps `optimiser`: 1A's lr decays over 1A, 1B's over 1B (a run-wide schedule
+        left 1B at most ~2 % of posttrain_lr). The critic (baseline B2) steps in every epoch."""
+        stage = {"model": 0, "decoder": 1, "posttrain": 2}.get(optimiser)
+        used = [e for e in range(1, epochs + 1) if stage is None or self.stage(e) == stage]
+        return (used[0], used[-1]) if used else (1, epochs)
 
     def attach(self, name, model):
         super().attach(name, model)
@@ -204,7 +210,6 @@ class FlowMo(Family, Reconstructor, Tokenizer, ExtraFigures):
     @torch.no_grad()
     def eval_step(self, x, epoch, gen):
         _, metrics, _ = self._terms(self.ema.module, x, gen, epoch)
-        metrics["psnr"] = psnr(self.quick_reconstruct(x, gen), x).mean()
         # 1B's objective, from the last 1A epoch (its baseline) on: before, its 8-step chain per val image would
         # cost ~0.3 s of each 2-3 s epoch for a curve nothing reads.
         if epoch >= self.cfg.pretrain_epochs:

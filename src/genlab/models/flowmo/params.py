@@ -69,8 +69,7 @@ class FlowMoConfig(FamilyConfig):
     posttrain_lr: float = key(
         2.5e-4,
         positive(),
-        doc="Adam, stage 1B (FlowMo: half the 1A lr), times the run's lr schedule: cosine over train.epochs "
-        "leaves 1B <= 2.4 % of it in the default 90 + 10 epochs",
+        doc="Adam, stage 1B (FlowMo: half the 1A lr); train.lr_schedule runs over the 1B epochs",
     )
     sample_weight: float = key(0.01, at_least(0.0), doc="1B: lambda_sample, weight of the sampled image's distance")
     posttrain_steps: int = key(POSTTRAIN_STEPS, between(1, 100), doc="1B: k, Euler steps differentiated through")
@@ -83,7 +82,7 @@ class FlowMoConfig(FamilyConfig):
     eval_every: int = key(
         10,
         between(0, MAX_EPOCHS),
-        doc="epochs between val rFID checks in 1A (0 = never; else every 1B epoch and the last too)",
+        doc="epochs between val rFID (and val PSNR) checks in 1A (0 = never; else every 1B epoch and the last too)",
     )
     fid_samples: int = key(500, between(10, MAX_IMAGES), doc="validation images reconstructed for each check")
     sampler_steps: int = key(STEPS, between(1, MAX_STEPS), stages=SAMPLING, doc="Euler steps of reconstructions")
