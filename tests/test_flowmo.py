@@ -66,6 +66,13 @@ def test_freeze_encoder_after_moves_training_to_the_decoder_optimiser():
     assert all(torch.equal(a, b) for a, b in zip(before, family.encoder.parameters()))
 
 
+def test_train_epochs_null_is_the_family_s_default_length():
+    flowmo = config_from_dict({"model": {"family": "flowmo"}})
+    assert (flowmo.train.epochs, flowmo.flowmo.pretrain_epochs) == (65, 60)  # both stages: 60 of 1A, 5 of 1B
+    assert config_from_dict({}).train.epochs == 100  # the VAE (and GAN, DDPM, MaskGIT)
+    assert config_from_dict({"model": {"family": "flowmo"}, "train": {"epochs": 7}}).train.epochs == 7
+
+
 def test_each_stage_s_optimiser_runs_its_schedule_over_that_stage_s_epochs(digits):
     assert [make_family("flowmo", pretrain_epochs=2).schedule_window(o, 4) for o in ("model", "posttrain")] == [
         (1, 2),

@@ -43,7 +43,7 @@ def test_params_are_read_as_dvc_reads_them(scalar):
 def test_seed_010_is_ten_and_a_sexagesimal_epoch_count_is_refused(tmp_path):
     assert load_config(_params(tmp_path, "seed: 0 ", "seed: 010 ")).seed == 10  # PyYAML: 8; DVC: 10
     with pytest.raises(ConfigError, match=r"'train\.epochs' = '1:40' is invalid: expected an integer"):
-        load_config(_params(tmp_path, "epochs: 100", "epochs: 1:40"))  # PyYAML: 100
+        load_config(_params(tmp_path, "epochs: null", "epochs: 1:40"))  # PyYAML: 100
 
 
 @pytest.mark.parametrize(
@@ -52,7 +52,7 @@ def test_seed_010_is_ten_and_a_sexagesimal_epoch_count_is_refused(tmp_path):
         ("compile: false", "compile: 0", "train.compile"),
         ("resume: false", "resume: 0", "train.resume"),
         ("channels: 1 ", "channels: true ", "data.channels"),
-        ("epochs: 100", "epochs: 100.0", "train.epochs"),
+        ("epochs: null", "epochs: 100.0", "train.epochs"),
         ("lr: 0.001 ", 'lr: "1e-3" ', "vae.lr"),
         ("latent_dim: 20", "latent_dim: yes", "vae.latent_dim"),
     ],
@@ -97,7 +97,7 @@ def test_an_unreadable_params_file_is_a_clear_error(tmp_path, make, message):
 
 def test_a_key_set_twice_is_refused_naming_it_and_its_line(tmp_path):
     """PyYAML kept the second value without a word; DVC refuses the file."""
-    path = _params(tmp_path, "  epochs: 100", "  epochs: 100\n  epochs: 5")
+    path = _params(tmp_path, "  epochs: null", "  epochs: 100\n  epochs: 5")
     with pytest.raises(ConfigError, match=r'sets a key twice: found duplicate key "epochs" .* on line \d+; keep one'):
         load_config(path)
 
@@ -105,9 +105,9 @@ def test_a_key_set_twice_is_refused_naming_it_and_its_line(tmp_path):
 @pytest.mark.parametrize(
     ("old", "new", "shown"),
     [
-        ("  epochs: 100", '  "epochs ": 100', r"'train\.epochs '"),  # a trailing space, invisible unquoted
-        ("  epochs: 100", "  epochs: 100\n  1: 100", r"train\.1 \(YAML type int, not a string\)"),  # was a TypeError
-        ("  epochs: 100", "  ~: 100", r"train\.None \(YAML type NoneType"),
+        ("  epochs: null", '  "epochs ": 100', r"'train\.epochs '"),  # a trailing space, invisible unquoted
+        ("  epochs: null", "  epochs: 100\n  1: 100", r"train\.1 \(YAML type int, not a string\)"),  # was a TypeError
+        ("  epochs: null", "  ~: 100", r"train\.None \(YAML type NoneType"),
     ],
 )
 def test_an_odd_key_is_named_so_that_the_user_can_see_it(tmp_path, old, new, shown):
@@ -143,11 +143,11 @@ def test_a_stage_run_by_dvc_fails_at_its_end_when_params_changed_while_it_ran(wo
     from genlab.pipeline.stage import run_stage
 
     params_guard.record(COMMITTED)
-    edit = lambda: Path("params.yaml").write_text(COMMITTED.replace("epochs: 100", "epochs: 5"))  # noqa: E731
+    edit = lambda: Path("params.yaml").write_text(COMMITTED.replace("epochs: null", "epochs: 5"))  # noqa: E731
     with pytest.raises(SystemExit) as info:
         run_stage(edit)  # e.g. a second `dvc exp run -S train.epochs=5` while this stage trained
     assert info.value.code == 2
-    assert "train.epochs: 100 -> 5" in capsys.readouterr().err
+    assert "train.epochs: null -> 5" in capsys.readouterr().err
 
 
 def test_the_guard_leaves_stages_run_by_hand_alone_and_needs_validate_under_dvc(workspace, monkeypatch):

@@ -89,8 +89,12 @@ Config = _config_class()
 
 
 def config_from_dict(raw: dict[str, Any], require_all: bool = False) -> Config:
-    """Validate `raw`; absent keys take the declared defaults unless `require_all` (params.yaml)."""
-    return build(Config, raw or {}, "", require_all)
+    """Validate `raw`; absent keys take the declared defaults unless `require_all` (params.yaml).
+    train.epochs null becomes the active family's default length (`FamilyConfig.EPOCHS`)."""
+    cfg = build(Config, raw or {}, "", require_all)
+    if cfg.train.epochs is None:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=cfg.family.EPOCHS))
+    return cfg
 
 
 FAMILY_NAMES = tuple(SECTIONS)  # the values model.family accepts

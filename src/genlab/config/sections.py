@@ -16,6 +16,7 @@ from genlab.core.schema import (
     SAMPLING,
     between,
     key,
+    optional,
     positive,
     positive_list,
 )
@@ -26,9 +27,13 @@ class TrainConfig:
     """The shared loop's settings; each family's optimiser settings (lr, betas) are in its own section."""
 
     STAGES: ClassVar = ("train",)
-    epochs: int = key(100, between(1, MAX_EPOCHS))
+    epochs: Optional[int] = key(
+        None, optional(between(1, MAX_EPOCHS)), doc="null = the family's default: 100, FlowMo 65 (60 of 1A + 5 of 1B)"
+    )
     batch_size: int = key(64, between(1, MAX_BATCH))
-    lr_schedule: Literal["constant", "cosine"] = key("cosine", doc="every optimiser's lr; cosine decays to 0 per step")
+    lr_schedule: Literal["constant", "cosine"] = key(
+        "cosine", doc="every optimiser's lr; cosine decays it to 0 per step over the epochs it trains in"
+    )
     grad_clip: Optional[float] = key(None, doc="clip each optimiser's gradient norm to this (null = off)")
     precision: Literal["fp32", "bf16", "fp16"] = key(
         "fp32",

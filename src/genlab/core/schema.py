@@ -62,6 +62,8 @@ class FamilyConfig:
     #: the upstream network whose features score samples (or reconstructions) during training, every
     #: `eval_every` epochs on `fid_samples` validation images (keys the section then declares); None: no scores
     SCORED_BY: ClassVar[str | None] = None
+    #: train.epochs when params.yaml says null: the family's default run length
+    EPOCHS: ClassVar[int] = 100
 
 
 def key(default: Any, check: Check | None = None, *, stages: tuple[str, ...] | None = None, doc: str = "") -> Any:

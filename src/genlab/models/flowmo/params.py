@@ -38,6 +38,7 @@ STEPS, RHO, GUIDANCE = 25, 4.0, 1.5  # FlowMo's evaluation sampler (base.yaml: 2
 class FlowMoConfig(FamilyConfig):
     UPSTREAM: ClassVar = (Upstream("classifier", stage="classifier"), Upstream("perceptual", stage="perceptual"))
     SCORED_BY: ClassVar = "classifier"  # val rFID checks; the perceptual network serves the perceptual loss
+    EPOCHS: ClassVar = 65  # 60 of 1A + 5 of 1B: a digits run in ~4 min on 2 cores (docs/benchmarks.md §16)
 
     decoder: Literal["flow", "regression"] = key("flow", doc="flow (FlowMo) | regression (the one-pass baselines)")
     patch: int = key(2, between(1, 64), doc="patch size; must divide the image size")
@@ -61,7 +62,7 @@ class FlowMoConfig(FamilyConfig):
     code_drop: float = key(0.1, in_unit(closed_low=True), doc="share of codes dropped in training (for guidance)")
     uniform_share: float = key(UNIFORM_SHARE, in_unit(closed_low=True), doc="share of t ~ U(0, 1), else logit-normal")
     pretrain_epochs: int = key(
-        90, between(1, MAX_EPOCHS), doc="stage 1A; the epochs after it (to train.epochs) are stage 1B"
+        60, between(1, MAX_EPOCHS), doc="stage 1A; the epochs after it (to train.epochs) are stage 1B"
     )
     freeze_encoder_after: Optional[int] = key(
         None, optional(between(0, MAX_EPOCHS)), doc="1A epochs before the encoder freezes"
