@@ -461,11 +461,11 @@ def _flowmo_checks(project, history, test, run, client):
     evaluation and samples (the history stage redraws the per-epoch files from the restored record)."""
     root = project.root
     assert list(history["train_stage"]) == [0, 0, 2]
-    assert history["val_psnr"].notna().all()
-    # val rFID every flowmo.eval_every (10) 1A epochs, so only after 1B's epoch; the sample distance from 1A's last
-    assert list(history["val_domain_rfid"].notna()) == [False, False, True]
+    # val rFID and PSNR every flowmo.eval_every (10) 1A epochs, so only after 1B's epoch; the sample distance from
+    # 1A's last
+    assert list(history["val_domain_rfid"].notna()) == list(history["val_psnr"].notna()) == [False, False, True]
     assert list(history["val_sample_distance"].notna()) == [False, True, True]
-    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val/psnr")) == STEPS
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/psnr")] == [3]
     assert json.loads((root / "metrics/train.json").read_text())["selected_epoch"] == 3  # the only 1B epoch's weights
     assert json.loads((root / "metrics/perceptual.json").read_text())["test"]["accuracy"] > 0
     assert test["perceptual"] == test["perceptual"] and test["domain_rfid_std"] > 0
