@@ -51,7 +51,7 @@ class FlowMoConfig(FamilyConfig):
     decoder_width: int = key(64, between(8, MAX_WIDTH), doc="decoder transformer width")
     decoder_depth: int = key(3, between(1, 64), doc="decoder blocks")
     decoder_heads: int = key(4, between(1, 64), doc="decoder attention heads; width / heads must be even and >= 4")
-    lr: float = key(5e-4, positive(), doc="Adam, stage 1A")
+    lr: float = key(2e-3, positive(), doc="Adam, stage 1A (2e-3: docs/benchmarks.md §16)")
     beta1: float = key(0.9, in_unit(closed_low=True))
     beta2: float = key(0.95, in_unit(closed_low=True))
     ema_decay: float = key(0.999, in_unit(closed_low=True), doc="EMA of the weights, used to evaluate and sample")
@@ -70,7 +70,7 @@ class FlowMoConfig(FamilyConfig):
     posttrain_lr: float = key(
         2.5e-4,
         positive(),
-        doc="Adam, stage 1B (FlowMo: half the 1A lr); train.lr_schedule runs over the 1B epochs",
+        doc="Adam, stage 1B (FlowMo's paper: half its 1A lr); train.lr_schedule runs over the 1B epochs",
     )
     sample_weight: float = key(0.01, at_least(0.0), doc="1B: lambda_sample, weight of the sampled image's distance")
     posttrain_steps: int = key(POSTTRAIN_STEPS, between(1, 100), doc="1B: k, Euler steps differentiated through")
