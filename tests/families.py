@@ -5,6 +5,7 @@ A family registered in genlab.models.FAMILIES without a row here fails tests/tes
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from genlab.config.experiment import stage_view
@@ -117,3 +118,18 @@ def train_run(cfg, data, ckpt=None, state=None, tracker=None, scorer=None, famil
         resume_state=state,
         scorer=scorer,
     )
+
+
+def train_run_optimisers(cfg, data) -> list[torch.optim.Adam]:
+    """train_run, returning the Adam optimisers the loop built, in the family's order, as the run left them."""
+    seen = []
+    real_adam = torch.optim.Adam
+
+    def adam(*args, **kwargs):
+        seen.append(real_adam(*args, **kwargs))
+        return seen[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.optim, "Adam", adam)
+        train_run(cfg, data)
+    return seen

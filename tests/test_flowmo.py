@@ -15,7 +15,7 @@ from genlab.models.flowmo.mmdit import linear_weight_norms
 from genlab.quality.reconstruction import psnr
 from genlab.training.loop import lr_factor
 
-from families import TINY_FAMILIES, Stepper, make_family, train_run
+from families import TINY_FAMILIES, Stepper, make_family, train_run, train_run_optimisers
 
 TINY = TINY_FAMILIES["flowmo"]
 RUN = {
@@ -83,16 +83,7 @@ def test_each_stage_s_optimiser_runs_its_schedule_over_that_stage_s_epochs(digit
     assert make_family("flowmo", decoder="regression", pretrain_epochs=2).schedule_window("model", 4) == (1, 4)
 
     cfg = config_from_dict({**RUN, "train": {**RUN["train"], "epochs": 4, "lr_schedule": "cosine"}})
-    seen = []  # in the family's order: model, decoder, posttrain
-    real_adam = torch.optim.Adam
-
-    def adam(*args, **kwargs):
-        seen.append(real_adam(*args, **kwargs))
-        return seen[-1]
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(torch.optim, "Adam", adam)
-        train_run(cfg, digits)
+    seen = train_run_optimisers(cfg, digits)  # in the family's order: model, decoder, posttrain
     steps = math.ceil(len(digits.train.images) / cfg.train.batch_size) * 2  # each stage's: 2 epochs
     model, _, posttrain = (opt.param_groups[0]["lr"] for opt in seen)
     assert posttrain == pytest.approx(cfg.family.posttrain_lr * lr_factor("cosine", steps - 1, steps))

@@ -18,7 +18,7 @@ from genlab.core.runtime import stream, stream_seed
 from genlab.tracking.store import repo_root
 from genlab.training.loop import NullTracker, lr_factor
 
-from families import TINY_FAMILIES, build_from, train_run
+from families import TINY_FAMILIES, build_from, train_run, train_run_optimisers
 
 SMALL = {"vae": TINY_FAMILIES["vae"], "train": {"epochs": 4, "batch_size": 128}}
 
@@ -80,16 +80,7 @@ def test_cosine_schedule_sets_every_optimisers_lr(digits):
     cfg = config_from_dict(
         {**SMALL, "vae": {**SMALL["vae"], "lr": 0.01}, "train": {**SMALL["train"], "lr_schedule": "cosine"}}
     )
-    seen = []
-    real_adam = torch.optim.Adam
-
-    def adam(*args, **kwargs):
-        seen.append(real_adam(*args, **kwargs))
-        return seen[-1]
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(torch.optim, "Adam", adam)
-        train_run(cfg, digits)
+    seen = train_run_optimisers(cfg, digits)
     steps = cfg.train.epochs * math.ceil(len(digits.train.images) / cfg.train.batch_size)
     ((group,),) = [opt.param_groups for opt in seen]
     assert group["initial_lr"] == 0.01
