@@ -158,6 +158,19 @@ def test_a_killed_and_resumed_run_logs_each_step_exactly_once(digits, tmp_path, 
     assert {s for _, s in uninterrupted.images} == {0, 1, 2, 3, 4}  # step 0: the untrained model, logged once
 
 
+def test_snapshot_images_are_logged_about_twenty_times_a_run_and_at_its_last_epoch(digits):
+    from genlab.training.loop import SNAPSHOTS, snapshot_due
+
+    assert [e for e in range(1, 101) if snapshot_due(e, 100)] == list(range(5, 101, 5))
+    assert [e for e in range(1, 66) if snapshot_due(e, 65)] == [*range(4, 65, 4), 65]  # FlowMo's 60 + 5
+    assert all(snapshot_due(e, SNAPSHOTS) for e in range(1, SNAPSHOTS + 1))
+    recorder = Recorder()
+    train_run(config_from_dict({**SMALL, "train": {**SMALL["train"], "epochs": 25}}), digits, None, tracker=recorder)
+    steps = sorted({s for _, s in recorder.images})
+    assert steps == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 25]  # step 0: the untrained model
+    assert sorted(recorder.metric_steps("time/epoch_seconds")) == list(range(1, 26))  # metrics: every epoch
+
+
 @pytest.mark.parametrize("family", ["vae", "gan"])
 def test_divergence_stops_training_and_keeps_the_last_good_checkpoint(digits, tmp_path, monkeypatch, family):
     cfg = config_from_dict({**SMALL, "model": {"family": family}, "gan": TINY_FAMILIES["gan"]})

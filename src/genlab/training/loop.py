@@ -31,6 +31,9 @@ from genlab.training.distributed import SINGLE, World
 from genlab.training.sources import Source
 
 SNAPSHOT_BATCH = 32  # validation items shown in the per-epoch reconstruction grid
+# Snapshot images are logged at most about this many times a run: each costs a sampler run (12 % of a DDPM
+# epoch on digits), and an image slider over 20 steps shows the progress as well as one over 100.
+SNAPSHOTS = 20
 EPOCH_KEY = "time/epoch_seconds"  # logged with every epoch's metrics: its steps are the epochs logged
 
 
@@ -215,14 +218,21 @@ def _report(epoch: int, epochs: int, row: dict[str, Any], note: str, label: str 
     return " ".join(parts) + f" {note}"
 
 
+def snapshot_due(epoch: int, epochs: int) -> bool:
+    """Whether epoch `epoch` of a run of `epochs` logs snapshot images: every epoch of a run of up to SNAPSHOTS
+    epochs; in a longer one every ceil(epochs / SNAPSHOTS)-th epoch, and the last."""
+    return epoch % math.ceil(epochs / SNAPSHOTS) == 0 or epoch == epochs
+
+
 def _log_epoch(
-    tracker: Tracker, family: Family, fixed_batch: torch.Tensor, seed: int, epoch: int, logged: dict
+    tracker: Tracker, family: Family, fixed_batch: torch.Tensor, seed: int, epoch: int, epochs: int, logged: dict
 ) -> None:
-    """Images first, metrics last: a step's metrics in the run mean the whole epoch was logged.
+    """Images first (when due), metrics last: a step's metrics in the run mean the whole epoch was logged.
 
     (A kill during the image upload can leave that one step's image twice; its metrics stay single.)
     """
-    _log_snapshot(tracker, family, fixed_batch, seed, epoch)
+    if snapshot_due(epoch, epochs):
+        _log_snapshot(tracker, family, fixed_batch, seed, epoch)
     tracker.log_metrics(logged, step=epoch)
 
 
@@ -316,7 +326,7 @@ class Trainer:
                 resume_state["best"],
             )
             if world.main and "logged" in resume_state and self.done not in tracker.metric_steps(EPOCH_KEY):
-                _log_epoch(tracker, family, self.fixed_batch, seed, self.done, resume_state["logged"])
+                _log_epoch(tracker, family, self.fixed_batch, seed, self.done, train.epochs, resume_state["logged"])
         elif world.main:
             # Step 0 is the untrained model: MLflow's image cards open at step 0, so without it they open blank.
             _log_snapshot(tracker, family, self.fixed_batch, seed, 0)
@@ -423,7 +433,7 @@ class Trainer:
                     "logged": logged,  # what a resume logs if the kill came before this epoch was logged
                 },
             )
-        _log_epoch(self.tracker, self.family, self.fixed_batch, self.seed, epoch, logged)
+        _log_epoch(self.tracker, self.family, self.fixed_batch, self.seed, epoch, self.train.epochs, logged)
 
     def finish(self) -> list[dict[str, Any]]:
         """The history; a family with a selection rule gets its best epoch's weights back, marked `selected`."""
@@ -442,8 +452,8 @@ def fit(family: Family, source: Source, train: TrainConfig, seed: int, **kwargs:
     arguments are `Trainer`'s (`key` and `tracker` required).
 
     Rows hold `epoch` and `<split>_<metric>` for split in train/val. A fresh run logs the snapshot images
-    of the untrained model at step 0. After each epoch a checkpoint
-    is written atomically, then the snapshot images and metrics go to `tracker`: a run killed in
+    of the untrained model at step 0. After each epoch a checkpoint is written atomically, then the snapshot
+    images (when `snapshot_due`) and the metrics go to `tracker`: a run killed in
     between is resumed after that epoch and logs it then, so every step is logged exactly once
     (logging first would log the epoch again on resume). A non-finite training metric raises
     DivergenceError before the checkpoint, so the last good one survives. `scorer` (sample-quality
