@@ -10,6 +10,7 @@ import signal
 import sys
 
 from genlab.core import machine
+from genlab.core.runtime import use_threads
 from genlab.pipeline.stage import run_stage, stage_args, stage_config
 from genlab.pipeline.train import open_run, publish, restore_finished, set_up
 from genlab.tracking import store
@@ -19,6 +20,7 @@ from genlab.training import distributed, resume
 def run() -> None:
     args = stage_args(__doc__.splitlines()[0])
     cfg = stage_config(args.family)
+    use_threads(cfg.threads)
     if cfg.train.processes > 1 and not distributed.launched():
         # This process becomes torchrun, which starts the workers (each runs this script) and, on a
         # signal or a failed worker, stops them all: nothing is left running behind DVC's back.

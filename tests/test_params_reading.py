@@ -232,14 +232,3 @@ def test_threads_is_null_or_a_positive_count_and_sets_torchs_threads(tmp_path):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
-
-
-def test_null_threads_is_one_per_core_but_one_for_a_ddpm_on_digits_sized_images(tmp_path):
-    from genlab.config.experiment import threads_for
-
-    params = tmp_path / "params.yaml"
-    params.write_text(COMMITTED)
-    vae, ddpm = load_config(params), load_config(params, {"model": {"family": "ddpm"}})
-    assert threads_for(vae, (1, 8, 8)) is None and threads_for(ddpm, (1, 28, 28)) is None  # torch's one per core
-    assert threads_for(ddpm, (1, 8, 8)) == 1 and threads_for(ddpm, (3, 8, 8)) == 1
-    assert threads_for(load_config(params, {"model": {"family": "ddpm"}, "threads": 2}), (1, 8, 8)) == 2

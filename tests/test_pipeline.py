@@ -453,7 +453,6 @@ def _ddpm_checks(project, history, test, run, client):
     parts = test["prior_bpd"] + test["diffusion_bpd"] + test["decoder_bpd"]
     assert test["bpd"] == pytest.approx(parts, rel=1e-6) and test["bpd_stderr"] > 0 and test["bound_strata"] == 4
     assert "17-level" in run.data.tags["genlab.data_convention"]
-    assert run.data.tags["machine.threads"] == "1"  # threads: null on 8x8 digits (genlab.config.experiment.threads_for)
 
 
 def _flowmo_checks(project, history, test, run, client):

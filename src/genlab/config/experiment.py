@@ -46,9 +46,8 @@ SEED_RANGE = ((lambda v: 0 <= v < 2**32), "an integer in [0, 4294967295]")
 
 
 THREADS_DOC = (
-    "CPU threads of each stage's process; null = one per core, but one for a DDPM on digits-sized images. Beside "
-    "other CPU jobs (dvc queue start -j 2) 1 keeps a run near its fair share; numbers are bit-identical only at "
-    "equal threads"
+    "CPU threads of each stage's process; null = torch's default (one per core). Beside other CPU jobs "
+    "(dvc queue start -j 2) 1 keeps a run near its fair share; numbers are bit-identical only at equal threads"
 )
 
 
@@ -96,16 +95,6 @@ def config_from_dict(raw: dict[str, Any], require_all: bool = False) -> Config:
     if cfg.train.epochs is None:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=cfg.family.EPOCHS))
     return cfg
-
-
-def threads_for(cfg: Config, image_shape: tuple[int, ...]) -> int | None:
-    """The CPU threads of the family's stages (train, evaluate, sample) on images of `image_shape`: `threads`
-    when set; under null one where the family's kernels on images this small gain nothing from a second
-    thread (`FamilyConfig.ONE_THREAD_PIXELS`), else None: torch's default, one per core."""
-    if cfg.threads is not None:
-        return cfg.threads
-    height, width = image_shape[-2:]
-    return 1 if height * width <= cfg.family.ONE_THREAD_PIXELS else None
 
 
 FAMILY_NAMES = tuple(SECTIONS)  # the values model.family accepts

@@ -64,10 +64,6 @@ class FamilyConfig:
     SCORED_BY: ClassVar[str | None] = None
     #: train.epochs when params.yaml says null: the family's default run length
     EPOCHS: ClassVar[int] = 100
-    #: under `threads: null`, images of at most this many pixels (H x W) get one CPU thread instead of one per
-    #: core: the family's kernels on them are too small for a second thread to pay, and the spare thread only
-    #: slows the run beside other jobs (docs/benchmarks.md §17); 0: one per core at any size
-    ONE_THREAD_PIXELS: ClassVar[int] = 0
 
 
 def key(default: Any, check: Check | None = None, *, stages: tuple[str, ...] | None = None, doc: str = "") -> Any:

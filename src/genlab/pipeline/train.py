@@ -22,11 +22,11 @@ import pandas as pd
 import torch
 
 from genlab.config import params_guard
-from genlab.config.experiment import Config, config_from_dict, stage_view, threads_for
+from genlab.config.experiment import Config, config_from_dict, stage_view
 from genlab.config.params_file import parse_params
 from genlab.core import atomic, machine, paths
 from genlab.core.errors import GenlabError
-from genlab.core.runtime import seed_everything, use_threads
+from genlab.core.runtime import seed_everything
 from genlab.data import PreparedData, load_prepared
 from genlab.data.checksums import md5_file
 from genlab.evaluation import upstream
@@ -91,7 +91,6 @@ def set_up(cfg: Config, name: str, device: torch.device, world: World = SINGLE) 
     where = paths.model_paths(name)
     seed_everything(cfg.seed, "model_init")
     data = load_prepared(paths.PREPARED_DIR)
-    use_threads(threads_for(cfg, data.image_shape))
     spec = DataSpec(data.image_shape, input_levels(data, cfg.data.binarize))
     family = build_family(cfg.model.family, cfg.family, spec, device)
     distributed.sync_batchnorm(family.modules.values(), device, world)

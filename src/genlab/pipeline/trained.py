@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from genlab.config.experiment import Config, threads_for
+from genlab.config.experiment import Config
 from genlab.core import checkpoint, paths
 from genlab.core.errors import CheckpointError
 from genlab.core.inference import check_precision
@@ -38,6 +38,7 @@ class Trained:
 
 def load_trained(stage: str, name: str, family: str | None) -> Trained:
     cfg = stage_config(family)
+    use_threads(cfg.threads)
     seed_everything(cfg.seed, f"{stage}_global")
     device = resolve_device(cfg.device)
     check_precision(cfg.sample.precision, device)
@@ -50,7 +51,6 @@ def load_trained(stage: str, name: str, family: str | None) -> Trained:
             f"retrain it with `dvc repro` (or {by_hand})"
         )
     data = load_prepared(paths.PREPARED_DIR)
-    use_threads(threads_for(cfg, data.image_shape))
     if data.checksum != saved["data_md5"]:
         raise CheckpointError(
             f"{where.model} was trained on data {saved['data_md5']} but {paths.PREPARED_DIR} holds {data.checksum}: "

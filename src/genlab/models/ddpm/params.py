@@ -5,7 +5,7 @@ Plain data, no torch: validating params.yaml loads no network code."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Literal
 
 from genlab.core.errors import ConfigError
 from genlab.core.schema import (
@@ -23,8 +23,6 @@ from genlab.core.schema import (
 
 @dataclass(frozen=True)
 class DDPMConfig(FamilyConfig):
-    ONE_THREAD_PIXELS: ClassVar = 8 * 8  # digits: as fast on one thread, and fair queued in pairs (§17)
-
     schedule: Literal["linear", "cosine"] = key(
         "linear", doc="linear: beta 1e-4 -> 0.02 (Ho et al.); cosine: Nichol & Dhariwal"
     )
