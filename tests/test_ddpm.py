@@ -333,16 +333,16 @@ def test_bf16_sampling_is_refused_on_a_cpu_without_bf16_units(monkeypatch):
 
 
 @pytest.mark.parametrize("unit", ["avx512_bf16", "amx_bf16"])
-def test_bf16_sampling_autocasts_and_puts_convolutions_channels_last(monkeypatch, unit):
+def test_bf16_sampling_on_a_cpu_autocasts_and_keeps_convolutions_contiguous(monkeypatch, unit):
     _capabilities(monkeypatch, **{unit: True})
     assert bf16_unsupported(CPU) is None
     model = make_ddpm(timesteps=20, sampler_steps=5)
     fp32 = model.sample(4, gen(1))
-    conv = model.ema.module.stem.weight
     prepare_networks(model, "fp32", compile=False)
-    assert conv.is_contiguous()  # fp32 leaves the networks as they were
+    assert model.ema.module.stem.weight.is_contiguous()  # fp32 leaves the networks as they were
     prepare_networks(model, "bf16", compile=False)
-    assert model.ema.module.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    # channels-last is for CUDA's bf16 kernels; oneDNN's bf16 convolutions were 2.6x slower in it
+    assert model.ema.module.stem.weight.is_contiguous()
     with sampling("bf16", CPU):
         assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
         bf16 = model.sample(4, gen(1))

@@ -107,8 +107,8 @@ class SampleConfig:
     precision: Literal["fp32", "bf16"] = key(
         "fp32",
         stages=SAMPLING,
-        doc="bf16: autocast (and channels-last conv weights) while evaluate and sample make images; needs CUDA "
-        "or a CPU with AVX512-BF16 or AMX; moves the metrics a little (docs/benchmarks.md §13)",
+        doc="bf16: autocast (on CUDA with channels-last conv weights) while evaluate and sample make images; "
+        "needs CUDA or a CPU with AVX512-BF16 or AMX; moves the metrics a little (docs/benchmarks.md §13, §17)",
     )
     compile: bool = key(
         False, stages=SAMPLING, doc="torch.compile the networks evaluate and sample run (compilation first: ~1 min)"

@@ -64,17 +64,18 @@ def load_trained(stage: str, name: str, family: str | None) -> Trained:
 
 def prepare_networks(family: Family, precision: str, compile: bool) -> None:
     """The networks of `family` and of the families it uses (MaskGIT's tokenizer), set up for making images:
-    bf16 puts 4-D (convolution) weights in channels-last, the layout bf16 convolution kernels (cuDNN tensor
-    cores, oneDNN's AMX) work in, so activations stay in it; `compile` wraps each network in torch.compile.
-    fp32 without compile leaves them untouched, so the numbers are the ones of before. `check_precision`
-    refuses bf16 on a device without bfloat16 arithmetic first."""
+    bf16 on CUDA puts 4-D (convolution) weights in channels-last, the layout cuDNN's bf16 tensor-core kernels
+    work in, so activations stay in it (not on a CPU: there oneDNN's bf16 convolutions ran the U-Net 2.6x
+    slower channels-last than contiguous, docs/benchmarks.md §17); `compile` wraps each network in
+    torch.compile. fp32 without compile leaves them untouched, so the numbers are the ones of before.
+    `check_precision` refuses bf16 on a device without bfloat16 arithmetic first."""
     check_precision(precision, family.device)
     families = [family] + [m for m in family.upstreams.values() if isinstance(m, Family)]
     if compile:
         deterministic(compiled=True)
     for fam in families:
         for module in fam.modules.values():
-            if precision == "bf16":
+            if precision == "bf16" and family.device.type == "cuda":
                 module.to(memory_format=torch.channels_last)
             if compile:
                 compile_networks(module)
