@@ -9,6 +9,8 @@ of every network the step runs, per image), then training images/s over `--batch
   channels_last  networks and batches in channels-last memory format (oneDNN's preferred conv layout)
   bf16           autocast to bfloat16 (only where the CPU has AVX512-BF16/AMX, or on CUDA; skipped otherwise)
   compile        torch.compile of the family's networks (train.compile=true; its compile time is reported apart)
+  bf16+cl, bf16+compile, bf16+cl+compile
+                 the combinations (bf16: `-S train.precision=bf16`; compile: `-S train.compile=true`)
 
 Each variant trains a fresh model from the same seed on the same batches; nothing is asserted.
 
@@ -35,14 +37,19 @@ from genlab.training.loop import Optimisation, compile_networks, precision_conte
 from genlab.training.sources import image_source
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("default", "channels_last", "bf16", "compile")
+VARIANTS = ("default", "channels_last", "bf16", "compile", "bf16+cl", "bf16+compile", "bf16+cl+compile")
+
+
+def parts(variant: str) -> set[str]:
+    """What a variant switches on: some of channels_last, bf16, compile."""
+    return {"channels_last" if p == "cl" else p for p in variant.split("+")} - {"default"}
 
 
 def config(family: str, device: torch.device, variant: str):
     raw = parse_params((ROOT / "params.yaml").read_text())
     raw["model"]["family"], raw["device"] = family, str(device)
     raw["data"].update(name="mnist", mirror=str(ROOT.parent / "shared" / "datasets" / "mnist"), limit=4000)
-    raw["train"]["precision"] = "bf16" if variant == "bf16" else "fp32"
+    raw["train"]["precision"] = "bf16" if "bf16" in parts(variant) else "fp32"
     return config_from_dict(raw)
 
 
@@ -58,11 +65,11 @@ def measure(family_name: str, device: torch.device, variant: str, batches: int, 
     data = prepared(cfg)
     family = build(cfg, data, device)
     source = image_source(data, cfg.data.binarize)
-    layout = torch.channels_last if variant == "channels_last" else torch.contiguous_format
+    layout = torch.channels_last if "channels_last" in parts(variant) else torch.contiguous_format
     for module in family.modules.values():
         module.to(memory_format=layout)
     began = time.perf_counter()
-    if variant == "compile":
+    if "compile" in parts(variant):
         for module in family.modules.values():
             compile_networks(module)
     optimisation = Optimisation(family, cfg.train)
@@ -108,8 +115,8 @@ def main() -> None:
     for family in args.family:
         base = None
         for variant in args.variants:
-            if variant == "bf16" and bf16_unsupported(device):
-                print(f"| {family} | bf16 | skipped: no AVX512-BF16/AMX on this CPU | | | | | |", flush=True)
+            if "bf16" in parts(variant) and bf16_unsupported(device):
+                print(f"| {family} | {variant} | skipped: no AVX512-BF16/AMX on this CPU | | | | | |", flush=True)
                 continue
             r = measure(family, device, variant, args.batches, args.warmup)
             base = base or r["img_s"]

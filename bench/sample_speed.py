@@ -14,16 +14,19 @@ call / its seconds):
 * fp32     — `genlab.core.inference.sampling("fp32")`, the stages' context now: inference mode, no fill; on a
              CPU the U-Net in chunks of 64 (`genlab.models.ddpm.family.CPU_SAMPLE_CHUNK`); at batch 64 its
              images must equal `before`'s bit for bit (printed as `same`), at 256 they differ by float rounding;
-* bf16     — that context with bf16 autocast (`sample.precision=bf16`; + channels-last weights for the U-Net:
-             `bf16+cl`), forced here even on a CPU the stages refuse it on (no AVX512-BF16/AMX: emulated);
+* bf16     — that context with bf16 autocast (`sample.precision=bf16` on a CPU; `bf16+cl`: with channels-last
+             weights, what it does on CUDA), forced here even on a CPU the stages refuse it on (no
+             AVX512-BF16/AMX: emulated);
              printed with the largest and the mean absolute pixel difference from fp32 on the same noise;
-* compile  — fp32 with the networks under torch.compile (`sample.compile=true`); its compile seconds apart.
+* compile  — fp32 with the networks under torch.compile (`sample.compile=true`); its compile seconds apart;
+* bf16+compile, bf16+cl+compile — both (`sample.precision=bf16 sample.compile=true`: the first on a CPU).
 
 --quality trains the default digits DDPM for --epochs and scores --samples DDIM samples (50 steps) in fp32 and
 in bf16 from the same noise with the domain classifier: the shift bf16 makes in domain FID/IS/precision/recall.
 
     cd /work/main && PYTHONPATH=src .venv/bin/python bench/sample_speed.py [--device auto] [--threads N]
-        [--samplers ddim10 ddim50 flowmo maskgit] [--settings before fp32 bf16 bf16+cl compile] [--quality]
+        [--samplers ddim10 ddim50 flowmo maskgit] [--quality]
+        [--settings before fp32 bf16 bf16+cl compile bf16+compile bf16+cl+compile]
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from genlab.models import DataSpec, build_family
 from genlab.training.loop import compile_networks
 
 MNIST = (1, 28, 28)
+SETTINGS = ("before", "fp32", "bf16", "bf16+cl", "compile", "bf16+compile", "bf16+cl+compile")
 FLOWMO_MNIST = {"patch": 4, "tokens": 6, "bits": 9, "group": 9}  # the README's MNIST tokenizer
 
 
@@ -101,15 +105,16 @@ def setting_context(setting: str, device: torch.device):
 
 def networks_for(fam, setting: str):
     """A copy of the family with its networks (and its tokenizer's) as the setting wants them."""
-    if setting not in ("bf16+cl", "compile"):
+    parts = set(setting.split("+"))
+    if not parts & {"cl", "compile"}:
         return fam
     fam = copy.deepcopy(fam)
     tokenizer = getattr(fam, "tokenizer", None)
     for f in [fam] + ([tokenizer] if tokenizer is not None else []):
         for module in f.modules.values():
-            if setting == "bf16+cl":
+            if "cl" in parts:
                 module.to(memory_format=torch.channels_last)
-            else:
+            if "compile" in parts:
                 compile_networks(module)
     return fam
 
@@ -134,8 +139,8 @@ def measure(name: str, nets, settings: list[str], batch: int, repeats: int, devi
 
     for setting in settings:  # warm-up (and compilation)
         seconds = call(setting)
-        if setting == "compile":
-            print(f"  {label}: compile + first call {seconds:.1f} s", flush=True)
+        if setting.endswith("compile"):
+            print(f"  {label}: {setting} + first call {seconds:.1f} s", flush=True)
     for _ in range(repeats):
         for setting in settings:
             times[setting].append(call(setting))
@@ -151,7 +156,7 @@ def measure(name: str, nets, settings: list[str], batch: int, repeats: int, devi
         elif setting != "fp32":
             note = f"vs fp32: max |Δ| {diff.max().item():.4f}, mean |Δ| {diff.mean().item():.5f}"
         print(
-            f"{label:<36} {setting:<8} batch {batch:>4}: {batch / median:8.2f} img/s  ×{base / median:4.2f}  "
+            f"{label:<36} {setting:<15} batch {batch:>4}: {batch / median:8.2f} img/s  ×{base / median:4.2f}  "
             f"({', '.join(f'{t:.2f}' for t in times[setting])} s)  {note}",
             flush=True,
         )
@@ -202,7 +207,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core)")
     parser.add_argument("--samplers", nargs="*", default=["ddim10", "ddim50", "flowmo", "maskgit"])
-    parser.add_argument("--settings", nargs="+", default=["before", "fp32", "bf16", "bf16+cl", "compile"])
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS))
     parser.add_argument("--batches", nargs="+", type=int, default=[64, 256], help="images per call after")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quality", action="store_true", help="the bf16 shift of a digits DDPM's metrics")
