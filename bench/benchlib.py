@@ -36,6 +36,12 @@ SEED_VAE = {
 }
 
 
+def switches(setting: str) -> set[str]:
+    """What a speed bench's setting turns on, from names joined by "+" ("bf16+cl+compile"): some of bf16,
+    cl (channels-last; "channels_last" alone says the same), compile; "default", "fp32", "before": none."""
+    return {"cl" if p == "channels_last" else p for p in setting.split("+")} - {"default", "fp32", "before"}
+
+
 def prepared(cfg: Config) -> PreparedData:
     """cfg's dataset prepared once under bench/out/prepared_<name> (the split depends on seed and fractions)."""
     folder = OUT / f"prepared_{cfg.data.name}"

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from benchlib import build, prepared
+from benchlib import build, prepared, switches
 from torch.utils.flop_counter import FlopCounterMode
 from vae_epoch import cpu_model, matmul_gflops, sync
 
@@ -40,16 +40,11 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("default", "channels_last", "bf16", "compile", "bf16+cl", "bf16+compile", "bf16+cl+compile")
 
 
-def parts(variant: str) -> set[str]:
-    """What a variant switches on: some of channels_last, bf16, compile."""
-    return {"channels_last" if p == "cl" else p for p in variant.split("+")} - {"default"}
-
-
 def config(family: str, device: torch.device, variant: str):
     raw = parse_params((ROOT / "params.yaml").read_text())
     raw["model"]["family"], raw["device"] = family, str(device)
     raw["data"].update(name="mnist", mirror=str(ROOT.parent / "shared" / "datasets" / "mnist"), limit=4000)
-    raw["train"]["precision"] = "bf16" if "bf16" in parts(variant) else "fp32"
+    raw["train"]["precision"] = "bf16" if "bf16" in switches(variant) else "fp32"
     return config_from_dict(raw)
 
 
@@ -65,11 +60,11 @@ def measure(family_name: str, device: torch.device, variant: str, batches: int, 
     data = prepared(cfg)
     family = build(cfg, data, device)
     source = image_source(data, cfg.data.binarize)
-    layout = torch.channels_last if "channels_last" in parts(variant) else torch.contiguous_format
+    layout = torch.channels_last if "cl" in switches(variant) else torch.contiguous_format
     for module in family.modules.values():
         module.to(memory_format=layout)
     began = time.perf_counter()
-    if "compile" in parts(variant):
+    if "compile" in switches(variant):
         for module in family.modules.values():
             compile_networks(module)
     optimisation = Optimisation(family, cfg.train)
@@ -115,7 +110,7 @@ def main() -> None:
     for family in args.family:
         base = None
         for variant in args.variants:
-            if "bf16" in parts(variant) and bf16_unsupported(device):
+            if "bf16" in switches(variant) and bf16_unsupported(device):
                 print(f"| {family} | {variant} | skipped: no AVX512-BF16/AMX on this CPU | | | | | |", flush=True)
                 continue
             r = measure(family, device, variant, args.batches, args.warmup)

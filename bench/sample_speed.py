@@ -44,7 +44,7 @@ import genlab  # noqa: F401  (first: it sets OpenMP's spin count, read when torc
 
 # isort: split
 import torch
-from benchlib import build, classifier_for, prepared, train
+from benchlib import build, classifier_for, prepared, switches, train
 
 from genlab.config.experiment import config_from_dict
 from genlab.core.inference import bf16_unsupported, cpu_bf16_units, no_fill
@@ -98,14 +98,14 @@ def setting_context(setting: str, device: torch.device):
     stack = contextlib.ExitStack()
     stack.enter_context(torch.inference_mode())
     stack.enter_context(no_fill())
-    if setting.startswith("bf16"):
+    if "bf16" in switches(setting):
         stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
     return stack
 
 
 def networks_for(fam, setting: str):
     """A copy of the family with its networks (and its tokenizer's) as the setting wants them."""
-    parts = set(setting.split("+"))
+    parts = switches(setting)
     if not parts & {"cl", "compile"}:
         return fam
     fam = copy.deepcopy(fam)
@@ -139,7 +139,7 @@ def measure(name: str, nets, settings: list[str], batch: int, repeats: int, devi
 
     for setting in settings:  # warm-up (and compilation)
         seconds = call(setting)
-        if setting.endswith("compile"):
+        if "compile" in switches(setting):
             print(f"  {label}: {setting} + first call {seconds:.1f} s", flush=True)
     for _ in range(repeats):
         for setting in settings:
