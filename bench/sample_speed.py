@@ -21,11 +21,16 @@ call / its seconds):
 * compile  — fp32 with the networks under torch.compile (`sample.compile=true`); its compile seconds apart;
 * bf16+compile, bf16+cl+compile — both (`sample.precision=bf16 sample.compile=true`: the first on a CPU).
 
+--profile times one U-Net call on 64 images (t = 500) per setting under torch.profiler and splits its CPU time into
+convolutions (with their GFLOP/s, against a 2048^3 matmul's in fp32 and bf16), attention products, linear layers
+and the rest (GroupNorm, SiLU, adds, concatenations; under compile, the generated kernels they fuse into): where
+the DDIM step's time goes, and what item 2's 3x would leave the rest.
+
 --quality trains the default digits DDPM for --epochs and scores --samples DDIM samples (50 steps) in fp32 and
 in bf16 from the same noise with the domain classifier: the shift bf16 makes in domain FID/IS/precision/recall.
 
     cd /work/main && PYTHONPATH=src .venv/bin/python bench/sample_speed.py [--device auto] [--threads N]
-        [--samplers ddim10 ddim50 flowmo maskgit] [--quality]
+        [--samplers ddim10 ddim50 flowmo maskgit] [--quality] [--profile]
         [--settings before fp32 bf16 bf16+cl compile bf16+compile bf16+cl+compile]
 """
 
@@ -45,6 +50,8 @@ import genlab  # noqa: F401  (first: it sets OpenMP's spin count, read when torc
 # isort: split
 import torch
 from benchlib import build, classifier_for, prepared, switches, train
+from torch.utils.flop_counter import FlopCounterMode
+from vae_epoch import matmul_gflops
 
 from genlab.config.experiment import config_from_dict
 from genlab.core.inference import bf16_unsupported, cpu_bf16_units, no_fill
@@ -162,6 +169,50 @@ def measure(name: str, nets, settings: list[str], batch: int, repeats: int, devi
         )
 
 
+def op_kind(name: str) -> str:
+    """The part of a U-Net call a profiled op belongs to (by its aten name)."""
+    if "convolution" in name:
+        return "conv"
+    if any(k in name for k in ("bmm", "softmax", "attention")):
+        return "attention"
+    return "linear" if any(k in name for k in ("addmm", "aten::mm", "linear")) else "rest"
+
+
+def profile(ddpm, settings: list[str], device: torch.device, batch: int = 64, calls: int = 5) -> None:
+    """Where one U-Net call's time goes per setting: convolutions (and their GFLOP/s) against the rest."""
+    x = torch.randn(batch, *MNIST, generator=torch.Generator().manual_seed(0)).to(device)
+    t = torch.full((batch,), 500, device=device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        ddpm.ema(x, t)
+    conv_flops = sum(v for k, v in counter.get_flop_counts()["Global"].items() if "convolution" in str(k))
+    peaks = {dtype: matmul_gflops(device, dtype=dtype) for dtype in (torch.float32, torch.bfloat16)}
+    fp32, bf16 = peaks.values()
+    print(
+        f"profile: one U-Net call on {batch} images: {counter.get_total_flops() / 1e9:.1f} GFLOP, convolutions "
+        f"{conv_flops / 1e9:.1f}; matmul 2048^3: fp32 {fp32:.0f}, bf16 {bf16:.0f} GFLOP/s"
+    )
+    for setting in settings:
+        net = networks_for(ddpm, setting).ema
+        with torch.no_grad(), setting_context(setting, device):  # no_grad: `before`'s sampler decorators
+            for _ in range(3):  # warm-up (and compilation)
+                net(x, t)
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+                for _ in range(calls):
+                    net(x, t)
+        parts = dict.fromkeys(("conv", "attention", "linear", "rest"), 0.0)
+        for event in prof.key_averages():
+            parts[op_kind(event.key)] += event.self_cpu_time_total / 1e3 / calls  # ms per call
+        total = sum(parts.values())
+        peak = peaks[torch.bfloat16 if "bf16" in switches(setting) else torch.float32]
+        conv_rate = conv_flops / (parts["conv"] / 1e3) / 1e9
+        print(
+            f"profile {setting:<15} {total:6.1f} ms a call: convolutions {parts['conv']:5.1f} ms "
+            f"({parts['conv'] / total:4.0%}; {conv_rate:4.0f} GFLOP/s = {conv_rate / peak:4.0%} of the matmul), "
+            + ", ".join(f"{k} {parts[k]:4.1f} ms ({parts[k] / total:3.0%})" for k in ("attention", "linear", "rest")),
+            flush=True,
+        )
+
+
 def quality(args, device: torch.device) -> None:
     """The bf16 shift of the digits DDPM's sample metrics: same model, same noise, fp32 vs bf16."""
     cfg = config_from_dict(
@@ -211,6 +262,7 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[64, 256], help="images per call after")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quality", action="store_true", help="the bf16 shift of a digits DDPM's metrics")
+    parser.add_argument("--profile", action="store_true", help="where one U-Net call's time goes, per setting")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--samples", type=int, default=359)
     args = parser.parse_args()
@@ -226,6 +278,8 @@ def main() -> None:
         f"bf16 units: {', '.join(units)}); sample.precision=bf16 {'refused: ' + why if why else 'allowed'}"
     )
     nets = families(device)
+    if args.profile:
+        profile(nets[0], args.settings, device)
     for name in args.samplers:
         for batch in args.batches:
             # The old settings only at the old batch; the other batches show what batching adds.
