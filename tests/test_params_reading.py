@@ -213,6 +213,64 @@ def test_a_second_exp_run_in_the_workspace_stops_the_first_instead_of_training_i
     assert not (project.root / "models" / "model.pt").exists()  # nothing trained on either's params
 
 
+def fake_proc(root, processes):
+    """A /proc with {pid: (parent, argv)}."""
+    for pid, (parent, argv) in processes.items():
+        (root / str(pid)).mkdir(parents=True)
+        (root / str(pid) / "stat").write_text(f"{pid} ({argv[0][:15]}) S {parent} 1 1 0")
+        (root / str(pid) / "cmdline").write_bytes("\0".join(argv).encode() + b"\0")
+    return root
+
+
+def test_other_stages_counts_each_other_run_once_and_not_this_one(tmp_path):
+    import os
+
+    from genlab.core.runtime import other_stages
+
+    me, py = os.getpid(), "/repo/.venv/bin/python"
+    proc = fake_proc(
+        tmp_path,
+        {
+            1: (0, ["/sbin/init"]),
+            100: (1, ["dvc", "exp", "exec-run"]),  # a queued experiment: dvc, its shell, the stage's python
+            101: (100, ["/bin/sh", "-c", "python stages/train.py"]),
+            102: (101, [py, "stages/train.py"]),
+            200: (1, [py, "-m", "torch.distributed.run", "--nproc-per-node", "2", "stages/evaluate.py"]),
+            201: (200, [py, "-u", "stages/evaluate.py"]),  # its workers count as the one run
+            202: (200, [py, "-u", "stages/evaluate.py"]),
+            300: (1, ["vim", "stages/train.py"]),  # not a python: not a stage
+            400: (1, [py, "-m", "torch.distributed.run", "stages/train.py"]),  # this process's own run
+            me: (400, [py, "-u", "stages/train.py"]),
+            401: (400, [py, "-u", "stages/train.py"]),
+        },
+    )
+    assert other_stages(proc) == {102: "stages/train.py", 200: "stages/evaluate.py"}
+    assert other_stages(tmp_path / "no-proc") == {}
+
+
+def test_threads_null_says_so_when_other_stages_share_the_cores(monkeypatch, capsys):
+    import torch
+
+    from genlab.core import runtime
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(runtime, "other_stages", lambda: {102: "stages/train.py"})
+    try:
+        torch.set_num_threads(2)
+        runtime.use_threads(None)
+        out = capsys.readouterr().out
+        assert "2 threads on 2 cores" in out and "stages/train.py (pid 102)" in out and "-S threads=1" in out, out
+        runtime.use_threads(1)  # the user's count: nothing to say
+        runtime.use_threads(None)  # one thread beside one other stage: two threads on two cores
+        monkeypatch.setattr(runtime, "other_stages", dict)
+        torch.set_num_threads(2)
+        runtime.use_threads(None)  # alone
+        assert capsys.readouterr().out == ""
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_threads_is_null_or_a_positive_count_and_sets_torchs_threads(tmp_path):
     import torch
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import re
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,10 +28,60 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+_STAGE_SCRIPT = re.compile(r"stages/\w+\.py")
+
+
+def _processes(proc: Path) -> dict[int, tuple[int, str | None]]:
+    """{pid: (parent pid, the genlab stage script a python runs in it, else None)} of the processes we can read."""
+    table = {}
+    for entry in proc.glob("[0-9]*"):
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
+        except (OSError, IndexError, ValueError):  # ended while we looked, or not ours to read
+            continue
+        script = _STAGE_SCRIPT.search(" ".join(argv[1:])) if Path(argv[0]).name.startswith("python") else None
+        table[int(entry.name)] = (parent, script.group(0) if script else None)
+    return table
+
+
+def other_stages(proc: Path = Path("/proc")) -> dict[int, str]:
+    """{pid: stage script} of the genlab stages running beside this process, one per run (torchrun and its
+    workers count once: the outermost), this process's own run not at all. Empty where there is no /proc."""
+    table = _processes(proc)
+
+    def outermost(pid: int) -> int | None:
+        top, seen = None, set()
+        while pid in table and pid not in seen:
+            seen.add(pid)
+            parent, script = table[pid]
+            top = pid if script else top
+            pid = parent
+        return top
+
+    mine = outermost(os.getpid()) or os.getpid()
+    roots = {outermost(pid) for pid, (_, script) in table.items() if script} - {mine, None}
+    return {pid: table[pid][1] for pid in sorted(roots)}
+
+
 def use_threads(threads: int | None) -> None:
-    """Run torch's CPU kernels on `threads` threads (params key `threads`); None keeps torch's default."""
+    """Run torch's CPU kernels on `threads` threads (params key `threads`); None keeps torch's default, one per
+    core, and says so when other genlab stages share the cores: threads that outnumber the cores wait on each
+    other at every kernel (a queued pair of DDPM runs took 2.3x one alone, docs/benchmarks.md §17), and the
+    remedy, fewer threads, changes float sums, so it is the user's choice, not one made from the machine's load."""
     if threads is not None:
         torch.set_num_threads(threads)
+        return
+    others, cores, mine = other_stages(), os.cpu_count() or 1, torch.get_num_threads()
+    if others and (len(others) + 1) * mine > cores:
+        running = ", ".join(f"{script} (pid {pid})" for pid, script in others.items())
+        print(
+            f"threads: null gives this stage {mine} threads on {cores} cores, beside {len(others)} other genlab "
+            f"stage(s): {running}. Threads that outnumber the cores wait on each other (docs/benchmarks.md §9, "
+            f"§17); for experiments side by side pass -S threads={max(1, cores // (len(others) + 1))} (numbers "
+            "then differ from one-per-core runs in float rounding only: compare runs with equal threads).",
+            flush=True,
+        )
 
 
 def stream_seed(seed: int, name: str) -> int:
