@@ -260,7 +260,7 @@ def test_threads_null_says_so_when_other_stages_share_the_cores(monkeypatch, cap
         torch.set_num_threads(2)
         runtime.use_threads(None)
         out = capsys.readouterr().out
-        assert "2 threads on 2 cores" in out and "stages/train.py (pid 102)" in out and "-S threads=1" in out, out
+        assert "2 threads on 2 cores" in out and "stages/train.py, pid 102" in out and "-S threads=1" in out, out
         runtime.use_threads(1)  # the user's count: nothing to say
         runtime.use_threads(None)  # one thread beside one other stage: two threads on two cores
         monkeypatch.setattr(runtime, "other_stages", dict)

@@ -74,12 +74,11 @@ def use_threads(threads: int | None) -> None:
         return
     others, cores, mine = other_stages(), os.cpu_count() or 1, torch.get_num_threads()
     if others and (len(others) + 1) * mine > cores:
-        running = ", ".join(f"{script} (pid {pid})" for pid, script in others.items())
+        running = ", ".join(f"{script}, pid {pid}" for pid, script in others.items())
         print(
-            f"threads: null gives this stage {mine} threads on {cores} cores, beside {len(others)} other genlab "
-            f"stage(s): {running}. Threads that outnumber the cores wait on each other (docs/benchmarks.md §9, "
-            f"§17); for experiments side by side pass -S threads={max(1, cores // (len(others) + 1))} (numbers "
-            "then differ from one-per-core runs in float rounding only: compare runs with equal threads).",
+            f"threads: null = {mine} threads on {cores} cores, beside {len(others)} other genlab stage(s) ({running}): "
+            "threads that outnumber the cores wait on each other (docs/benchmarks.md §17). Side by side, pass "
+            f"-S threads={max(1, cores // (len(others) + 1))} (float sums then differ from one-per-core runs).",
             flush=True,
         )
 
