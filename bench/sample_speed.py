@@ -191,17 +191,22 @@ def profile(ddpm, settings: list[str], device: torch.device, batch: int = 64, ca
         f"profile: one U-Net call on {batch} images: {counter.get_total_flops() / 1e9:.1f} GFLOP, convolutions "
         f"{conv_flops / 1e9:.1f}; matmul 2048^3: fp32 {fp32:.0f}, bf16 {bf16:.0f} GFLOP/s"
     )
+    cuda = device.type == "cuda"  # there the kernels' own time is the device's, the CPU only launches them
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    own_time = "self_device_time_total" if cuda else "self_cpu_time_total"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     for setting in settings:
         net = networks_for(ddpm, setting).ema
         with torch.no_grad(), setting_context(setting, device):  # no_grad: `before`'s sampler decorators
             for _ in range(3):  # warm-up (and compilation)
                 net(x, t)
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            with torch.profiler.profile(activities=activities) as prof:
                 for _ in range(calls):
                     net(x, t)
+                sync()
         parts = dict.fromkeys(("conv", "attention", "linear", "rest"), 0.0)
         for event in prof.key_averages():
-            parts[op_kind(event.key)] += event.self_cpu_time_total / 1e3 / calls  # ms per call
+            parts[op_kind(event.key)] += getattr(event, own_time) / 1e3 / calls  # ms per call
         total = sum(parts.values())
         peak = peaks[torch.bfloat16 if "bf16" in switches(setting) else torch.float32]
         conv_rate = conv_flops / (parts["conv"] / 1e3) / 1e9
