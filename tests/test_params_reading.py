@@ -213,23 +213,26 @@ def test_a_second_exp_run_in_the_workspace_stops_the_first_instead_of_training_i
     assert not (project.root / "models" / "model.pt").exists()  # nothing trained on either's params
 
 
-def fake_proc(root, processes):
-    """A /proc with {pid: (parent, argv)}."""
-    for pid, (parent, argv) in processes.items():
-        (root / str(pid)).mkdir(parents=True)
-        (root / str(pid) / "stat").write_text(f"{pid} ({argv[0][:15]}) S {parent} 1 1 0")
-        (root / str(pid) / "cmdline").write_bytes("\0".join(argv).encode() + b"\0")
-    return root
+def fake_processes(monkeypatch, processes):
+    """psutil.process_iter yielding {pid: (parent, argv)}."""
+    import types
+
+    import psutil
+
+    table = [
+        types.SimpleNamespace(pid=pid, info={"ppid": ppid, "cmdline": argv}) for pid, (ppid, argv) in processes.items()
+    ]
+    monkeypatch.setattr(psutil, "process_iter", lambda attrs: iter(table))
 
 
-def test_other_stages_counts_each_other_run_once_and_not_this_one(tmp_path):
+def test_other_stages_counts_each_other_run_once_and_not_this_one(monkeypatch):
     import os
 
     from genlab.core.runtime import other_stages
 
     me, py = os.getpid(), "/repo/.venv/bin/python"
-    proc = fake_proc(
-        tmp_path,
+    fake_processes(
+        monkeypatch,
         {
             1: (0, ["/sbin/init"]),
             100: (1, ["dvc", "exp", "exec-run"]),  # a queued experiment: dvc, its shell, the stage's python
@@ -239,13 +242,15 @@ def test_other_stages_counts_each_other_run_once_and_not_this_one(tmp_path):
             201: (200, [py, "-u", "stages/evaluate.py"]),  # its workers count as the one run
             202: (200, [py, "-u", "stages/evaluate.py"]),
             300: (1, ["vim", "stages/train.py"]),  # not a python: not a stage
+            301: (1, None),  # another user's process: its command line unreadable
             400: (1, [py, "-m", "torch.distributed.run", "stages/train.py"]),  # this process's own run
             me: (400, [py, "-u", "stages/train.py"]),
             401: (400, [py, "-u", "stages/train.py"]),
         },
     )
-    assert other_stages(proc) == {102: "stages/train.py", 200: "stages/evaluate.py"}
-    assert other_stages(tmp_path / "no-proc") == {}
+    assert other_stages() == {102: "stages/train.py", 200: "stages/evaluate.py"}
+    fake_processes(monkeypatch, {})
+    assert other_stages() == {}
 
 
 def test_threads_null_says_so_when_other_stages_share_the_cores(monkeypatch, capsys):

@@ -31,24 +31,22 @@ def resolve_device(name: str) -> torch.device:
 _STAGE_SCRIPT = re.compile(r"stages/\w+\.py")
 
 
-def _processes(proc: Path) -> dict[int, tuple[int, str | None]]:
+def _processes() -> dict[int, tuple[int, str | None]]:
     """{pid: (parent pid, the genlab stage script a python runs in it, else None)} of the processes we can read."""
+    import psutil  # here, not at the top: only a stage at `threads: null` asks
+
     table = {}
-    for entry in proc.glob("[0-9]*"):
-        try:
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except (OSError, IndexError, ValueError):  # ended while we looked, or not ours to read
-            continue
-        script = _STAGE_SCRIPT.search(" ".join(argv[1:])) if Path(argv[0]).name.startswith("python") else None
-        table[int(entry.name)] = (parent, script.group(0) if script else None)
+    for process in psutil.process_iter(["ppid", "cmdline"]):
+        argv = process.info["cmdline"] or []  # None where it is not ours to read
+        script = _STAGE_SCRIPT.search(" ".join(argv[1:])) if argv and Path(argv[0]).name.startswith("python") else None
+        table[process.pid] = (process.info["ppid"], script.group(0) if script else None)
     return table
 
 
-def other_stages(proc: Path = Path("/proc")) -> dict[int, str]:
+def other_stages() -> dict[int, str]:
     """{pid: stage script} of the genlab stages running beside this process, one per run (torchrun and its
-    workers count once: the outermost), this process's own run not at all. Empty where there is no /proc."""
-    table = _processes(proc)
+    workers count once: the outermost), this process's own run not at all."""
+    table = _processes()
 
     def outermost(pid: int) -> int | None:
         top, seen = None, set()
