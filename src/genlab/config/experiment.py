@@ -46,8 +46,9 @@ SEED_RANGE = ((lambda v: 0 <= v < 2**32), "an integer in [0, 4294967295]")
 
 
 THREADS_DOC = (
-    "CPU threads of each stage's process; null = torch's default (one per core). Beside other CPU jobs "
-    "(dvc queue start -j 2) 1 keeps a run near its fair share; numbers are bit-identical only at equal threads"
+    "CPU threads of each stage's process; null = torch's default (one per core), and a stage says so when "
+    "other genlab stages share the cores. Beside other CPU jobs (dvc queue start -j 2) 1 keeps a run near its "
+    "fair share; numbers are bit-identical only at equal threads"
 )
 
 
