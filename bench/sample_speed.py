@@ -26,11 +26,14 @@ convolutions (with their GFLOP/s, against a 2048^3 matmul's in fp32 and bf16), a
 and the rest (GroupNorm, SiLU, adds, concatenations; under compile, the generated kernels they fuse into): where
 the DDIM step's time goes, and what item 2's 3x would leave the rest.
 
+--every-setting times every setting at every --batches size: `--batches 250 --every-setting` is the evaluate
+stage's call (evaluate.batch_size images at a time) at the batch the issue's 3.8 img/s was measured at (§7).
+
 --quality trains the default digits DDPM for --epochs and scores --samples DDIM samples (50 steps) in fp32 and
 in bf16 from the same noise with the domain classifier: the shift bf16 makes in domain FID/IS/precision/recall.
 
     cd /work/main && PYTHONPATH=src .venv/bin/python bench/sample_speed.py [--device auto] [--threads N]
-        [--samplers ddim10 ddim50 flowmo maskgit] [--quality] [--profile]
+        [--samplers ddim10 ddim50 flowmo maskgit] [--batches 64 256] [--every-setting] [--quality] [--profile]
         [--settings before fp32 bf16 bf16+cl compile bf16+compile bf16+cl+compile]
 """
 
@@ -265,6 +268,11 @@ def main() -> None:
     parser.add_argument("--samplers", nargs="*", default=["ddim10", "ddim50", "flowmo", "maskgit"])
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS))
     parser.add_argument("--batches", nargs="+", type=int, default=[64, 256], help="images per call after")
+    parser.add_argument(
+        "--every-setting",
+        action="store_true",
+        help="time every --settings at every batch (else only before and fp32 past 64, and no DDIM 50 on a CPU there)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quality", action="store_true", help="the bf16 shift of a digits DDPM's metrics")
     parser.add_argument("--profile", action="store_true", help="where one U-Net call's time goes, per setting")
@@ -288,8 +296,10 @@ def main() -> None:
     for name in args.samplers:
         for batch in args.batches:
             # The old settings only at the old batch; the other batches show what batching adds.
-            settings = args.settings if batch == 64 else [s for s in args.settings if s in ("before", "fp32")]
-            if batch != 64 and device.type == "cpu" and name == "ddim50":
+            settings = args.settings
+            if batch != 64 and not args.every_setting:
+                settings = [s for s in args.settings if s in ("before", "fp32")]
+            if batch != 64 and device.type == "cpu" and name == "ddim50" and not args.every_setting:
                 continue  # 28x28, 50 steps: a minute a call on 2 cores; the 10-step rows show the batch effect
             measure(name, nets, settings, batch, args.repeats, device)
     if args.quality:
