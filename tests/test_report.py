@@ -301,10 +301,19 @@ def test_queue_helper_builds_dvc_commands(monkeypatch, tmp_path, capsys):
     monkeypatch.chdir(REPO)
     commands = replicates.main(["--seeds", "0", "1", "2", "-S", "vae.beta=0.5", "-n", "b05", "--dry-run"])
     assert commands == [
-        ["dvc", "exp", "run", "--queue", "-S", f"seed={k}", "-S", "vae.beta=0.5", "-n", f"b05-seed{k}"]
+        ["dvc", "exp", "run", "--queue", "dvc.yaml", "-S", f"seed={k}", "-S", "vae.beta=0.5", "-n", f"b05-seed{k}"]
         for k in (0, 1, 2)
     ]
-    assert capsys.readouterr().out.splitlines()[0] == "dvc exp run --queue -S seed=0 -S vae.beta=0.5 -n b05-seed0"
+    out = capsys.readouterr().out.splitlines()[0]
+    assert out == "dvc exp run --queue dvc.yaml -S seed=0 -S vae.beta=0.5 -n b05-seed0"
+    tokens = replicates.main(
+        ["--pipeline", "pipelines/tokens/dvc.yaml", "--seeds", "1", "-S", "maskgit.depth=6", "--dry-run"]
+    )
+    assert tokens == [
+        ["dvc", "exp", "run", "--queue", "pipelines/tokens/dvc.yaml", "-S", "seed=1", "-S", "maskgit.depth=6"]
+    ]
+    with pytest.raises(GenlabError, match="--pipeline pipelines/dvc.yaml: no such file in .*; expected dvc.yaml or"):
+        replicates.main(["--pipeline", "pipelines/dvc.yaml", "--seeds", "1", "--dry-run"])
     bad = {
         ("--seeds", "-1"): r"'-1' is not a seed: expected an integer in \[0, 4294967295\]",
         ("--seeds", "1.5"): "'1.5' is not a seed",

@@ -67,4 +67,9 @@ def test_render_says_where_the_results_are_and_what_to_try_next():
     lines = text.splitlines()
     assert lines[0] == "Summary: vae on digits" and lines[1] == "  samples  FID 1"
     assert "samples-prior/ (figures), metrics/prior/eval.json" in text and "MLflow:  http://x/#/run" in text
-    assert "python -m genlab.reporting.replicates" in text and "stages/report.py --group --html" in text
+    assert "stages/report.py --group --html" in text
+    # the prior is the tokens pipeline's: a bare `dvc exp run` would rerun the default experiment instead
+    assert "dvc exp run pipelines/tokens/dvc.yaml -S seed=1" in text
+    assert "python -m genlab.reporting.replicates --pipeline pipelines/tokens/dvc.yaml --seeds" in text
+    default = render("vae on digits", [], paths.model_paths(), None)
+    assert "dvc exp run dvc.yaml -S seed=1" in default and "replicates --seeds" in default

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PARAMS = Path("params.yaml")
+PIPELINE = Path("dvc.yaml")  # the default experiment's pipeline
+TOKENS_PIPELINE = Path("pipelines/tokens/dvc.yaml")  # seed 004's two models: tokenizer and prior
 VALIDATED_DIR = Path("validated")  # the validate stage's per-stage views of params.yaml
 PREPARED_DIR = Path("data/prepared")
 TOKENS_DIR = Path("data/tokens")  # the tokenize stage's token sequences (pipelines/tokens/dvc.yaml)
@@ -43,6 +45,7 @@ class ModelPaths:
     perceptual: Path  # the perceptual network of this model (stage `perceptual`), when its family uses one
     perceptual_metrics: Path
     classifier: Path = CLASSIFIER  # the domain classifier (stage `classifier`): one for every model
+    pipeline: Path = PIPELINE  # the dvc.yaml whose stages make it: what `dvc exp run` must name to rerun it
 
 
 def model_paths(name: str = DEFAULT_MODEL) -> ModelPaths:
@@ -78,6 +81,7 @@ def model_paths(name: str = DEFAULT_MODEL) -> ModelPaths:
         Path(f"samples-{name}"),
         Path(f"models/{name}-perceptual.pt"),
         Path(f"metrics/{name}/perceptual.json"),
+        pipeline=TOKENS_PIPELINE,  # the only pipeline with named models
     )
 
 

@@ -4,6 +4,7 @@
     python -m genlab.reporting.replicates --seeds 0 1 2 -S vae.beta=0.5             # queue them
     dvc queue start -j 2                                                   # run the queue
     python stages/report.py --group --baseline vae.beta=1.0                # reports/groups.*, verdicts.*
+    python -m genlab.reporting.replicates --pipeline pipelines/tokens/dvc.yaml --seeds 0 1 2 -S maskgit.depth=6
 
 A group is the finished runs whose logged params are equal apart from `seed` (genlab.reporting.report picks
 the params that tell groups apart). Per group: n, mean and sd (ddof=1) of each metric. Each group
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from genlab.core.errors import GenlabError, exit_on_error
+from genlab.core.paths import PIPELINE, TOKENS_PIPELINE
 
 SEED = "seed"
 SPREAD_SUFFIX = "_std"  # per-run spreads (bootstrap sd of a sample metric): shown, never tested
@@ -249,13 +251,16 @@ def parse_set(item: str) -> str:
     return item
 
 
-def queue_commands(seeds: Sequence[int], sets: Sequence[str], name: str | None = None) -> list[list[str]]:
-    """`dvc exp run --queue -S seed=K -S ...` per seed (with `-n NAME-seedK` when a name is given)."""
+def queue_commands(
+    seeds: Sequence[int], sets: Sequence[str], name: str | None = None, pipeline: str = str(PIPELINE)
+) -> list[list[str]]:
+    """`dvc exp run --queue PIPELINE -S seed=K -S ...` per seed (with `-n NAME-seedK` when a name is given)."""
     if len(set(seeds)) != len(seeds):
         raise ReplicateError(f"--seeds {' '.join(map(str, seeds))}: a seed is repeated; each must differ")
     overrides = [arg for item in sets for arg in ("-S", parse_set(item))]
     return [
-        ["dvc", "exp", "run", "--queue", "-S", f"{SEED}={s}", *overrides, *(["-n", f"{name}-seed{s}"] if name else [])]
+        ["dvc", "exp", "run", "--queue", pipeline, "-S", f"{SEED}={s}", *overrides]
+        + (["-n", f"{name}-seed{s}"] if name else [])
         for s in seeds
     ]
 
@@ -289,6 +294,11 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "-S", "--set-param", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="as dvc exp run -S"
     )
+    parser.add_argument(
+        "--pipeline",
+        default=str(PIPELINE),
+        help=f"the pipeline file to run (default: %(default)s; {TOKENS_PIPELINE} for the tokenizer and its prior)",
+    )
     parser.add_argument("-n", "--name", help="experiment names NAME-seedK (default: DVC's own names)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, queue nothing")
     return parser.parse_args(argv)
@@ -297,8 +307,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> list[list[str]]:
     """Queue (or with --dry-run print) one experiment per seed; return the command lines."""
     args = parse(argv)
-    commands = queue_commands([parse_seed(s) for s in args.seeds], args.sets, args.name)
+    commands = queue_commands([parse_seed(s) for s in args.seeds], args.sets, args.name, args.pipeline)
     root = dvc_root(Path.cwd())
+    if not (root / args.pipeline).is_file():
+        raise ReplicateError(
+            f"--pipeline {args.pipeline}: no such file in {root}; expected {PIPELINE} or {TOKENS_PIPELINE}"
+        )
     check_overrides(root, args.sets)
     if not args.dry_run and shutil.which("dvc") is None:
         raise ReplicateError("no `dvc` on PATH: activate genlab's environment (source .venv/bin/activate)")

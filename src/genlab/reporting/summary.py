@@ -113,9 +113,12 @@ def render(title: str, facts: list[tuple[str, str]], where: paths.ModelPaths, ru
     ]
     if run_url:
         lines.append(f"MLflow:  {run_url}")
+    # Name the pipeline that made this model: a bare or default `dvc exp run` would rerun another one.
+    pipeline = "" if where.pipeline == paths.PIPELINE else f" --pipeline {where.pipeline}"
     lines += [
-        "Next:    dvc exp run dvc.yaml -S seed=1   (another seed: how far a number moves between runs)",
-        "         python -m genlab.reporting.replicates --seeds 0 1 2 -S <key>=<value> -n NAME (a variant over seeds),",
+        f"Next:    dvc exp run {where.pipeline} -S seed=1   (another seed: how far a number moves between runs)",
+        f"         python -m genlab.reporting.replicates{pipeline} --seeds 0 1 2 -S <key>=<value> -n NAME "
+        "(a variant over seeds),",
         "         then python stages/report.py --group --html   (the verdict, and the grids side by side)",
     ]
     return "\n".join(lines) + "\n"
