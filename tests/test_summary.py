@@ -71,5 +71,5 @@ def test_render_says_where_the_results_are_and_what_to_try_next():
     # the prior is the tokens pipeline's: a bare `dvc exp run` would rerun the default experiment instead
     assert "dvc exp run pipelines/tokens/dvc.yaml -S seed=1" in text
     assert "python -m genlab.reporting.replicates --pipeline pipelines/tokens/dvc.yaml --seeds" in text
-    default = render("vae on digits", [], paths.model_paths(), None)
-    assert "dvc exp run dvc.yaml -S seed=1" in default and "replicates --seeds" in default
+    default = render("vae on digits", [], paths.model_paths(), None, seed=4)
+    assert "dvc exp run dvc.yaml -S seed=5 " in default and "replicates --seeds" in default

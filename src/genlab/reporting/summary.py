@@ -103,7 +103,9 @@ def findings(test: dict[str, float], history: pd.DataFrame | None) -> list[tuple
     return out
 
 
-def render(title: str, facts: list[tuple[str, str]], where: paths.ModelPaths, run_url: str | None) -> str:
+def render(
+    title: str, facts: list[tuple[str, str]], where: paths.ModelPaths, run_url: str | None, seed: int = 0
+) -> str:
     width = max((len(topic) for topic, _ in facts), default=0)
     lines = [f"Summary: {title}"]
     lines += [f"  {topic:<{width}}  {sentence}" for topic, sentence in facts]
@@ -116,7 +118,8 @@ def render(title: str, facts: list[tuple[str, str]], where: paths.ModelPaths, ru
     # Name the pipeline that made this model: a bare or default `dvc exp run` would rerun another one.
     pipeline = "" if where.pipeline == paths.PIPELINE else f" --pipeline {where.pipeline}"
     lines += [
-        f"Next:    dvc exp run {where.pipeline} -S seed=1   (another seed: how far a number moves between runs)",
+        f"Next:    dvc exp run {where.pipeline} -S seed={(seed + 1) % 2**32}   "
+        "(another seed: how far a number moves between runs)",
         f"         python -m genlab.reporting.replicates{pipeline} --seeds 0 1 2 -S <key>=<value> -n NAME "
         "(a variant over seeds),",
         "         then python stages/report.py --group --html   (the verdict, and the grids side by side)",
@@ -128,7 +131,7 @@ def summary(cfg: Any, where: paths.ModelPaths, run_url: str | None) -> str:
     test = json.loads(where.eval_metrics.read_text()).get("test", {}) if where.eval_metrics.is_file() else {}
     history = pd.read_csv(where.history) if where.history.is_file() else None
     title = f"{cfg.model.family} on {cfg.data.name}, {cfg.train.epochs} epochs, seed {cfg.seed}"
-    return render(title, findings(test, history), where, run_url)
+    return render(title, findings(test, history), where, run_url, cfg.seed)
 
 
 def main(argv: list[str] | None = None) -> None:
