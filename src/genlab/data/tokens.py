@@ -14,8 +14,9 @@ import torch
 
 from genlab.data.prepared import SPLITS, PreparedData, read_tensors, write_tensors
 from genlab.core.errors import DataError
+from genlab.core.paths import TOKENS_PIPELINE
 
-_FIX = "run `dvc repro pipelines/tokens/dvc.yaml` (or `python stages/tokens.py`) to tokenize again"
+_FIX = f"run `dvc repro {TOKENS_PIPELINE}` (or `python stages/tokens.py`) to tokenize again"
 
 
 @dataclass(frozen=True)

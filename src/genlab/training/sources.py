@@ -52,7 +52,7 @@ def token_source(tokenizer_md5: str) -> Source:
     if tokens.tokenizer_md5 != tokenizer_md5:
         raise DataError(
             f"{paths.TOKENS_DIR} was made by a tokenizer of md5 {tokens.tokenizer_md5}, not by the one attached "
-            f"({tokenizer_md5}): tokenize again with `dvc repro pipelines/tokens/dvc.yaml`"
+            f"({tokenizer_md5}): tokenize again with `dvc repro {paths.TOKENS_PIPELINE}`"
         )
     return Source(tokens.stored("train"), tokens.stored("val"), tokens.stored("test"), lambda stored, gen: stored)
 
